@@ -1,0 +1,24 @@
+"""MetaShift cat vs dog (the DISC / DaC layout). ERM as in DISC: ImageNet-pretrained ResNet-50,
+SGD momentum 0.9, lr 1e-3, weight decay 1e-4, batch 16, 100 epochs.
+"""
+from spurjax.config_base import base_config
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.data.kind = "metashift"
+  c.data.root = "data/metashift"
+  c.data.image_size = 224
+  c.data.resize = 256
+  c.model.name = "resnet50"
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 1e-4
+  c.train.batch_size = 16
+  c.train.num_epochs = 100
+  if arg == "tiny":
+    c.model.name = "resnet18"
+    c.data.image_size = 32
+    c.data.resize = 36
+    c.train.batch_size = 8
+    c.train.num_epochs = 1
+  return c

@@ -1,0 +1,35 @@
+"""The built-in benchmark (`spurjax data synth`): a Waterbirds-like 64-px task.
+
+`--config configs/synth.py:tiny` is a seconds-long CPU smoke variant.
+"""
+from spurjax.config_base import base_config
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.data.kind = "synth"
+  c.data.synth_size = 64
+  c.data.image_size = 64
+  c.data.resize = 64
+  c.data.crop_scale = (0.8, 1.0)
+  c.data.cache = True
+  c.data.mean = (0.5, 0.5, 0.5)
+  c.data.std = (0.25, 0.25, 0.25)
+  c.model.name = "cnn"
+  c.optim.name = "sgd"
+  c.optim.lr = 0.05
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 1e-4
+  c.optim.schedule = "cosine"
+  c.train.batch_size = 64
+  c.train.eval_batch_size = 256
+  c.train.num_epochs = 8
+  if arg == "tiny":
+    c.data.synth_size = 32
+    c.data.image_size = 32
+    c.data.resize = 32
+    c.data.synth_scale = 0.05
+    c.train.batch_size = 16
+    c.train.eval_batch_size = 32
+    c.train.num_epochs = 2
+  return c

@@ -1,0 +1,25 @@
+"""Waterbirds (waterbird_complete95_forest2water2). ERM as in the GroupDRO / JTT / DFR papers:
+ImageNet-pretrained ResNet-50, SGD momentum 0.9, lr 1e-3, weight decay 1e-4, batch 128, 300 epochs.
+Point `--config.model.pretrained` at a torchvision ResNet-50 state dict for the ImageNet initialisation.
+"""
+from spurjax.config_base import base_config
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.data.kind = "folder"
+  c.data.root = "data/waterbird_complete95_forest2water2"
+  c.data.image_size = 224
+  c.data.resize = 256
+  c.model.name = "resnet50"
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 1e-4
+  c.train.batch_size = 128
+  c.train.num_epochs = 300
+  if arg == "tiny":
+    c.model.name = "resnet18"
+    c.data.image_size = 32
+    c.data.resize = 36
+    c.train.batch_size = 16
+    c.train.num_epochs = 1
+  return c

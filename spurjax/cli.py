@@ -1,0 +1,71 @@
+"""The `spurjax` command line. Thin: every command calls an importable function.
+
+  spurjax erm --config configs/synth.py --workdir W [--config.key=value ...]
+  spurjax data synth --out DIR [...]
+  spurjax bench {erm,unet} [...]
+
+Bad input prints one line `spurjax: error: ...` and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from spurjax.errors import SpurjaxError
+
+USAGE = """usage: spurjax <command> [options]
+
+commands:
+  erm     --config FILE[:arg] --workdir DIR [--config.key=value ...]   train ERM, write report.json/.md
+  data    synth --out DIR [--image-size N] [--scale F] [--seed N]       write the built-in benchmark
+  bench   erm | unet [options]                                          print speed figures
+"""
+
+BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet"}
+DATA = {"synth": "spurjax.data.synth"}
+
+
+def _config_command(argv, prog):
+  p = argparse.ArgumentParser(prog=prog)
+  p.add_argument("--config", required=True, help="config file, optionally with :arg (e.g. configs/synth.py:tiny)")
+  p.add_argument("--workdir", required=True)
+  args, rest = p.parse_known_args(argv)
+  from spurjax.config_util import apply_overrides, load_config
+  bad = [r for r in rest if not r.startswith("--config.")]
+  if bad:
+    raise SpurjaxError(f"unknown argument(s): {' '.join(bad)}")
+  cfg = apply_overrides(load_config(args.config), rest)
+  return cfg, args.workdir
+
+
+def _dispatch(argv):
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(USAGE)
+    return 0
+  cmd, rest = argv[0], argv[1:]
+  if cmd == "erm":
+    cfg, workdir = _config_command(rest, "spurjax erm")
+    from spurjax.train import erm
+    erm.run(cfg, workdir)
+    return 0
+  if cmd in ("data", "bench"):
+    table = DATA if cmd == "data" else BENCHES
+    if not rest or rest[0] not in table:
+      raise SpurjaxError(f"spurjax {cmd}: expected one of {', '.join(table)}")
+    mod = importlib.import_module(table[rest[0]])
+    return mod.main(rest[1:]) or 0
+  raise SpurjaxError(f"unknown command '{cmd}' (run 'spurjax --help')")
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    return _dispatch(argv)
+  except SpurjaxError as e:
+    print(f"spurjax: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,84 @@
+"""Loading `ml_collections` config files with `--config.key=value` overrides."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+
+import ml_collections
+
+from spurjax.errors import SpurjaxError
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`path/to/config.py` or `path/to/config.py:arg` -> get_config(arg)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise SpurjaxError(f"config file not found: {path}")
+  mod_spec = importlib.util.spec_from_file_location(f"spurjax_config_{abs(hash(path))}", path)
+  mod = importlib.util.module_from_spec(mod_spec)
+  try:
+    mod_spec.loader.exec_module(mod)
+  except Exception as e:  # a broken config file is bad input
+    raise SpurjaxError(f"{path}: cannot load config ({type(e).__name__}: {e})") from None
+  if not hasattr(mod, "get_config"):
+    raise SpurjaxError(f"{path}: no get_config() function")
+  cfg = mod.get_config(arg) if arg else mod.get_config()
+  return cfg
+
+
+def _parse(raw: str, current):
+  if isinstance(current, bool):
+    low = raw.lower()
+    if low in ("1", "true", "yes"):
+      return True
+    if low in ("0", "false", "no"):
+      return False
+    raise ValueError(f"not a boolean: {raw!r}")
+  if isinstance(current, int):
+    return int(raw)
+  if isinstance(current, float):
+    return float(raw)
+  if isinstance(current, (tuple, list)):
+    v = ast.literal_eval(raw)
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
+  if isinstance(current, str) or current is None:
+    if current is None:
+      try:
+        return ast.literal_eval(raw)
+      except (ValueError, SyntaxError):
+        return raw
+    return raw
+  return ast.literal_eval(raw)
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+  """Applies `--config.a.b=value` strings (the `--config.` prefix is optional)."""
+  for item in overrides:
+    key, eq, raw = item.partition("=")
+    if not eq:
+      raise SpurjaxError(f"override '{item}': expected --config.key=value")
+    key = key[len("--config."):] if key.startswith("--config.") else key
+    parts = key.split(".")
+    node = cfg
+    for p in parts[:-1]:
+      if p not in node:
+        raise SpurjaxError(f"override '{item}': unknown config key '{key}'")
+      node = node[p]
+    if parts[-1] not in node:
+      raise SpurjaxError(f"override '{item}': unknown config key '{key}'")
+    try:
+      value = _parse(raw, node[parts[-1]])
+    except (ValueError, SyntaxError) as e:
+      raise SpurjaxError(f"override '{item}': bad value ({e})") from None
+    with cfg.unlocked() if hasattr(cfg, "unlocked") else _null():
+      node[parts[-1]] = value
+  return cfg
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False

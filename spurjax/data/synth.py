@@ -1,0 +1,475 @@
+"""A built-in Waterbirds-like benchmark: drawn birds and flowers on land and water.
+
+`generate` writes a dataset folder in the Waterbirds format read by
+`spurjax.data.folder.read_folder`:
+
+  metadata.csv   img_id, img_filename, y, split, place, mask_filename, caption
+  classes.json   class nouns, place names, counts and generation settings
+  images/<split>/<group>/<id>.png   RGB, image_size x image_size
+  masks/<split>/<group>/<id>.png    the true object mask, 0/255
+  corpus/        a balanced captioned corpus (HF imagefolder layout:
+                 metadata.csv with file_name, text, y, place; images/*.png)
+
+Classes are shape families (0 "bird": ellipse body, head, beak, tail fan, wing;
+1 "flower": star-shaped petal ring, centre disc, stem and leaf); both draw their
+colours from the same hue range, so colour carries no class information. Places
+are background families (0 "land": green/brown mottled ground with patches and
+grass blades; 1 "water": blue horizontal waves with glints). The background covers
+most of the image and is far easier to read than the object's shape, so a model
+trained on the skewed train split (95 % of each class on its majority place, in
+Waterbirds' group proportions) learns the shortcut. Val and test are balanced.
+
+Every image is drawn from its own random stream, seeded by (seed, stream, index),
+so results do not depend on worker count. The corpus uses a different stream, so
+its images are disjoint from the benchmark's.
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import concurrent.futures
+import csv
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from spurjax.errors import SpurjaxError
+
+CLASS_NAMES = ("bird", "flower")
+PLACE_NAMES = ("land", "water")
+# Waterbirds train counts per group (y, place): y0 on place0 and y1 on place1 are majorities.
+WATERBIRDS_TRAIN = (3498, 184, 56, 1057)
+DEFAULT_VAL_PER_GROUP = 150
+DEFAULT_TEST_PER_GROUP = 300
+DEFAULT_CORPUS_PER_COMBO = 250
+SPLITS = ("train", "val", "test")
+_BENCH_STREAM, _CORPUS_STREAM = 0, 1
+_CORPUS_TEMPLATES = (
+    "a photo of a {obj} on {place}",
+    "{a_colour} {obj} on {place}",
+    "a photo of {a_colour} {obj} on {place}",
+    "a {obj} on {place}",
+    "a picture of a {obj} on {place}",
+)
+
+
+# ----------------------------------------------------------------------------- counts
+
+
+def _scaled(n: float, scale: float) -> int:
+  return max(1, int(round(n * scale)))
+
+
+def split_counts(scale: float = 1.0, val_per_group: Optional[int] = None,
+                 test_per_group: Optional[int] = None) -> dict[str, np.ndarray]:
+  """Images per group for each split; group = y * 2 + place.
+
+  Train follows Waterbirds (3498, 184, 56, 1057) times `scale`, at least 1 each;
+  val and test are balanced (defaults 150 and 300 per group, times `scale`).
+  """
+  if not scale > 0:
+    raise SpurjaxError(f"synth: scale must be > 0, got {scale}")
+  val = _scaled(DEFAULT_VAL_PER_GROUP, scale) if val_per_group is None else int(val_per_group)
+  test = _scaled(DEFAULT_TEST_PER_GROUP, scale) if test_per_group is None else int(test_per_group)
+  if val < 1 or test < 1:
+    raise SpurjaxError(f"synth: val/test per group must be >= 1, got {val}/{test}")
+  return {
+      "train": np.asarray([_scaled(c, scale) for c in WATERBIRDS_TRAIN], np.int64),
+      "val": np.full(4, val, np.int64),
+      "test": np.full(4, test, np.int64),
+  }
+
+
+def majority_fraction(counts: np.ndarray) -> np.ndarray:
+  """Per class, the fraction of its images on its majority place (y0: place 0, y1: place 1)."""
+  c = np.asarray(counts).reshape(2, 2)
+  return np.asarray([c[0, 0] / c[0].sum(), c[1, 1] / c[1].sum()])
+
+
+def group_name(y: int, place: int) -> str:
+  return f"{CLASS_NAMES[y]}_{PLACE_NAMES[place]}"
+
+
+def caption(y: int, place: int) -> str:
+  return f"a photo of a {CLASS_NAMES[y]} on {PLACE_NAMES[place]}"
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+def _hsv_image(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> Image.Image:
+  """An RGB image from HSV planes in [0, 1] (hue wraps around)."""
+  planes = [np.mod(h, 1.0), np.clip(s, 0, 1), np.clip(v, 0, 1)]
+  chans = [Image.fromarray((p * 255 + 0.5).astype(np.uint8)) for p in planes]
+  return Image.merge("HSV", chans).convert("RGB")
+
+
+def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
+  r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
+  return int(r * 255 + 0.5), int(g * 255 + 0.5), int(b * 255 + 0.5)
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
+  """Value noise in [-1, 1] with about `cells` blobs across, bicubically upsampled to n x n."""
+  grid = rng.uniform(-1.0, 1.0, (cells + 1, cells + 1)).astype(np.float32)
+  img = Image.fromarray(grid).resize((n, n), Image.BICUBIC)
+  return np.asarray(img)
+
+
+def _land(rng: np.random.Generator, n: int) -> Image.Image:
+  hue = rng.uniform(0.06, 0.30)
+  sat = rng.uniform(0.35, 0.70)
+  val = rng.uniform(0.30, 0.55)
+  coarse, fine = _smooth_noise(rng, n, 4), _smooth_noise(rng, n, 16)
+  grain = rng.uniform(-1.0, 1.0, (n, n)).astype(np.float32)
+  h = hue + 0.03 * coarse
+  s = np.clip(sat + 0.10 * fine, 0, 1)
+  v = np.clip(val + 0.12 * coarse + 0.07 * fine + 0.04 * grain, 0, 1)
+  img = _hsv_image(h, s, v)
+  draw = ImageDraw.Draw(img)
+  for _ in range(int(rng.integers(3, 8))):  # patches of soil / moss
+    cx, cy = rng.uniform(0, n, 2)
+    rx, ry = rng.uniform(0.05, 0.18, 2) * n
+    colour = _rgb(hue + rng.uniform(-0.06, 0.06), sat + rng.uniform(-0.2, 0.2),
+                  val + rng.uniform(-0.18, 0.15))
+    draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
+  width = max(1, n // 64)
+  for _ in range(int(rng.integers(15, 40))):  # grass blades / twigs
+    x, y = rng.uniform(0, n), rng.uniform(0, n)
+    length = rng.uniform(0.02, 0.06) * n
+    lean = rng.uniform(-0.5, 0.5) * length
+    colour = _rgb(hue + rng.uniform(-0.05, 0.05), sat, val + rng.uniform(-0.2, 0.2))
+    draw.line([(x, y), (x + lean, y - length)], fill=colour, width=width)
+  return img
+
+
+def _water(rng: np.random.Generator, n: int) -> Image.Image:
+  hue = rng.uniform(0.53, 0.64)
+  sat = rng.uniform(0.45, 0.80)
+  val = rng.uniform(0.40, 0.70)
+  yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
+  freq = rng.uniform(4.0, 10.0)
+  wobble = rng.uniform(0.01, 0.04) * np.sin(2 * np.pi * (rng.uniform(1, 3) * xx + rng.uniform()))
+  waves = np.sin(2 * np.pi * (freq * (yy + wobble) + rng.uniform()))
+  ripples = np.sin(2 * np.pi * (2.3 * freq * yy + rng.uniform()))
+  depth = rng.uniform(-0.12, 0.12) * (yy - 0.5)
+  noise = _smooth_noise(rng, n, 6)
+  h = hue + 0.015 * noise
+  s = np.clip(sat - 0.08 * waves, 0, 1)
+  v = np.clip(val + 0.10 * waves + 0.04 * ripples + depth + 0.04 * noise, 0, 1)
+  img = _hsv_image(h, s, v)
+  draw = ImageDraw.Draw(img)
+  width = max(1, n // 64)
+  for _ in range(int(rng.integers(6, 16))):  # glints on the wave crests
+    x, y = rng.uniform(0, n), rng.uniform(0, n)
+    length = rng.uniform(0.03, 0.10) * n
+    colour = _rgb(hue, sat * 0.35, min(1.0, val + rng.uniform(0.2, 0.4)))
+    draw.line([(x, y), (x + length, y)], fill=colour, width=width)
+  return img
+
+
+def _ellipse(cx: float, cy: float, a: float, b: float, angle: float = 0.0, k: int = 28) -> np.ndarray:
+  t = np.linspace(0, 2 * np.pi, k, endpoint=False)
+  x, y = a * np.cos(t), b * np.sin(t)
+  c, s = np.cos(angle), np.sin(angle)
+  return np.stack([cx + c * x - s * y, cy + s * x + c * y], axis=1)
+
+
+def _poly(*points) -> np.ndarray:
+  return np.asarray(points, np.float64)
+
+
+# A part: (polygon in object units, RGB fill, outlined, in the mask). Polygons are
+# drawn in order; y grows downwards, the object faces +x before pose is applied.
+
+
+def _bird(rng: np.random.Generator, hue: float) -> list:
+  a, b = rng.uniform(0.26, 0.35), rng.uniform(0.11, 0.17)
+  sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.65, 1.0)
+  body = _rgb(hue, sat, val)
+  dark = _rgb(hue + rng.uniform(-0.05, 0.05), sat, val * rng.uniform(0.45, 0.7))
+  beak = _rgb(rng.uniform(0.0, 0.16), rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0))
+  parts = []
+  if rng.random() < 0.7:  # legs
+    leg = rng.uniform(0.08, 0.16)
+    for x in (-0.25 * a, 0.15 * a):
+      lean = rng.uniform(-0.04, 0.04)
+      parts.append((_poly((x - 0.012, 0.8 * b), (x + 0.012, 0.8 * b), (x + lean + 0.012, b + leg),
+                          (x + lean - 0.012, b + leg)), beak, False, True))
+  tl, tw, lift = rng.uniform(0.13, 0.24), rng.uniform(0.06, 0.13), rng.uniform(-0.02, 0.08)
+  parts.append((_poly((-0.7 * a, -0.35 * b), (-a - tl, -tw - lift), (-a - 0.75 * tl, -lift),
+                      (-a - tl, tw - lift), (-0.7 * a, 0.35 * b)), dark, True, True))
+  parts.append((_ellipse(0, 0, a, b), body, True, True))
+  if rng.random() < 0.5:  # raised wing: a triangle above the back
+    wh = rng.uniform(0.14, 0.26)
+    tip = rng.uniform(-0.55, -0.05) * a
+    parts.append((_poly((-0.35 * a, -0.4 * b), (0.35 * a, -0.5 * b), (tip, -b - wh)), dark, True, True))
+  else:  # folded wing: a darker ellipse on the body
+    parts.append((_ellipse(-0.15 * a, -0.1 * b, 0.6 * a, 0.5 * b, rng.uniform(-0.3, 0.1)), dark, True, True))
+  r = rng.uniform(0.075, 0.115)
+  hx, hy = 0.85 * a, -0.75 * b - 0.3 * r
+  bl = rng.uniform(0.06, 0.14)
+  droop = rng.uniform(-0.02, 0.04)
+  parts.append((_poly((hx + 0.6 * r, hy - 0.35 * r), (hx + r + bl, hy + droop), (hx + 0.6 * r, hy + 0.45 * r)),
+                beak, True, True))
+  parts.append((_ellipse(hx, hy, r, r), body, True, True))
+  parts.append((_ellipse(hx + 0.35 * r, hy - 0.2 * r, 0.22 * r, 0.22 * r, k=12), (15, 15, 15), False, True))
+  return parts
+
+
+def _flower(rng: np.random.Generator, hue: float) -> list:
+  radius = rng.uniform(0.23, 0.32)
+  inner = rng.uniform(0.35, 0.6)
+  petals = int(rng.integers(5, 9))
+  sharp = rng.uniform(0.5, 2.0)
+  sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.65, 1.0)
+  stem_len = rng.uniform(0.28, 0.45)
+  stem = _rgb(rng.uniform(0.05, 0.40), rng.uniform(0.4, 0.8), rng.uniform(0.3, 0.55))
+  cy = -0.5 * stem_len  # flower head above the origin, stem below
+  bend = rng.uniform(-0.08, 0.08)
+  parts = [(_poly((-0.015, cy), (0.015, cy), (bend + 0.015, cy + radius + stem_len),
+                  (bend - 0.015, cy + radius + stem_len)), stem, True, True)]
+  if rng.random() < 0.8:  # a leaf on the stem
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    ly = cy + radius + rng.uniform(0.35, 0.7) * stem_len
+    ll, lw = rng.uniform(0.08, 0.14), rng.uniform(0.03, 0.05)
+    parts.append((_ellipse(bend * 0.5 + side * ll, ly, ll, lw, side * rng.uniform(-0.6, -0.2)), stem, True, True))
+  t = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+  r = radius * (inner + (1 - inner) * np.abs(np.cos(petals * (t + rng.uniform(0, np.pi)) / 2)) ** sharp)
+  parts.append((np.stack([r * np.cos(t), cy + r * np.sin(t)], axis=1), _rgb(hue, sat, val), True, True))
+  centre = _rgb(hue + rng.uniform(0.35, 0.65), rng.uniform(0.5, 1.0), rng.uniform(0.35, 0.9))
+  cr = radius * inner * rng.uniform(0.45, 0.7)
+  parts.append((_ellipse(0, cy, cr, cr), centre, True, True))
+  return parts
+
+
+def colour_word(hue: float) -> str:
+  """A colour name for a saturated hue in [0, 1)."""
+  for bound, word in ((0.04, "red"), (0.11, "orange"), (0.18, "yellow"), (0.45, "green"),
+                      (0.53, "teal"), (0.70, "blue"), (0.80, "purple"), (0.93, "pink")):
+    if hue % 1.0 < bound:
+      return word
+  return "red"
+
+
+def _render(y: int, place: int, rng: np.random.Generator, image_size: int):
+  """Returns (uint8 HWC image, bool HW mask, object hue)."""
+  n = 2 * image_size
+  canvas = (_land if place == 0 else _water)(rng, n)
+  hue = float(rng.uniform())
+  parts = (_bird if y == 0 else _flower)(rng, hue)
+  size = rng.uniform(0.42, 0.62) * n
+  angle = rng.uniform(-0.5, 0.5) if y == 0 else rng.uniform(-0.4, 0.4)
+  flip = -1.0 if rng.random() < 0.5 else 1.0
+  centre = rng.uniform(0.36, 0.64, 2) * n
+  rot = np.asarray([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  outline = _rgb(hue, 0.6, 0.12)
+  width = max(1, n // 64)
+  mask = Image.new("L", (n, n), 0)
+  draw, mdraw = ImageDraw.Draw(canvas), ImageDraw.Draw(mask)
+  for poly, fill, outlined, in_mask in parts:
+    pts = (poly * np.asarray([flip, 1.0])) @ rot.T * size + centre
+    xy = [tuple(p) for p in pts]
+    draw.polygon(xy, fill=fill, outline=outline if outlined else None, width=width)
+    if in_mask:
+      mdraw.polygon(xy, fill=255, outline=255, width=width)
+  image = np.asarray(canvas.resize((image_size, image_size), Image.BOX))
+  mask_arr = np.asarray(mask.resize((image_size, image_size), Image.BOX)) >= 128
+  return image, mask_arr, hue
+
+
+def render(y: int, place: int, rng: np.random.Generator, image_size: int = 64):
+  """Draws one example of class `y` on place `place`: (uint8 HWC RGB image, bool HW mask).
+
+  Drawn at twice `image_size` and box-downsampled (antialiased). Uses only `rng`.
+  """
+  if y not in (0, 1) or place not in (0, 1):
+    raise SpurjaxError(f"synth: y and place must be 0 or 1, got y={y} place={place}")
+  if image_size < 8:
+    raise SpurjaxError(f"synth: image_size must be >= 8, got {image_size}")
+  image, mask, _ = _render(y, place, rng, image_size)
+  return image, mask
+
+
+def _image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+  return np.random.default_rng(np.random.SeedSequence([seed, stream, index]))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _render_jobs(root: str, image_size: int, seed: int, stream: int, jobs: Sequence[tuple]) -> list[str]:
+  """Renders and writes a chunk of (index, y, place, image_rel, mask_rel|None); returns captions."""
+  captions = []
+  for index, y, place, image_rel, mask_rel in jobs:
+    rng = _image_rng(seed, stream, index)
+    image, mask, hue = _render(y, place, rng, image_size)
+    Image.fromarray(image).save(os.path.join(root, image_rel), compress_level=1)
+    if mask_rel is not None:
+      Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(root, mask_rel), compress_level=1)
+    if stream == _CORPUS_STREAM:
+      template = _CORPUS_TEMPLATES[int(rng.integers(len(_CORPUS_TEMPLATES)))]
+      colour = colour_word(hue)
+      a_colour = ("an " if colour[0] in "aeiou" else "a ") + colour
+      captions.append(template.format(obj=CLASS_NAMES[y], place=PLACE_NAMES[place], a_colour=a_colour))
+    else:
+      captions.append(caption(y, place))
+  return captions
+
+
+def _run_jobs(root: str, image_size: int, seed: int, stream: int, jobs: list, workers: int) -> list[str]:
+  if workers <= 1 or len(jobs) < 200:
+    return _render_jobs(root, image_size, seed, stream, jobs)
+  size = max(50, len(jobs) // (workers * 8))
+  chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+  # spawn: the parent may already have started JAX threads, which fork does not survive.
+  ctx = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    results = pool.map(_render_jobs, *zip(*[(root, image_size, seed, stream, c) for c in chunks]))
+    return [c for chunk in results for c in chunk]
+
+
+def _check_target(out_dir: str, overwrite: bool) -> None:
+  if os.path.exists(out_dir):
+    if not os.path.isdir(out_dir):
+      raise SpurjaxError(f"synth: output path exists and is not a folder: {out_dir}")
+    if os.listdir(out_dir) and not overwrite:
+      raise SpurjaxError(f"synth: output folder exists and is not empty: {out_dir} (use --overwrite)")
+
+
+def _write_benchmark(tmp: str, counts: dict, image_size: int, seed: int, workers: int) -> None:
+  jobs, rows = [], []
+  index = 0
+  for split_id, split in enumerate(SPLITS):
+    for g, count in enumerate(counts[split]):
+      y, place = divmod(g, 2)
+      rel = f"{split}/{group_name(y, place)}"
+      os.makedirs(os.path.join(tmp, "images", rel))
+      os.makedirs(os.path.join(tmp, "masks", rel))
+      for _ in range(int(count)):
+        image_rel, mask_rel = f"images/{rel}/{index:06d}.png", f"masks/{rel}/{index:06d}.png"
+        jobs.append((index, y, place, image_rel, mask_rel))
+        rows.append([index, image_rel, y, split_id, place, mask_rel])
+        index += 1
+  captions = _run_jobs(tmp, image_size, seed, _BENCH_STREAM, jobs, workers)
+  with open(os.path.join(tmp, "metadata.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["img_id", "img_filename", "y", "split", "place", "mask_filename", "caption"])
+    for row, cap in zip(rows, captions):
+      w.writerow(row + [cap])
+
+
+def _write_corpus(tmp: str, per_combo: int, image_size: int, seed: int, workers: int) -> None:
+  root = os.path.join(tmp, "corpus")
+  os.makedirs(os.path.join(root, "images"))
+  jobs = []
+  for g in range(4):
+    y, place = divmod(g, 2)
+    for _ in range(per_combo):
+      index = len(jobs)
+      jobs.append((index, y, place, f"images/{index:06d}.png", None))
+  captions = _run_jobs(root, image_size, seed, _CORPUS_STREAM, jobs, workers)
+  with open(os.path.join(root, "metadata.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["file_name", "text", "y", "place"])
+    for (_, y, place, rel, _), cap in zip(jobs, captions):
+      w.writerow([rel, cap, y, place])
+
+
+def generate(out_dir: str, *, image_size: int = 64, scale: float = 1.0, seed: int = 0,
+             val_per_group: Optional[int] = None, test_per_group: Optional[int] = None,
+             corpus_per_combo: Optional[int] = None, overwrite: bool = False,
+             workers: int = 1) -> dict:
+  """Writes the benchmark (and corpus) into `out_dir`, atomically; returns the classes.json dict.
+
+  Args:
+    out_dir: target folder; must be absent or empty unless `overwrite`.
+    image_size: side in pixels (drawn at twice this and downsampled).
+    scale: multiplies every group count (at least 1 image per group).
+    seed: all content is a function of the seed.
+    val_per_group / test_per_group: balanced split sizes (default 150 / 300 times scale).
+    corpus_per_combo: corpus images per (class, place); default 250 times scale, 0 for none.
+    overwrite: replace an existing non-empty `out_dir`.
+    workers: render processes. Above 1 they are spawned, so a calling script needs an
+      `if __name__ == "__main__":` guard; the CLI defaults to min(4, CPU count).
+  The dataset is built in a sibling `<out_dir>.tmp-*` folder and renamed into place at the end.
+  """
+  if image_size < 8:
+    raise SpurjaxError(f"synth: image_size must be >= 8, got {image_size}")
+  counts = split_counts(scale, val_per_group, test_per_group)
+  per_combo = _scaled(DEFAULT_CORPUS_PER_COMBO, scale) if corpus_per_combo is None else int(corpus_per_combo)
+  if per_combo < 0:
+    raise SpurjaxError(f"synth: corpus_per_combo must be >= 0, got {per_combo}")
+  out_dir = os.path.abspath(out_dir)
+  _check_target(out_dir, overwrite)
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+  try:
+    _write_benchmark(tmp, counts, image_size, seed, workers)
+    if per_combo > 0:
+      _write_corpus(tmp, per_combo, image_size, seed, workers)
+    info = {
+        "classes": list(CLASS_NAMES),
+        "places": list(PLACE_NAMES),
+        "generator": "spurjax.data.synth",
+        "image_size": image_size,
+        "scale": scale,
+        "seed": seed,
+        "counts": {k: v.tolist() for k, v in counts.items()},
+        "corpus_per_combo": per_combo,
+    }
+    with open(os.path.join(tmp, "classes.json"), "w") as f:
+      json.dump(info, f, indent=2)
+    _check_target(out_dir, overwrite)  # it may have appeared meanwhile
+    if os.path.isdir(out_dir):
+      old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
+      os.rename(out_dir, os.path.join(old, "data"))
+      os.rename(tmp, out_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return info
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`spurjax data synth`: writes the built-in benchmark."""
+  p = argparse.ArgumentParser(prog="spurjax data synth", description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True, help="output folder (absent or empty)")
+  p.add_argument("--image-size", type=int, default=64)
+  p.add_argument("--scale", type=float, default=1.0, help="multiplies every group count")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--val-per-group", type=int, default=None)
+  p.add_argument("--test-per-group", type=int, default=None)
+  p.add_argument("--corpus-per-combo", type=int, default=None)
+  p.add_argument("--corpus", action=argparse.BooleanOptionalAction, default=True,
+                 help="also write the balanced captioned corpus")
+  p.add_argument("--overwrite", action="store_true")
+  p.add_argument("--workers", type=int, default=None, help="render processes (default: min(4, CPUs))")
+  args = p.parse_args(argv)
+  info = generate(args.out, image_size=args.image_size, scale=args.scale, seed=args.seed,
+                  val_per_group=args.val_per_group, test_per_group=args.test_per_group,
+                  corpus_per_combo=args.corpus_per_combo if args.corpus else 0,
+                  overwrite=args.overwrite,
+                  workers=args.workers if args.workers else min(4, os.cpu_count() or 1))
+  total = sum(sum(v) for v in info["counts"].values())
+  print(f"wrote {total} images ({info['corpus_per_combo'] * 4} corpus) to {os.path.abspath(args.out)}")
+  return 0
+
+
+if __name__ == "__main__":
+  try:
+    sys.exit(main())
+  except SpurjaxError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,239 @@
+"""The one training loop: ERM, every baseline and DDB retraining run through `fit`.
+
+A method changes *what* is trained (the `TrainSet`: which examples, with which labels and
+per-sample weights), the loss (by name, see `spurjax.train.losses`) or the initial
+variables; never the loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from spurjax import metrics as M
+from spurjax import models
+from spurjax import sharding as shd
+from spurjax.data.pipeline import ImageSource, Preprocess, eval_batches, train_batches
+from spurjax.data.table import Table, TRAIN, VAL, TEST
+from spurjax.errors import SpurjaxError
+from spurjax.train import losses
+from spurjax.train.checkpoint import Checkpoints
+from spurjax.train.optim import make_optimizer
+from spurjax.train.state import TrainState
+from spurjax.train.step import make_predict_fn, make_train_step, to_host
+from spurjax.train.writer import MetricWriter
+
+CRITERIA = {
+    "val_wga": lambda m: m["val"]["worst_group_accuracy"],
+    "val_avg": lambda m: m["val"]["average_accuracy"],
+    "val_worst_class": lambda m: m["val"]["worst_class_accuracy"],
+    "last": lambda m: m["epoch"],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSet:
+  """Positions into a table (repeats allowed) with the label, group and loss weight of each."""
+
+  indices: np.ndarray
+  labels: np.ndarray
+  groups: np.ndarray
+  weights: np.ndarray
+
+  @classmethod
+  def from_table(cls, table: Table, indices=None, weights=None) -> "TrainSet":
+    idx = table.indices(TRAIN) if indices is None else np.asarray(indices)
+    w = np.ones(len(idx), np.float32) if weights is None else np.asarray(weights, np.float32)
+    return cls(idx, table.y[idx], table.group[idx], w)
+
+  def __len__(self):
+    return len(self.indices)
+
+
+def preprocess_from_config(cfg) -> Preprocess:
+  d = cfg.data
+  return Preprocess(image_size=int(d.image_size), resize=d.get("resize") or None,
+                    center_crop=d.get("center_crop") or None, scale=tuple(d.get("crop_scale", (0.7, 1.0))),
+                    flip=float(d.get("flip", 0.5)), augment=bool(d.get("augment", True)))
+
+
+def dtype_of(cfg):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[cfg.model.get("dtype", "float32")]
+
+
+def init_variables(cfg, table: Table, rng):
+  """Fresh (or torchvision-initialised) model variables."""
+  model = models.get_model(cfg.model.name, table.num_classes, dtype_of(cfg))
+  s = int(cfg.data.image_size)
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, s, s, 3), jnp.float32), train=False))(rng)
+  variables = jax.tree.map(np.asarray, dict(variables))
+  path = cfg.model.get("pretrained", "")
+  if path:
+    from spurjax.models import torchvision_io
+    sd = torchvision_io.load_state_dict(path)
+    variables = torchvision_io.variables_from_torchvision(sd, cfg.model.name, table.num_classes,
+                                                          init_variables=variables, what=path)
+  return model, variables
+
+
+def predict(cfg, model, variables, source: ImageSource, table: Table, indices: np.ndarray, mesh,
+            features: bool = False, desc: Optional[str] = None):
+  """Eval-mode logits (and optionally features) for `indices`, as numpy, in order."""
+  key = (id(model), features)
+  fns = _PREDICT_CACHE.setdefault(id(mesh), {})
+  if key not in fns:
+    fns[key] = make_predict_fn(model.apply, mesh, mean=cfg.data.mean, std=cfg.data.std, dtype=dtype_of(cfg),
+                               features=features)
+  fn = fns[key]
+  variables = shd.replicate(variables, mesh)
+  bs = int(cfg.train.eval_batch_size)
+  outs = []
+  it = eval_batches(source, indices, labels=table.y[indices], groups=table.group[indices], batch_size=bs,
+                    num_threads=int(cfg.data.get("num_threads", 2)))
+  n_batches = -(-len(indices) // bs)
+  for batch in tqdm(it, total=n_batches, desc=desc, leave=False, disable=desc is None or jax.process_index() != 0):
+    out = fn(variables, shd.shard_batch({"image": batch["image"]}, mesh)["image"])
+    outs.append(jax.tree.map(to_host, out))
+  out = jax.tree.map(lambda *a: np.concatenate(a)[:len(indices)], *outs)
+  return out
+
+
+_PREDICT_CACHE: dict = {}
+
+
+def split_metrics(table: Table, indices: np.ndarray, logits: np.ndarray, train_counts) -> dict:
+  correct, total = M.group_counts(logits.argmax(-1), table.y[indices], table.group[indices], table.num_groups)
+  return M.group_metrics(correct, total, table.num_places, train_counts)
+
+
+def evaluate(cfg, model, variables, table: Table, sources: dict, mesh, splits=("val", "test")) -> dict:
+  train_counts = table.group_counts(TRAIN)
+  out = {}
+  for name in splits:
+    idx = table.indices(name)
+    if len(idx) == 0:
+      continue
+    logits = predict(cfg, model, variables, sources["eval"], table, idx, mesh)
+    out[name] = split_metrics(table, idx, logits, train_counts)
+  return out
+
+
+def make_sources(cfg, table: Table, train_set: Optional[TrainSet] = None) -> dict:
+  pp = preprocess_from_config(cfg)
+  cache = bool(cfg.data.get("cache", False))
+  src = ImageSource(table, pp, cache=cache)
+  return {"train": src, "eval": src}
+
+
+def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None, init_vars=None,
+        hooks: Sequence[Callable] = (), mesh=None, sources: Optional[dict] = None, name: str = "train") -> dict:
+  """Trains, evaluates each epoch, selects by `cfg.train.select`, resumes from `workdir`.
+
+  Returns the report dict (also written to `workdir/report.json`): per split (`val`,
+  `test`) the group metrics of the selected epoch, plus `selected_epoch`, `selection`, `history`.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh or shd.make_mesh()
+  train_set = train_set or TrainSet.from_table(table)
+  sources = sources or make_sources(cfg, table, train_set)
+  select = cfg.train.get("select", "val_wga")
+  if select not in CRITERIA:
+    raise SpurjaxError(f"config train.select: unknown criterion '{select}' ({', '.join(CRITERIA)})")
+  bs = int(cfg.train.batch_size)
+  if bs % len(mesh.devices.flat):
+    raise SpurjaxError(f"config train.batch_size={bs} is not divisible by the {mesh.devices.size} devices")
+  steps = len(train_set) // bs
+  if steps == 0:
+    raise SpurjaxError(f"config train.batch_size={bs} exceeds the {len(train_set)} training examples")
+  epochs = int(cfg.train.num_epochs)
+  rng = jax.random.PRNGKey(int(cfg.seed))
+  init_rng, step_rng = jax.random.split(rng)
+  model, variables = init_variables(cfg, table, init_rng)
+  if init_vars is not None:
+    variables = init_vars
+  loss_name = cfg.method.get("loss", "ce")
+  loss_fn, loss_init = losses.get(loss_name)
+  tx = make_optimizer(cfg.optim, epochs * steps, steps)
+  state = TrainState.create(apply_fn=model.apply, variables=variables, tx=tx,
+                            loss_state=loss_init(cfg.method, table.num_groups))
+  ckpt = Checkpoints(os.path.join(workdir, "ckpt"))
+  writer = MetricWriter(workdir, name)
+  start_epoch, history, best = 0, [], None
+  restored = ckpt.restore_last(state.pytree())
+  if restored is not None:
+    start_epoch, tree, meta = restored
+    state = state.with_pytree(tree)
+    history, best = meta["history"], meta["best"]
+    writer.truncate_after(start_epoch)
+  state = shd.replicate(state, mesh)
+  train_step = make_train_step(loss_fn, cfg.method, mesh, mean=cfg.data.mean, std=cfg.data.std, dtype=dtype_of(cfg))
+  step_rng = shd.replicate(step_rng, mesh)
+  key = CRITERIA[select]
+  is_main = jax.process_index() == 0
+  for epoch in range(start_epoch + 1, epochs + 1):
+    t0 = time.time()
+    it = train_batches(sources["train"], train_set.indices, labels=train_set.labels, groups=train_set.groups,
+                       weights=train_set.weights, batch_size=bs, seed=int(cfg.seed), epoch=epoch,
+                       num_threads=int(cfg.data.get("num_threads", 2)))
+    bar = tqdm(it, total=steps, desc=f"{name} epoch {epoch}/{epochs}", leave=False, disable=not is_main)
+    sums = {}
+    for batch in bar:
+      batch = {k: v for k, v in batch.items() if k != "index"}
+      state, m = train_step(state, shd.shard_batch(batch, mesh), step_rng)
+      for k, v in m.items():
+        sums[k] = sums.get(k, 0.0) + v
+    train_m = {k: float(v) / steps for k, v in sums.items()}
+    ev = evaluate(cfg, model, state.variables, table, sources, mesh)
+    rec = {"epoch": epoch, "time_s": round(time.time() - t0, 2), **{f"train/{k}": v for k, v in train_m.items()}}
+    for s, sm in ev.items():
+      for k in ("worst_group_accuracy", "average_accuracy_train_weighted", "average_accuracy", "worst_class_accuracy"):
+        rec[f"{s}/{k}"] = sm[k]
+    writer.write(int(state.step), rec)
+    if is_main:
+      tqdm.write(f"[{name}] epoch {epoch}/{epochs} loss {train_m.get('loss', float('nan')):.4f} | "
+                 + " | ".join(M.format_split(s, sm) for s, sm in ev.items()))
+    entry = {"epoch": epoch, **ev}
+    history.append({"epoch": epoch, "train": train_m,
+                    **{s: {k: v for k, v in sm.items() if k != "groups"} for s, sm in ev.items()}})
+    score = key(entry)
+    score = -math.inf if score is None else score
+    better = best is None or (score >= best["score"] if select == "last" else score > best["score"])
+    if better:
+      best = {"score": score, "epoch": epoch, "metrics": ev}
+      ckpt.save_best(epoch, {"params": state.params, "batch_stats": state.batch_stats}, {"epoch": epoch})
+    ckpt.save_last(epoch, state.pytree(), {"history": history, "best": best})
+    for hook in hooks:
+      hook(epoch, state, entry)
+  ckpt.close()
+  writer.close()
+  report = {"selection": select, "selected_epoch": best["epoch"], **best["metrics"], "history": history,
+            "train_group_counts": [int(c) for c in table.group_counts(TRAIN)]}
+  if is_main:
+    write_json_atomic(os.path.join(workdir, "report.json"), report)
+  return report
+
+
+def load_best_variables(cfg, table: Table, workdir: str):
+  """The selected variables of a finished `fit` in `workdir`."""
+  from spurjax.train.checkpoint import restore_variables
+  _, like = init_variables(cfg, table, jax.random.PRNGKey(0))
+  got = restore_variables(os.path.join(workdir, "ckpt"), {"params": like["params"],
+                                                          "batch_stats": like.get("batch_stats", {})})
+  if got is None:
+    raise SpurjaxError(f"{workdir}: no checkpoint to load")
+  return got
+
+
+def write_json_atomic(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)

@@ -1,0 +1,117 @@
+"""The one trainer: a full step on mock data, sharded == single device, exact resume, CLI smoke."""
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spurjax import sharding as shd
+from spurjax.train import losses
+from spurjax.train.loop import TrainSet, fit, init_variables, make_sources
+from spurjax.train.optim import make_optimizer
+from spurjax.train.state import TrainState
+from spurjax.train.step import make_train_step
+from helpers import toy_config, toy_table
+
+
+@pytest.fixture(scope="module")
+def setup():
+  cfg = toy_config()
+  table = toy_table()
+  model, variables = init_variables(cfg, table, jax.random.PRNGKey(0))
+  return cfg, table, model, variables
+
+
+def _state(cfg, model, variables):
+  tx = make_optimizer(cfg.optim, 10, 5)
+  return TrainState.create(apply_fn=model.apply, variables=variables, tx=tx)
+
+
+def _batch(table, n=8):
+  idx = np.arange(n) * 3
+  return {"image": np.stack([table.image(i) for i in idx]), "label": table.y[idx], "group": table.group[idx],
+          "weight": np.linspace(0.5, 1.5, n).astype(np.float32)}
+
+
+def test_sharded_step_equals_single_device(setup):
+  cfg, table, model, variables = setup
+  assert jax.device_count() == 4
+  loss_fn, _ = losses.get("ce")
+  batch = _batch(table)
+  rng = jax.random.PRNGKey(1)
+  outs = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = shd.make_mesh(devices)
+    step = make_train_step(loss_fn, cfg.method, mesh, mean=cfg.data.mean, std=cfg.data.std)
+    state = shd.replicate(_state(cfg, model, jax.tree.map(jnp.array, variables)), mesh)
+    sb = shd.shard_batch(batch, mesh)
+    assert len(sb["image"].sharding.device_set) == len(devices)
+    state, m = step(state, sb, rng)
+    state, m = step(state, sb, rng)
+    outs.append((jax.tree.map(np.asarray, state.pytree()), {k: float(v) for k, v in m.items()}))
+  (s1, m1), (s4, m4) = outs
+  assert m1["loss"] == pytest.approx(m4["loss"], rel=1e-5)
+  chex.assert_trees_all_close(s1, s4, rtol=1e-4, atol=1e-5)
+  assert int(s4["step"]) == 2
+
+
+def test_step_compiles_ahead_of_time_and_does_not_retrace(setup):
+  cfg, table, model, variables = setup
+  mesh = shd.make_mesh()
+  loss_fn, _ = losses.get("ce")
+  step = make_train_step(loss_fn, cfg.method, mesh, mean=cfg.data.mean, std=cfg.data.std)
+  state = shd.replicate(_state(cfg, model, jax.tree.map(jnp.array, variables)), mesh)
+  batch = shd.shard_batch(_batch(table), mesh)
+  rng = jax.random.PRNGKey(0)
+  compiled = step.lower(state, batch, rng).compile()   # ahead-of-time compile check
+  assert compiled.cost_analysis() is not None
+  for _ in range(3):
+    state, m = step(state, batch, rng)
+  assert step._cache_size() == 1
+
+
+def test_weights_scale_the_loss(setup):
+  cfg, table, model, variables = setup
+  loss_fn, _ = losses.get("ce")
+  logits = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+  b = {"label": jnp.array([0, 0]), "weight": jnp.array([1.0, 3.0])}
+  loss, _, _ = loss_fn(logits, b, {}, cfg.method)
+  l = -jax.nn.log_softmax(logits)[:, 0]
+  assert float(loss) == pytest.approx(float((l[0] + 3 * l[1]) / 2), rel=1e-6)
+
+
+class Interrupt(Exception):
+  pass
+
+
+def test_interrupted_run_resumes_to_identical_metrics(tmp_path):
+  cfg = toy_config(num_epochs=3)
+  table = toy_table()
+  full = fit(cfg, table, str(tmp_path / "a"))
+
+  def stop_after_2(epoch, state, entry):
+    if epoch == 2:
+      raise Interrupt()
+
+  with pytest.raises(Interrupt):
+    fit(cfg, table, str(tmp_path / "b"), hooks=[stop_after_2])
+  assert not (tmp_path / "b" / "report.json").exists()
+  resumed = fit(cfg, table, str(tmp_path / "b"))
+  assert resumed["history"] == full["history"]
+  assert resumed["test"] == full["test"] and resumed["selected_epoch"] == full["selected_epoch"]
+  lines = [json.loads(l) for l in open(tmp_path / "b" / "train.jsonl")]
+  assert [l["epoch"] for l in lines] == [1, 2, 3]
+  assert os.path.isdir(tmp_path / "b" / "tb")
+
+
+def test_train_set_weights_and_repeats(tmp_path):
+  cfg = toy_config(num_epochs=1, select="last")
+  table = toy_table()
+  idx = table.indices("train")
+  ts = TrainSet.from_table(table, np.concatenate([idx, idx[:8]]), np.ones(len(idx) + 8))
+  rep = fit(cfg, table, str(tmp_path / "w"), train_set=ts)
+  assert rep["selected_epoch"] == 1
+  assert set(rep["test"]) >= {"worst_group_accuracy", "average_accuracy_train_weighted", "average_accuracy", "groups"}

@@ -1,0 +1,177 @@
+"""Flax SD UNet: parity with diffusers on random weights, conversion, config checks, attention."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spurjax.diffusion import attention as attn_lib
+from spurjax.diffusion import unet as unet_lib
+from spurjax.errors import SpurjaxError
+
+TINY = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
+            attention_head_dim=(2, 4), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), out_channels=4, sample_size=16)
+
+
+def _randomise(model, seed=0):
+  """Fills every torch param with random values (diffusers zero-inits some)."""
+  import torch
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if p.ndim >= 2:
+        p.copy_(torch.randn(p.shape, generator=g) / np.sqrt(np.prod(p.shape[1:])))
+      elif name.endswith("weight"):
+        p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+      else:
+        p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(scope="module", params=[(False, 4, 16), (True, 9, 15)], ids=["conv-proj-in4", "linear-proj-in9-odd"])
+def reference(request):
+  """A randomised diffusers UNet, its state dict and config, and one reference output."""
+  torch = pytest.importorskip("torch")
+  diffusers = pytest.importorskip("diffusers")
+  linear, in_ch, size = request.param
+  tm = diffusers.UNet2DConditionModel(**TINY, in_channels=in_ch, use_linear_projection=linear).eval()
+  _randomise(tm)
+  sd = {k: v.numpy().copy() for k, v in tm.state_dict().items()}
+  rs = np.random.RandomState(1)
+  x = rs.randn(2, in_ch, size, size).astype(np.float32)
+  ctx = rs.randn(2, 5, 16).astype(np.float32)
+  t = np.array([10, 731], np.int64)
+  with torch.no_grad():
+    ref = tm(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx)).sample.numpy()
+  return dict(sd=sd, config=dict(tm.config), x=x.transpose(0, 2, 3, 1), ctx=ctx, t=t,
+              ref=ref.transpose(0, 2, 3, 1))
+
+
+def test_parity_with_diffusers(reference):
+  params = unet_lib.unet_from_diffusers(reference["sd"], reference["config"])
+  model = unet_lib.UNet2DConditionModel(reference["config"])
+  out = np.asarray(jax.jit(model.apply)({"params": params}, reference["x"], reference["t"], reference["ctx"]))
+  chex.assert_shape(out, reference["x"].shape[:3] + (4,))
+  ref = reference["ref"]
+  rel = np.abs(out - ref).max() / np.abs(ref).max()
+  assert rel < 1e-4, rel
+
+
+def test_round_trip_is_exact(reference):
+  sd = reference["sd"]
+  back = unet_lib.unet_to_diffusers(unet_lib.unet_from_diffusers(sd, reference["config"]), reference["config"])
+  assert set(back) == set(sd)
+  for k, v in sd.items():
+    assert back[k].shape == v.shape and back[k].dtype == v.dtype, k
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
+
+
+def test_missing_and_misshaped_tensor_named(reference):
+  sd = dict(reference["sd"])
+  key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+  del sd[key]
+  with pytest.raises(SpurjaxError, match=key):
+    unet_lib.unet_from_diffusers(sd, reference["config"])
+  sd = dict(reference["sd"])
+  key = "mid_block.resnets.1.conv2.weight"
+  sd[key] = sd[key][:, :-1]
+  with pytest.raises(SpurjaxError, match=key):
+    unet_lib.unet_from_diffusers(sd, reference["config"], what="unet/model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = dict(TINY, in_channels=4, use_linear_projection=True)
+  params = unet_lib.init_unet_params(config, jax.random.key(0))
+  rs = np.random.RandomState(0)
+  x = rs.randn(2, 8, 8, 4).astype(np.float32)
+  ctx = rs.randn(2, 3, 16).astype(np.float32)
+  plain = jax.jit(unet_lib.UNet2DConditionModel(config).apply)({"params": params}, x, 5, ctx)
+  return config, params, x, ctx, plain
+
+
+def test_capture_cross_attention_and_scalar_timestep(tiny):
+  config, params, x, ctx, plain = tiny
+  model = unet_lib.UNet2DConditionModel(config, capture_cross_attention=True)
+  apply = jax.jit(lambda p, t: model.apply({"params": p}, x, t, ctx, mutable=["intermediates"]))
+  out, state = apply(params, jnp.array([5, 5]))
+  np.testing.assert_allclose(out, plain, rtol=1e-5, atol=1e-5)
+  leaves = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+  probs = {jax.tree_util.keystr(p): v for p, v in leaves}
+  # Down block 0 (8x8 tokens, 2 heads), mid block (4x4, 4 heads), up block 1 x2 (8x8, 2 heads).
+  assert len(probs) == 4, list(probs)
+  assert all("attn2" in k for k in probs)
+  shapes = sorted(v.shape for v in probs.values())
+  assert shapes == [(2, 2, 64, 3)] * 3 + [(2, 4, 16, 3)]
+  for v in probs.values():
+    np.testing.assert_allclose(np.asarray(v).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_bf16_activations_track_fp32(tiny):
+  config, params, x, ctx, ref = tiny
+  out = jax.jit(unet_lib.UNet2DConditionModel(config, dtype=jnp.bfloat16).apply)({"params": params}, x, 5, ctx)
+  assert out.dtype == jnp.float32
+  rel = float(jnp.abs(out - ref).max() / jnp.abs(ref).max())
+  assert rel < 5e-2, rel
+
+
+def test_param_shapes_match_init(tiny):
+  config, params = tiny[:2]
+  shapes = unet_lib.unet_param_shapes(config)
+  chex.assert_trees_all_equal_shapes_and_dtypes(shapes, params)
+  assert "to_out_0" in params["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]
+
+
+@pytest.mark.parametrize("key,value", [
+    ("class_embed_type", "timestep"),
+    ("addition_embed_type", "text_time"),
+    ("time_cond_proj_dim", 256),
+    ("encoder_hid_dim", 768),
+    ("resnet_time_scale_shift", "scale_shift"),
+    ("only_cross_attention", True),
+    ("mid_block_type", "UNetMidBlock2DSimpleCrossAttn"),
+    ("act_fn", "gelu"),
+    ("some_future_option", 3),
+])
+def test_unsupported_config_value_names_key(key, value):
+  config = dict(TINY, in_channels=4, **{key: value})
+  with pytest.raises(SpurjaxError, match=key):
+    unet_lib.UNet2DConditionModel(config)
+
+
+def test_unknown_block_type_and_harmless_keys():
+  config = dict(TINY, in_channels=4, down_block_types=("AttnDownBlock2D", "DownBlock2D"))
+  with pytest.raises(SpurjaxError, match="down_block_types.*AttnDownBlock2D"):
+    unet_lib.parse_config(config)
+  spec = unet_lib.parse_config(dict(TINY, in_channels=9, _class_name="UNet2DConditionModel",
+                                    _diffusers_version="0.8.0", sample_size=64, upcast_attention=True,
+                                    num_attention_heads=None, dual_cross_attention=False))
+  assert spec.heads == (2, 4) and spec.in_channels == 9
+
+
+def test_sd2_heads_from_attention_head_dim():
+  config = dict(block_out_channels=[320, 640, 1280, 1280], attention_head_dim=[5, 10, 20, 20],
+                down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=1024)
+  spec = unet_lib.parse_config(config)
+  assert spec.heads == (5, 10, 20, 20)
+  assert {c // h for c, h in zip(spec.block_out_channels, spec.heads)} == {64}
+
+
+def test_attention_implementation_selection():
+  assert attn_lib.select_implementation(jnp.bfloat16, 64, "gpu") == "cudnn"
+  assert attn_lib.select_implementation(jnp.float16, 40, "cuda") == "cudnn"
+  assert attn_lib.select_implementation(jnp.float32, 64, "gpu") == "xla"
+  assert attn_lib.select_implementation(jnp.bfloat16, 60, "gpu") == "xla"  # head dim not a multiple of 8
+  assert attn_lib.select_implementation(jnp.bfloat16, 64, "cpu") is None
+  assert attn_lib.select_implementation(jnp.bfloat16, 64, "tpu") is None
+
+
+def test_attention_matches_softmax_reference():
+  rs = np.random.RandomState(0)
+  q, k, v = (jnp.asarray(rs.randn(2, n, 3, 8).astype(np.float32)) for n in (6, 4, 4))
+  out = attn_lib.attention(q, k, v)
+  probs = attn_lib.attention_probs(q, k)
+  chex.assert_shape(probs, (2, 3, 6, 4))
+  want = jnp.einsum("bhts,bshd->bthd", probs, v)
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
