@@ -18,11 +18,12 @@ USAGE = """usage: spurjax <command> [options]
 
 commands:
   erm     --config FILE[:arg] --workdir DIR [--config.key=value ...]   train ERM, write report.json/.md
+  baseline --method NAME --config FILE --workdir DIR [...]           a baseline (suby rwy subg rwg groupdro jtt dfr)
   data    synth --out DIR [--image-size N] [--scale F] [--seed N]       write the built-in benchmark
   bench   erm | unet [options]                                          print speed figures
 """
 
-BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet"}
+BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet", "methods": "spurjax.bench.methods"}
 DATA = {"synth": "spurjax.data.synth"}
 
 
@@ -49,6 +50,9 @@ def _dispatch(argv):
     from spurjax.train import erm
     erm.run(cfg, workdir)
     return 0
+  if cmd == "baseline":
+    from spurjax.baselines import cli as baseline_cli
+    return baseline_cli.main(rest) or 0
   if cmd in ("data", "bench"):
     table = DATA if cmd == "data" else BENCHES
     if not rest or rest[0] not in table:

@@ -44,34 +44,41 @@ def _nhwc(x):
 
 @pytest.fixture(scope="module")
 def torch_vae():
+  """A random diffusers VAE, its state dict and config, and reference encode/decode outputs (NCHW)."""
   torch = pytest.importorskip("torch")
   diffusers = pytest.importorskip("diffusers")
   model = _randomise(diffusers.AutoencoderKL(**VAE_CFG), torch, 0)
   state = {k: v.numpy() for k, v in model.state_dict().items()}
-  return torch, model, state, dict(model.config)
-
-
-def test_vae_encode_decode_match_diffusers(torch_vae):
-  torch, model, state, config = torch_vae
-  params = vae_lib.vae_from_diffusers(state, config)
-  module = vae_lib.AutoencoderKL(config)
   x = np.random.RandomState(0).uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
   z = np.random.RandomState(1).randn(2, 4, 8, 8).astype(np.float32)
   with torch.no_grad():
     dist = model.encode(torch.from_numpy(x)).latent_dist
-    ref_dec = model.decode(torch.from_numpy(z)).sample.numpy()
-  mean, logvar = jax.jit(lambda p, v: module.apply({"params": p}, v, method="encode"))(params, _nhwc(x))
-  dec = jax.jit(lambda p, v: module.apply({"params": p}, v, method="decode"))(params, _nhwc(z))
+    ref = dict(x=x, z=z, mean=dist.mean.numpy(), logvar=dist.logvar.numpy(),
+               dec=model.decode(torch.from_numpy(z)).sample.numpy())
+  return state, dict(model.config), ref
+
+
+def _decode_fn(config, dtype=jnp.float32):
+  module = vae_lib.AutoencoderKL(config, dtype)
+  return jax.jit(lambda p, v: module.apply({"params": p}, v, method="decode"))
+
+
+def test_vae_encode_decode_match_diffusers(torch_vae):
+  state, config, ref = torch_vae
+  params = vae_lib.vae_from_diffusers(state, config)
+  module = vae_lib.AutoencoderKL(config)
+  mean, logvar = jax.jit(lambda p, v: module.apply({"params": p}, v, method="encode"))(params, _nhwc(ref["x"]))
+  dec = _decode_fn(config)(params, _nhwc(ref["z"]))
   chex.assert_shape([mean, logvar], (2, 8, 8, 4))
   chex.assert_shape(dec, (2, 16, 16, 3))
-  assert _rel_err(_nchw(mean), dist.mean.numpy()) < 1e-4
-  assert _rel_err(_nchw(logvar), dist.logvar.numpy()) < 1e-4
-  assert _rel_err(_nchw(dec), ref_dec) < 1e-4
+  assert _rel_err(_nchw(mean), ref["mean"]) < 1e-4
+  assert _rel_err(_nchw(logvar), ref["logvar"]) < 1e-4
+  assert _rel_err(_nchw(dec), ref["dec"]) < 1e-4
   assert vae_lib.downscale_factor(config) == 2
 
 
 def test_vae_state_dict_round_trip_and_init_layout(torch_vae):
-  _, _, state, config = torch_vae
+  state, config, _ = torch_vae
   back = vae_lib.vae_to_diffusers(vae_lib.vae_from_diffusers(state, config), config)
   assert set(back) == set(state)
   for k, v in state.items():
@@ -84,7 +91,7 @@ def test_vae_state_dict_round_trip_and_init_layout(torch_vae):
 
 
 def test_vae_reads_old_attention_names(torch_vae):
-  _, _, state, config = torch_vae
+  state, config, _ = torch_vae
   renames = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
   old = {}
   for k, v in state.items():
@@ -98,14 +105,11 @@ def test_vae_reads_old_attention_names(torch_vae):
 
 
 def test_vae_bfloat16_activations_stay_close(torch_vae):
-  _, _, state, config = torch_vae
+  state, config, ref = torch_vae
   params = vae_lib.vae_from_diffusers(state, config)
-  z = jnp.asarray(np.random.RandomState(2).randn(1, 4, 4, 4).astype(np.float32))
-  decode = lambda dtype: jax.jit(lambda p, v: vae_lib.AutoencoderKL(config, dtype).apply({"params": p}, v,
-                                                                                         method="decode"))
-  ref, low = decode(jnp.float32)(params, z), decode(jnp.bfloat16)(params, z)
+  low = _decode_fn(config, jnp.bfloat16)(params, _nhwc(ref["z"]))
   assert low.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(low)))
-  assert _rel_err(low, ref) < 0.1
+  assert _rel_err(_nchw(low), ref["dec"]) < 0.1
 
 
 def test_vae_sample_latent_statistics():
@@ -129,7 +133,7 @@ def test_vae_unsupported_config_names_key(key, value):
 
 
 def test_vae_missing_misshaped_and_extra_tensors_are_named(torch_vae):
-  _, _, state, config = torch_vae
+  state, config, _ = torch_vae
   key = "decoder.up_blocks.1.resnets.0.conv1.weight"
   with pytest.raises(SpurjaxError, match=r"vae\.st: missing tensor 'decoder\.up_blocks\.1\.resnets\.0\.conv1\.weight'"):
     vae_lib.vae_from_diffusers({k: v for k, v in state.items() if k != key}, config, "vae.st")
@@ -162,6 +166,7 @@ def test_clip_hidden_states_match_transformers(torch_clip):
     ref = model(torch.from_numpy(ids), output_hidden_states=True)
     ref_masked = model(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
   module = clip_text.CLIPTextModel(config)
+  assert hash(module) == hash(clip_text.CLIPTextModel(dict(config)))  # usable as a static jit argument
   last, states = jax.jit(lambda p, i: module.apply({"params": p}, i, output_hidden_states=True))(params, ids)
   chex.assert_shape(last, (2, 77, 32))
   assert _rel_err(last, ref.last_hidden_state.numpy()) < 1e-4
@@ -197,7 +202,7 @@ def test_resize_token_embeddings_copies_initialiser_rows():
   np.testing.assert_array_equal(table[1000], old[7])
   np.testing.assert_array_equal(table[1001], old[320])
   module = clip_text.CLIPTextModel(cfg)  # the same module accepts the grown table
-  out = module.apply({"params": grown}, jnp.array([[998, 1000, 999], [998, 7, 999]]))
+  out = jax.jit(module.apply)({"params": grown}, jnp.array([[998, 1000, 999], [998, 7, 999]]))
   np.testing.assert_allclose(out[0], out[1], rtol=1e-6, atol=1e-6)
   with pytest.raises(SpurjaxError, match="init_rows key 5"):
     clip_text.resize_token_embeddings(params, 1002, {5: 1})

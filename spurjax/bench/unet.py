@@ -98,16 +98,17 @@ def xla_flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def time_call(fn: Callable[[], Any], sync: Callable[[Any], Any], warmup: int, iters: int) -> float:
-  """Median wall time of `sync(fn())` in milliseconds after `warmup` untimed calls."""
+def time_call(fn: Callable[[], Any], sync: Callable[[Any], Any], warmup: int, iters: int) -> tuple[float, Any]:
+  """Median wall time in ms of `sync(fn())` after `warmup` untimed calls, and the last output."""
   for _ in range(warmup):
     sync(fn())
-  times = []
-  for _ in range(iters):
+  times, out = [], None
+  for _ in range(max(iters, 1)):
     start = time.perf_counter()
-    sync(fn())
+    out = fn()
+    sync(out)
     times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+  return statistics.median(times), out
 
 
 def _device_name() -> str:
@@ -150,9 +151,8 @@ def _bench_torch(model, torch, inputs, device: str, dtype, compile_: bool, warmu
     with torch.inference_mode():
       return fn(sample, timesteps, context, return_dict=False)[0]
 
-  ms = time_call(call, sync, warmup + (2 if compile_ else 0), iters)
-  out = call().float().cpu().numpy().transpose(0, 2, 3, 1)
-  return ms, out
+  ms, out = time_call(call, sync, warmup + (2 if compile_ else 0), iters)
+  return ms, out.float().cpu().numpy().transpose(0, 2, 3, 1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -165,7 +165,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--compile", action="store_true", help="also torch.compile on CPU (always done on CUDA)")
   p.add_argument("--no-torch", action="store_true", help="skip the diffusers rows")
   p.add_argument("--warmup", type=int, help="untimed calls (default 3 on GPU, 1 on CPU)")
-  p.add_argument("--iters", type=int, help="timed calls (default 20 on GPU, 3 on CPU)")
+  p.add_argument("--iters", type=int, help="timed calls (default 20 on GPU, 2 on CPU)")
   p.add_argument("--torch-threads", type=int, help="torch.set_num_threads on CPU (default: torch's choice)")
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
   size = args.size or (64 if on_gpu else 32)
   dtype = _DTYPES[args.dtype or ("bf16" if on_gpu else "fp32")]
   warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
-  iters = args.iters or (20 if on_gpu else 3)
+  iters = args.iters or (20 if on_gpu else 2)
   config = bench_config(args.small)
   spec = unet_lib.parse_config(config)
 
@@ -209,11 +209,11 @@ def main(argv=None) -> int:
       flops, flops_src = ((from_xla, "XLA cost analysis") if from_xla and from_xla >= counted
                           else (counted, "matmul+conv count"))
     fn = lambda c=compiled: c({"params": params}, jx, jt, jctx)
-    ms = time_call(fn, jax.block_until_ready, warmup, iters)
+    ms, out = time_call(fn, jax.block_until_ready, warmup, iters)
     attn = {None: "auto attention", "xla": "xla attention"}[impl]
     label = f"spurjax jit {dtype_name} ({attn})"
     rows.append((label, ms, f"compile {compile_s:.0f}s"))
-    outputs[label] = np.asarray(fn())
+    outputs[label] = np.asarray(out)
 
   eager_ms = None
   if not args.no_torch:
@@ -227,15 +227,20 @@ def main(argv=None) -> int:
       if args.torch_threads and not cuda:
         torch.set_num_threads(args.torch_threads)
       device, tdtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
-      model = model.to(device, tdtype)
+      if cuda:
+        model = model.to(device, tdtype)
       tname = "fp16" if cuda else "fp32"
       eager_ms, out = _bench_torch(model, torch, (x, t, ctx), device, tdtype, False, warmup, iters)
       threads = "" if cuda else f"{torch.get_num_threads()} threads"
       rows.append((f"diffusers eager {tname} ({device})", eager_ms, threads))
       outputs["diffusers"] = out
       if cuda or args.compile:
-        ms, _ = _bench_torch(model, torch, (x, t, ctx), device, tdtype, True, warmup, iters)
-        rows.append((f"diffusers torch.compile {tname} ({device})", ms, threads))
+        label = f"diffusers torch.compile {tname} ({device})"
+        try:
+          ms, _ = _bench_torch(model, torch, (x, t, ctx), device, tdtype, True, warmup, iters)
+          rows.append((label, ms, threads))
+        except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler for inductor
+          print(f"{label} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
   print(f"FLOPs/call: {flops / 1e12:.3f} TFLOP ({flops_src})")
   print(f"{'implementation':<44}{'ms/call':>10}{'TFLOP/s':>10}{'vs eager':>10}  note")

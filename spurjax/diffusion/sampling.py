@@ -86,6 +86,7 @@ def _normal(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
 
 
+@functools.lru_cache(maxsize=64)
 def _plan(st: _Static):
   """Step timesteps and abar of the level the known region is re-noised to after each step."""
   ts = schedulers.get_sampler(st.sampler).timesteps(st.sched, st.num_steps)
@@ -225,13 +226,15 @@ def _pad_rows(a, rows: int):
 def _dispatch(st: _Static, batch: int, inputs: dict, *, params, rng, guidance_scale, mesh, debug_python_loop):
   if rng is None:
     raise SpurjaxError("rng is required (e.g. jax.random.key(seed))")
-  if st.cfg and float(guidance_scale) != guidance_scale:
-    raise SpurjaxError(f"guidance_scale={guidance_scale!r} must be a number")
+  try:
+    guidance = jnp.float32(guidance_scale)
+  except (TypeError, ValueError):
+    raise SpurjaxError(f"guidance_scale={guidance_scale!r} must be a number") from None
   devices = 1 if mesh is None else mesh.devices.size
   rows = sharding.pad_to_multiple(batch, devices)
   d = {k: _pad_rows(v, rows) for k, v in inputs.items()}
   d["index"] = jnp.arange(rows, dtype=jnp.int32)
-  d.update(params=params, rng=rng, guidance=jnp.float32(guidance_scale))
+  d.update(params=params, rng=rng, guidance=guidance)
   if mesh is not None:
     d = {k: jax.device_put(v, _sharding_for(k, mesh)) for k, v in d.items()}
   d["noise"] = _noise_program(st.latent_shape, mesh)(d["rng"], d["index"])
@@ -449,7 +452,7 @@ def pipeline_fns(pipeline) -> ModelFns:
     if vae is None:
       fns = (_UNetDenoise(unet), None, None)
     else:
-      scale = float(vae.config.get("scaling_factor", 0.18215))
+      scale = float(getattr(pipeline, "latent_scale", None) or vae.config.get("scaling_factor", 0.18215))
       fns = (_UNetDenoise(unet), _VaeEncode(vae, scale), _VaeDecode(vae, scale))
     hit = _ADAPTERS[key] = (unet, vae, fns)
   params = {"unet": pipeline.unet_params}

@@ -94,7 +94,8 @@ def _choice(config: Mapping[str, Any], key: str, allowed: tuple, default):
   if value is None:
     value = default
   if value not in allowed:
-    raise SpurjaxError(f"scheduler config: {key}={value!r} is not supported (use one of {', '.join(map(str, allowed))})")
+    options = ", ".join(map(str, allowed))
+    raise SpurjaxError(f"scheduler config: {key}={value!r} is not supported (use one of {options})")
   return value
 
 

@@ -28,6 +28,8 @@ DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
 MID_TYPES = ("UNetMidBlock2DCrossAttn",)
 
+_DEFAULT_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+_DEFAULT_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 # Keys that must keep these values (anything else changes the architecture).
 _FIXED = {
     "center_input_sample": (False, True),
@@ -99,6 +101,13 @@ def _per_block(config: Mapping, key: str, default, n: int, kind=int) -> tuple:
   return tuple(kind(v) for v in values)
 
 
+def _int(config: Mapping, key: str, default: int) -> int:
+  value = config.get(key, default)
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise SpurjaxError(f"unet config: '{key}' = {value!r} must be a positive integer")
+  return value
+
+
 def _strip_res(name: str) -> str:
   return name[len("UNetRes"):] if isinstance(name, str) and name.startswith("UNetRes") else name
 
@@ -125,13 +134,13 @@ def parse_config(config: Mapping[str, Any]) -> UNetSpec:
     elif key not in _HANDLED and value not in (None, False):
       raise SpurjaxError(f"unet config: unsupported key '{key}' = {value!r}")
 
-  down = tuple(_strip_res(t) for t in config.get("down_block_types", ()))
-  up = tuple(_strip_res(t) for t in config.get("up_block_types", ()))
+  down = tuple(_strip_res(t) for t in config.get("down_block_types", _DEFAULT_DOWN))
+  up = tuple(_strip_res(t) for t in config.get("up_block_types", _DEFAULT_UP))
   for key, types, allowed in (("down_block_types", down, DOWN_TYPES), ("up_block_types", up, UP_TYPES)):
     bad = [t for t in types if t not in allowed]
     if bad or not types:
       raise SpurjaxError(f"unet config: unsupported {key} {bad or list(types)} (supported: {list(allowed)})")
-  channels = tuple(int(c) for c in config.get("block_out_channels", ()))
+  channels = _per_block(config, "block_out_channels", (320, 640, 1280, 1280), len(down))
   n = len(channels)
   if n == 0 or len(down) != n or len(up) != n:
     raise SpurjaxError(f"unet config: block_out_channels {list(channels)}, down_block_types {list(down)} and "
@@ -147,14 +156,18 @@ def parse_config(config: Mapping[str, Any]) -> UNetSpec:
     if uses_attention and c % heads[i]:
       raise SpurjaxError(f"unet config: block_out_channels[{i}]={c} is not divisible by "
                          f"attention_head_dim[{i}]={heads[i]} (the number of heads)")
+  cross_dims = _per_block(config, "cross_attention_dim", 1280, n)
+  if len(set(cross_dims)) != 1:
+    raise SpurjaxError(f"unet config: unsupported value cross_attention_dim={list(cross_dims)} "
+                       "(one text embedding width is required)")
   for key in ("conv_in_kernel", "conv_out_kernel"):
     k = config.get(key, 3)
     if not isinstance(k, int) or k % 2 == 0:
       raise SpurjaxError(f"unet config: unsupported value {key}={k!r} (an odd integer is required)")
   time_embed_dim = config.get("time_embedding_dim") or channels[0] * 4
   return UNetSpec(
-      in_channels=int(config.get("in_channels", 4)),
-      out_channels=int(config.get("out_channels", 4)),
+      in_channels=_int(config, "in_channels", 4),
+      out_channels=_int(config, "out_channels", 4),
       center_input_sample=bool(config.get("center_input_sample", False)),
       flip_sin_to_cos=bool(config.get("flip_sin_to_cos", True)),
       freq_shift=float(config.get("freq_shift", 0)),
@@ -163,7 +176,7 @@ def parse_config(config: Mapping[str, Any]) -> UNetSpec:
       block_out_channels=channels,
       layers_per_block=_per_block(config, "layers_per_block", 2, n),
       heads=heads,
-      cross_attention_dim=_per_block(config, "cross_attention_dim", 1280, n),
+      cross_attention_dim=cross_dims,
       transformer_layers=_per_block(config, "transformer_layers_per_block", 1, n),
       use_linear_projection=bool(config.get("use_linear_projection", False)),
       norm_num_groups=groups,
@@ -417,8 +430,9 @@ def init_unet_params(config: Mapping[str, Any], rng: jax.Array, sample_size: int
   drawn on the host from a seed taken from `rng`, which is much faster than
   compiling flax's per-layer initialisers for a full-size UNet.
   """
-  seed = np.asarray(jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng)
-  gen = np.random.default_rng(seed.astype(np.uint32).ravel().tolist())
+  if isinstance(rng, jax.Array) and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  gen = np.random.default_rng(np.asarray(rng).astype(np.uint32).ravel().tolist())
 
   def draw(path, ref):
     leaf = path[-1].key

@@ -230,6 +230,12 @@ def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | os.PathLi
 # ------------------------------------------------------------------ converting
 
 
+def _check_torchvision_name(model_name: str) -> None:
+  if model_name not in TORCHVISION_MODELS:
+    raise SpurjaxError(f"model {model_name!r} has no torchvision layout; "
+                       f"use one of {', '.join(TORCHVISION_MODELS)}")
+
+
 def torch_key(path: tuple[str, ...]) -> str:
   """("layer1_0", "downsample_1", "scale") -> "layer1.0.downsample.1.weight"."""
   *modules, leaf = path
@@ -251,8 +257,7 @@ def _to_flax(leaf: str, a: np.ndarray) -> np.ndarray:
 def _template(model_name: str, num_classes: int) -> dict:
   """Flat {(collection, *path): shape} of the spurjax model's variables (no compute)."""
   from spurjax.models import get_model  # pylint: disable=import-outside-toplevel
-  if model_name not in TORCHVISION_MODELS:
-    raise SpurjaxError(f"model {model_name!r} has no torchvision layout; use one of {', '.join(TORCHVISION_MODELS)}")
+  _check_torchvision_name(model_name)
   model = get_model(model_name, num_classes)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
   return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(shapes)).items()}
@@ -287,13 +292,11 @@ def variables_from_torchvision(state_dict: Mapping[str, Any], model_name: str, n
   """
   template = _template(model_name, num_classes)
   feat = template[("params", "fc", "kernel")][0]
-  fc_w = state_dict.get("fc.weight")
-  keep_head = fc_w is not None and np.ndim(fc_w) == 2 and np.shape(fc_w)[0] != num_classes \
-      and np.shape(fc_w)[1] == feat
+  fc_shape = np.shape(state_dict["fc.weight"]) if "fc.weight" in state_dict else None
   head = None
-  if keep_head:
+  if fc_shape is not None and len(fc_shape) == 2 and fc_shape[1] == feat and fc_shape[0] != num_classes:
     head = _fresh_head(init_variables, model_name, num_classes, feat, what)
-    log.warning("%s: fc has %d classes, the model %d; keeping the %s fc head", what, np.shape(fc_w)[0],
+    log.warning("%s: fc has %d classes, the model %d; keeping the %s fc head", what, fc_shape[0],
                 num_classes, "freshly initialised" if init_variables is None else "init_variables'")
 
   flat, used = {}, set()
@@ -322,14 +325,23 @@ def variables_to_torchvision(variables, model_name: str) -> dict[str, np.ndarray
 
   Includes `num_batches_tracked` (0) so that torchvision's strict `load_state_dict` accepts it.
   """
-  if model_name not in TORCHVISION_MODELS:
-    raise SpurjaxError(f"model {model_name!r} has no torchvision layout; use one of {', '.join(TORCHVISION_MODELS)}")
+  _check_torchvision_name(model_name)
+  try:
+    flat = traverse_util.flatten_dict({c: dict(variables[c]) for c in ("params", "batch_stats")})
+    num_classes = np.shape(variables["params"]["fc"]["kernel"])[-1]
+  except (KeyError, TypeError):
+    raise SpurjaxError(f"variables are not {model_name} variables "
+                       "(need params with an fc head, and batch_stats)") from None
+  template = _template(model_name, num_classes)
+  bad = sorted(p for p in set(template) | set(flat)
+               if p not in template or p not in flat or np.shape(flat[p]) != template[p])
+  if bad:
+    raise SpurjaxError(f"variables do not fit {model_name}: {'/'.join(bad[0])} "
+                       "is missing, unexpected or mis-shaped")
   out = {}
-  for collection in ("params", "batch_stats"):
-    if collection not in variables:
-      raise SpurjaxError(f"{model_name} variables have no {collection!r} collection")
-    for path, value in traverse_util.flatten_dict(dict(variables[collection])).items():
-      out[torch_key(path)] = np.ascontiguousarray(_to_torch(path[-1], np.asarray(value, np.float32)))
-      if path[-1] == "mean":
-        out[torch_key(path).rsplit(".", 1)[0] + "." + _IGNORED_SUFFIX] = np.array(0, np.int64)
+  for path, value in flat.items():
+    key = torch_key(path[1:])
+    out[key] = np.ascontiguousarray(_to_torch(path[-1], np.asarray(value, np.float32)))
+    if path[-1] == "mean":
+      out[key.rsplit(".", 1)[0] + "." + _IGNORED_SUFFIX] = np.array(0, np.int64)
   return dict(sorted(out.items()))

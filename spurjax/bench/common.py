@@ -1,0 +1,36 @@
+"""Shared bits of the benchmark commands: timing and a printed table."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+
+
+def time_call(fn: Callable, *, warmup: int = 2, iters: int = 5, sync: Callable = jax.block_until_ready) -> float:
+  """Median seconds per call of fn() after `warmup` calls; `sync` waits for its result."""
+  for _ in range(warmup):
+    sync(fn())
+  times = []
+  for _ in range(iters):
+    t = time.perf_counter()
+    sync(fn())
+    times.append(time.perf_counter() - t)
+  times.sort()
+  return times[len(times) // 2]
+
+
+def device_name() -> str:
+  d = jax.devices()[0]
+  return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()}"
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> str:
+  cells = [header] + [[("" if c is None else (f"{c:.3g}" if isinstance(c, float) else str(c))) for c in r] for r in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  lines = [title, "  ".join(h.ljust(w) for h, w in zip(cells[0], widths)),
+           "  ".join("-" * w for w in widths)]
+  lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells[1:]]
+  out = "\n".join(lines)
+  print(out, flush=True)
+  return out
