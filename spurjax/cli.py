@@ -19,11 +19,14 @@ USAGE = """usage: spurjax <command> [options]
 commands:
   erm     --config FILE[:arg] --workdir DIR [--config.key=value ...]   train ERM, write report.json/.md
   baseline --method NAME --config FILE --workdir DIR [...]           a baseline (suby rwy subg rwg groupdro jtt dfr)
+  invert  --config FILE --workdir DIR [...]                            learn one textual-inversion token per class
+  prior   train --data DIR --out PRIOR_DIR [...]                      train a small text-to-image prior
   data    synth --out DIR [--image-size N] [--scale F] [--seed N]       write the built-in benchmark
-  bench   erm | unet [options]                                          print speed figures
+  bench   erm | unet | methods | prior [options]                                          print speed figures
 """
 
-BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet", "methods": "spurjax.bench.methods"}
+BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet", "methods": "spurjax.bench.methods",
+           "prior": "spurjax.bench.prior"}
 DATA = {"synth": "spurjax.data.synth"}
 
 
@@ -45,11 +48,19 @@ def _dispatch(argv):
     print(USAGE)
     return 0
   cmd, rest = argv[0], argv[1:]
+  from spurjax.distributed import maybe_initialize
+  maybe_initialize()
   if cmd == "erm":
     cfg, workdir = _config_command(rest, "spurjax erm")
     from spurjax.train import erm
     erm.run(cfg, workdir)
     return 0
+  if cmd == "invert":
+    from spurjax.diffusion import invert
+    return invert.main(rest) or 0
+  if cmd == "prior":
+    from spurjax.diffusion import prior
+    return prior.main(rest) or 0
   if cmd == "baseline":
     from spurjax.baselines import cli as baseline_cli
     return baseline_cli.main(rest) or 0

@@ -205,7 +205,8 @@ def _random_like(shapes, seed):
 def pipeline():
   unet_lib = pytest.importorskip("spurjax.diffusion.unet")
   vae_lib = pytest.importorskip("spurjax.diffusion.vae")
-  return types.SimpleNamespace(
+  loading = pytest.importorskip("spurjax.diffusion.loading")
+  return loading.Pipeline(
       unet=unet_lib.UNet2DConditionModel(UNET),
       unet_params=_random_like(unet_lib.unet_param_shapes(UNET, sample_size=8), 1),
       vae=vae_lib.AutoencoderKL(VAE), vae_params=_random_like(vae_lib.vae_param_shapes(VAE), 2))

@@ -145,7 +145,8 @@ def test_init_params_match_diffusers_layout(reference, flax_run):
     ("in_channels", "9"),
 ])
 def test_unsupported_config_value_names_key(key, value):
-  config = dict(TINY, in_channels=4, **{key: value})
+  config = dict(TINY, in_channels=4)
+  config[key] = value
   with pytest.raises(SpurjaxError, match=key):
     unet_lib.UNet2DConditionModel(config)
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spurjax.diffusion import unet as unet_lib
+from spurjax.diffusion.attention import select_implementation
 
 SD2_INPAINT_UNET = {
     "_class_name": "UNet2DConditionModel",
@@ -210,7 +211,9 @@ def main(argv=None) -> int:
                           else (counted, "matmul+conv count"))
     fn = lambda c=compiled: c({"params": params}, jx, jt, jctx)
     ms, out = time_call(fn, jax.block_until_ready, warmup, iters)
-    attn = {None: "auto attention", "xla": "xla attention"}[impl]
+    picked = impl or "/".join(sorted({select_implementation(dtype, c // h) or "default"
+                                       for c, h in zip(spec.block_out_channels, spec.heads)}))
+    attn = f"{picked} attention"
     label = f"spurjax jit {dtype_name} ({attn})"
     rows.append((label, ms, f"compile {compile_s:.0f}s"))
     outputs[label] = np.asarray(out)

@@ -147,6 +147,7 @@ def _land(rng: np.random.Generator, n: int) -> Image.Image:
     lean = rng.uniform(-0.5, 0.5) * length
     colour = _rgb(hue + rng.uniform(-0.05, 0.05), sat, val + rng.uniform(-0.2, 0.2))
     draw.line([(x, y), (x + lean, y - length)], fill=colour, width=width)
+  _clutter(draw, rng, n, stones=True)
   return img
 
 
@@ -172,7 +173,30 @@ def _water(rng: np.random.Generator, n: int) -> Image.Image:
     length = rng.uniform(0.03, 0.10) * n
     colour = _rgb(hue, sat * 0.35, min(1.0, val + rng.uniform(0.2, 0.4)))
     draw.line([(x, y), (x + length, y)], fill=colour, width=width)
+  _clutter(draw, rng, n, stones=False)
   return img
+
+
+def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, n: int, stones: bool) -> None:
+  """Outlined distractors in object-like colours: stones on land, floating leaves on water.
+
+  They keep object colour and outlines from giving the object away, so finding it
+  takes its shape.
+  """
+  width = max(1, n // 64)
+  for _ in range(int(rng.integers(2, 6))):
+    hue = rng.uniform()
+    fill = _rgb(hue, rng.uniform(0.3, 0.9), rng.uniform(0.5, 1.0))
+    c = rng.uniform(0.05, 0.95, 2) * n
+    r = rng.uniform(0.03, 0.08) * n
+    if stones:  # an irregular polygon
+      k = int(rng.integers(5, 9))
+      t = np.sort(rng.uniform(0, 2 * np.pi, k))
+      rad = r * rng.uniform(0.6, 1.0, k)
+      pts = np.stack([c[0] + rad * np.cos(t), c[1] + rad * np.sin(t)], axis=1)
+    else:  # a leaf: a flat ellipse, a little tilted
+      pts = _ellipse(c[0], c[1], r * rng.uniform(1.0, 1.8), r * rng.uniform(0.35, 0.7), rng.uniform(-0.5, 0.5))
+    draw.polygon([tuple(p) for p in pts], fill=fill, outline=_rgb(hue, 0.6, 0.12), width=width)
 
 
 def _ellipse(cx: float, cy: float, a: float, b: float, angle: float = 0.0, k: int = 28) -> np.ndarray:
