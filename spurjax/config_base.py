@@ -68,5 +68,33 @@ def base_config() -> ml_collections.ConfigDict:
   c.method.dfr_subsamples = 10   # DFR: group-balanced subsamples averaged
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.path = ""           # a diffusers-format directory
+  c.diffusion.path = "builtin"    # a diffusers-format directory; "builtin": the prior spurjax ships
+  c.diffusion.dtype = "float32"
+
+  c.ddb = ml_collections.ConfigDict()
+  c.ddb.k = 30                    # majority images selected per class (lowest per-sample ERM loss)
+  c.ddb.nouns = ()                # class nouns for prompts ("bird", ...); default: the dataset's class names
+  c.ddb.template = "a photo of a {token} {noun}"
+  c.ddb.invert_steps = 3000       # textual inversion (paper: 3000 steps, batch 1 x accumulation 4, lr 5e-4 scaled)
+  c.ddb.invert_lr = 5e-4
+  c.ddb.invert_batch = 1
+  c.ddb.invert_accum = 4
+  c.ddb.mask = "attention"        # attention (language-guided) | given | saliency
+  c.ddb.inpaint_mode = "blended"  # blended (4-channel UNet) | channels (9-channel inpainting UNet)
+  c.ddb.n_samples = 2             # edits per (image, target class)
+  c.ddb.num_steps = 50
+  c.ddb.guidance_scale = 7.5
+  c.ddb.ig_steps = 50
+  c.ddb.ig_method = "gausslegendre"
+  c.ddb.ig_threshold = 0.3        # attribution toward the new class summed inside the mask (reference code: 0.3)
+  c.ddb.gammas = (6.0, 10.0)      # loss weight of kept edits per target class (reference code: 6, 10)
+  c.ddb.gen_fraction = 0.5        # share of each retraining epoch made of (repeated) kept edits
+  c.ddb.retrain = ml_collections.ConfigDict()
+  c.ddb.retrain.name = "adam"     # paper: Adam, lr 5e-6, 200 epochs, batch 32, selection by val WGA
+  c.ddb.retrain.lr = 5e-6
+  c.ddb.retrain.weight_decay = 0.0
+  c.ddb.retrain.schedule = "constant"
+  c.ddb.retrain.num_epochs = 200
+  c.ddb.retrain.batch_size = 32
+  c.ddb.retrain.select = "val_wga"  # or val_worst_class: needs no validation group labels
   return c

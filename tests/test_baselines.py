@@ -140,7 +140,18 @@ def test_dfr_fits_on_group_balanced_subsets(monkeypatch):
   assert seen[-1][0] == 9            # final fits: the smallest group of the full set
   assert info["C"] in grid and set(info["tune_wga"]) == {str(c) for c in grid}
   assert (head.logits(x).argmax(-1) == y).mean() > 0.95
-  # with a very strong L1 penalty the weights vanish
+  # the solver reaches the L1 optimality conditions; a very strong penalty zeroes every weight
+  c = 0.05
+  w, b = dfr.fit_l1_logreg(x, y, 2, c, iters=300)
+  z = x @ w + b
+  p = np.exp(z - z.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  g = x.T @ (p - np.eye(2)[y]) / len(y)
+  lam = 1.0 / (c * len(y))
+  nz = np.abs(w) > 1e-7
+  assert 0 < nz.sum() < w.size
+  assert np.where(nz, np.abs(g + lam * np.sign(w)), np.maximum(np.abs(g) - lam, 0)).max() < 1e-4
+  assert np.abs((p - np.eye(2)[y]).mean(0)).max() < 1e-4        # unpenalised intercept
   w, _ = dfr.fit_l1_logreg(x, y, 2, 1e-4, iters=300)
   assert np.abs(w).max() < 1e-6
 
@@ -172,40 +183,45 @@ def test_published_settings_then_user_overrides():
 
 
 def test_bench_methods_smoke_and_resume(tmp_path, table, monkeypatch):
+  """GroupDRO and DFR through the bench (DFR trains the bench's ERM run first): 2 short fits."""
   cfg = toy_config(num_epochs=1)
   cfg.method.dfr_reg = (1.0, 0.1)
   cfg.method.dfr_subsamples = 2
   w = str(tmp_path / "bench")
-  rows = bench.run(cfg, ["erm", "dfr"], 1, w, table=table)
-  assert [r["method"] for r in rows] == ["erm", "dfr"]
+  rows = bench.run(cfg, ["groupdro", "dfr"], 1, w, table=table)
+  assert [r["method"] for r in rows] == ["groupdro", "dfr"]
   for name in ("methods.md", "methods.csv", "methods.png"):
     assert os.path.getsize(os.path.join(w, name)) > 0
   md = open(os.path.join(w, "methods.md")).read()
-  assert "| erm | no/no | 1 |" in md and "| dfr | no/yes | 1 |" in md
+  assert "| groupdro | yes/yes | 1 |" in md and "| dfr | no/yes | 1 |" in md
+  with open(os.path.join(w, "methods.csv")) as f:
+    assert f.readline().startswith("method,train_group_labels,val_group_labels,seeds,worst_group_accuracy_mean")
+  first = json.loads(open(os.path.join(w, "groupdro", "seed0", "groupdro.jsonl")).readline())
+  assert 0.25 <= first["train/dro_max_weight"] <= 1.0
+  erm = json.load(open(os.path.join(w, "erm", "seed0", "report.json")))
+  assert erm["method"] == "erm" and erm["selection"] == "val_avg"
   rep = json.load(open(os.path.join(w, "dfr", "seed0", "report.json")))
   assert rep["method"] == "dfr" and rep["val"]["optimistic"] is True
   assert set(rep["test"]) >= {"worst_group_accuracy", "average_accuracy_train_weighted", "average_accuracy",
                               "groups"}
   assert rep["dfr"]["erm_workdir"] == os.path.abspath(os.path.join(w, "erm", "seed0"))
-  assert not os.path.exists(os.path.join(w, "dfr", "seed0", "erm"))   # reused the bench's ERM run
 
   def no_training(*a, **k):
     raise AssertionError("a finished run was trained again")
 
   monkeypatch.setattr(runner.loop, "fit", no_training)
   monkeypatch.setattr(runner.erm, "fit", no_training)
-  again = bench.run(cfg, ["erm", "dfr"], 1, w, table=table)
+  again = bench.run(cfg, ["groupdro", "dfr"], 1, w, table=table)
   assert again == rows
 
 
-def test_groupdro_and_jtt_run_through_the_trainer(tmp_path, table):
-  cfg = toy_config(num_epochs=1)
-  g = runner.run_method(hparams.method_config(cfg, "groupdro"), "groupdro", str(tmp_path / "g"), table=table)
-  assert g["group_labels"] == {"train": "yes", "val": "yes"}
-  assert "train/dro_max_weight" in json.loads(open(tmp_path / "g" / "groupdro.jsonl").readline())
-  j = runner.run_method(hparams.method_config(cfg, "jtt", ["--config.method.jtt_lambda=3"]), "jtt",
-                        str(tmp_path / "j"), table=table)
-  errors = json.load(open(tmp_path / "j" / "jtt_error_set.json"))["indices"]
-  assert j["jtt"]["error_set_size"] == len(errors)
-  assert j["group_labels"] == {"train": "no", "val": "yes"}
-  assert os.path.isfile(tmp_path / "j" / "identify" / "report.json")
+def test_jtt_identification_run(tmp_path, table):
+  """Stage 1 trains through the trainer (last epoch kept); the saved error set is its training mistakes."""
+  cfg = hparams.method_config(toy_config(num_epochs=1), "jtt")
+  errors = jtt.identify(cfg, table, str(tmp_path))
+  assert json.load(open(tmp_path / "identify" / "report.json"))["selection"] == "last"
+  saved = json.load(open(tmp_path / "jtt_error_set.json"))
+  assert saved["indices"] == [int(i) for i in errors]
+  assert saved["num_train"] == len(table.indices("train"))
+  assert set(errors) <= set(table.indices("train"))
+  np.testing.assert_array_equal(jtt.identify(cfg, table, str(tmp_path)), errors)   # resumed from the file

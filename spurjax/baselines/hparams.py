@@ -41,15 +41,16 @@ PUBLISHED = {
     "synth": {
         "groupdro": {"method.dro_eta": 0.1, "method.dro_adj": 0.0},
         "jtt": {"method.jtt_epochs": 1, "method.jtt_lambda": 20.0},
-        "subg": {"train.num_epochs": 40},
-        "suby": {"train.num_epochs": 10},
+        "subg": {"train.batch_size": 32, "train.num_epochs": 20},
+        "suby": {"train.num_epochs": 12},
         "dfr": {"method.dfr_reg": DFR_C_GRID, "method.dfr_subsamples": 10},
     },
 }
 
 # Model selection per method when the user does not choose: methods that declare no
 # validation group labels select without them.
-SELECTION = {"erm": "val_avg", "suby": "val_worst_class", "rwy": "val_worst_class"}
+SELECTION = {"erm": "val_avg", "suby": "val_worst_class", "rwy": "val_worst_class", "subg": "val_worst_class",
+             "rwg": "val_worst_class"}
 
 LOSS = {"groupdro": "group_dro"}
 

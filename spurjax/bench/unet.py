@@ -209,6 +209,8 @@ def main(argv=None) -> int:
       # A fused-attention custom call is invisible to XLA's count: keep the larger.
       flops, flops_src = ((from_xla, "XLA cost analysis") if from_xla and from_xla >= counted
                           else (counted, "matmul+conv count"))
+      flops_src += (f"; XLA cost analysis {from_xla / 1e9:.1f}" if from_xla else "; no XLA cost analysis")
+      flops_src += f", matmul+conv count {counted / 1e9:.1f}"
     fn = lambda c=compiled: c({"params": params}, jx, jt, jctx)
     ms, out = time_call(fn, jax.block_until_ready, warmup, iters)
     picked = impl or "/".join(sorted({select_implementation(dtype, c // h) or "default"
@@ -245,7 +247,7 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler for inductor
           print(f"{label} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
-  print(f"FLOPs/call: {flops / 1e12:.3f} TFLOP ({flops_src})")
+  print(f"FLOPs/call: {flops / 1e9:.1f} GFLOP ({flops_src})")
   print(f"{'implementation':<44}{'ms/call':>10}{'TFLOP/s':>10}{'vs eager':>10}  note")
   for label, ms, note in rows:
     ratio = f"{eager_ms / ms:.2f}x" if eager_ms else "-"

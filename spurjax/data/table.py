@@ -74,3 +74,41 @@ class Table:
     if self.mask_refs is None or self.mask_refs[i] is None or self.read_mask is None:
       return None
     return self.read_mask(self.mask_refs[i])
+
+
+GENERATED = 3  # split id of generated examples appended to a dataset (not train/val/test)
+
+
+def concat(first: Table, second: Table, *, second_split: Optional[int] = None, name: Optional[str] = None) -> Table:
+  """Rows of `first` then `second` (e.g. a dataset plus generated images).
+
+  `second_split` overrides the split of every row of `second` (GENERATED keeps them out of the
+  train / val / test metrics). Class and attribute counts are the larger of the two.
+  """
+  n1 = len(first)
+  refs = [(0, r) for r in first.refs] + [(1, r) for r in second.refs]
+  readers = (first.read_image, second.read_image)
+  split2 = second.split if second_split is None else np.full(len(second), second_split, np.int32)
+
+  def read_image(ref):
+    which, r = ref
+    return readers[which](r)
+
+  masks = None
+  read_mask = None
+  if first.mask_refs is not None or second.mask_refs is not None:
+    m1 = list(first.mask_refs) if first.mask_refs is not None else [None] * n1
+    m2 = list(second.mask_refs) if second.mask_refs is not None else [None] * len(second)
+    masks = [None if m is None else (0, m) for m in m1] + [None if m is None else (1, m) for m in m2]
+    mreaders = (first.read_mask, second.read_mask)
+    read_mask = lambda ref: mreaders[ref[0]](ref[1])
+  caps = None
+  if first.captions is not None or second.captions is not None:
+    caps = list(first.captions or [""] * n1) + list(second.captions or [""] * len(second))
+  return Table(
+      name=name or first.name, refs=refs, y=np.concatenate([first.y, second.y]).astype(np.int32),
+      place=np.concatenate([first.place, second.place]).astype(np.int32),
+      split=np.concatenate([first.split, split2]).astype(np.int32),
+      num_classes=max(first.num_classes, second.num_classes), num_places=max(first.num_places, second.num_places),
+      read_image=read_image, mask_refs=masks, read_mask=read_mask, captions=caps,
+      class_names=first.class_names, place_names=first.place_names)

@@ -1,0 +1,75 @@
+"""A small text-to-image prior for the built-in benchmark (`spurjax prior train`).
+
+Pixel space at 32 px (the 64-px corpus is box-downsampled), a 3-level UNet with
+cross-attention at 16 and 8 px, and a 2-layer CLIP text encoder over the first 8000
+entries of the CLIP BPE vocabulary (bird, flower, land, water, photo and the colour
+words are single tokens). `:tiny` is a seconds-long test variant.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.resolution = 32
+
+  c.text = ml_collections.ConfigDict()
+  c.text.vocab_size = 8000
+  c.text.max_length = 16          # tokens per prompt (BOS + words + EOS + padding)
+  c.text.hidden_size = 64
+  c.text.intermediate_size = 128
+  c.text.num_hidden_layers = 2
+  c.text.num_attention_heads = 2
+  c.text.train = True             # train jointly with the UNet (False: random frozen CLIP)
+
+  c.unet = ml_collections.ConfigDict()
+  c.unet.block_out_channels = (32, 64, 64)
+  c.unet.layers_per_block = 1
+  c.unet.down_block_types = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+  c.unet.up_block_types = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+  c.unet.attention_heads = (2, 2, 2)
+  c.unet.norm_num_groups = 8
+
+  c.scheduler = ml_collections.ConfigDict()
+  c.scheduler.num_train_timesteps = 1000
+  c.scheduler.beta_schedule = "squaredcos_cap_v2"
+  c.scheduler.beta_start = 0.0001
+  c.scheduler.beta_end = 0.02
+  c.scheduler.prediction_type = "v_prediction"
+  c.scheduler.clip_sample = True   # pixel space: clip the x0 estimate to [-1, 1] while sampling
+  c.scheduler.timestep_spacing = "trailing"
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 6000            # optimizer steps
+  c.train.batch_size = 32
+  c.train.grad_accum = 1
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 200
+  c.train.weight_decay = 0.0
+  c.train.clip_norm = 1.0
+  c.train.ema_decay = 0.999
+  c.train.cond_drop = 0.1         # caption dropout, for classifier-free guidance
+  c.train.flip = True
+  c.train.ckpt_every = 500
+  c.train.log_every = 50
+
+  if arg == "tiny":
+    c.resolution = 16
+    c.text.vocab_size = 1000
+    c.text.hidden_size = 16
+    c.text.intermediate_size = 32
+    c.text.num_hidden_layers = 1
+    c.text.num_attention_heads = 2
+    c.unet.block_out_channels = (8, 16)
+    c.unet.down_block_types = ("DownBlock2D", "CrossAttnDownBlock2D")
+    c.unet.up_block_types = ("CrossAttnUpBlock2D", "UpBlock2D")
+    c.unet.attention_heads = (2, 2)
+    c.unet.norm_num_groups = 4
+    c.train.steps = 4
+    c.train.batch_size = 4
+    c.train.warmup_steps = 0
+    c.train.ckpt_every = 2
+    c.train.log_every = 2
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} (use 'tiny' or nothing)")
+  return c

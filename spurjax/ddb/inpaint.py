@@ -1,0 +1,497 @@
+"""Stage inpaint: replace the causal object of each majority image by another class's.
+
+For every selected image of class i, every other class j and every sample s, the masked
+region is repainted with the prompt `template.format(token=<c_j>, noun=noun_j)`
+("a photo of a <c_j> bird"); the result is labelled j. Images go to the diffusion
+model as un-normalised RGB in [0, 1] at its native resolution (UNet sample_size x
+VAE scale factor), and come back resized to the source image's size. With `paste`
+(default) the generated pixels are pasted into the original image through the mask,
+so the background is exactly the original one whatever the model's codec error.
+
+Modes: "blended" (blended latents, a plain 4-channel UNet or a pixel-space model),
+"channels" (an inpainting UNet taking [z_t, mask, masked-image latents], 9 channels for
+SD), "auto" (channels when the UNet takes them, else blended).
+
+Edits are processed in chunks of `batch_size` rows, each sharded over the mesh; chunk c
+draws its noise from fold_in(key(seed), c) (row r of the chunk: fold_in of that by r),
+so results depend on (seed, batch_size) only, and a resumed run equals an uninterrupted one.
+
+Artefacts: `inpaint/images/<index>_to<j>_s<s>.png` and `inpaint/edits.csv` with columns
+source_index, source_file, source_class, target_class, sample, file (relative to
+`inpaint/`). Written to `inpaint.tmp/` chunk by chunk (a killed run resumes there) and
+moved to `inpaint/` when complete.
+
+Config keys (`cfg.ddb`, defaults in `default_config`): n_samples, inpaint_mode, num_steps,
+guidance_scale, template, nouns, inpaint_sampler, inpaint_batch_size, inpaint_paste; the
+seed is `cfg.seed`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+from typing import Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from spurjax.diffusion import sampling, schedulers
+from spurjax.errors import SpurjaxError
+
+STAGE = "inpaint"
+CSV_COLUMNS = ("source_index", "source_file", "source_class", "target_class", "sample", "file")
+MODES = ("blended", "channels", "auto")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `cfg.ddb` keys this stage reads, with their defaults."""
+  c = ml_collections.ConfigDict()
+  c.nouns = ()                    # class nouns ("bird", ...); default: the dataset's class names
+  c.template = "a photo of a {token} {noun}"
+  c.inpaint_mode = "blended"      # blended | channels | auto
+  c.n_samples = 2                 # edits per (image, target class)
+  c.num_steps = 50
+  c.guidance_scale = 7.5
+  c.inpaint_sampler = "ddim"      # ddim | dpmpp_2m
+  c.inpaint_batch_size = 8        # rows per compiled call (rounded up to a multiple of the devices)
+  c.inpaint_paste = True          # paste generated pixels into the original through the mask
+  return c
+
+
+# ---------------------------------------------------------------- image helpers
+
+
+def diffusion_size(pipeline) -> tuple[int, int]:
+  """(height, width) of the images the pipeline works at: UNet sample_size x VAE scale factor."""
+  config = dict(getattr(pipeline.unet, "config", {}) or {})
+  s = config.get("sample_size")
+  if s is None:
+    raise SpurjaxError("diffusion model: unet config has no sample_size, so its resolution is unknown")
+  h, w = (s, s) if isinstance(s, int) else tuple(s)
+  f = int(getattr(pipeline, "vae_scale_factor", 1) or 1) if getattr(pipeline, "vae", None) is not None else 1
+  return int(h) * f, int(w) * f
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _resize(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  return jax.image.resize(x, shape, method="linear")
+
+
+def resize_images(images, size: Sequence[int]) -> np.ndarray:
+  """Float NHWC images resized (bilinear, antialiased) to `size` = (h, w); the identity at the same size."""
+  images = np.asarray(images, np.float32)
+  h, w = int(size[0]), int(size[1])
+  if images.shape[1:3] == (h, w):
+    return images
+  return np.asarray(_resize(jnp.asarray(images), (images.shape[0], h, w, images.shape[3])))
+
+
+def resize_masks(masks, size: Sequence[int]) -> np.ndarray:
+  """Boolean (B, H, W) masks resized to `size` (bilinear, then >= 0.5)."""
+  masks = np.asarray(masks)
+  h, w = int(size[0]), int(size[1])
+  if masks.shape[1:3] == (h, w):
+    return masks.astype(bool)
+  return resize_images(masks.astype(np.float32)[..., None], (h, w))[..., 0] >= 0.5
+
+
+def to_float_images(images) -> np.ndarray:
+  """uint8 (0..255) or float (0..1) NHWC RGB as float32 in [0, 1]."""
+  a = np.asarray(images)
+  if a.ndim != 4 or a.shape[-1] != 3:
+    raise SpurjaxError(f"images: expected (B, H, W, 3) RGB, got shape {a.shape}")
+  if a.dtype == np.uint8:
+    return a.astype(np.float32) / 255.0
+  a = a.astype(np.float32)
+  if a.size and (a.min() < -1e-3 or a.max() > 1 + 1e-3):
+    raise SpurjaxError(f"images: float values must be in [0, 1], got [{a.min():.3g}, {a.max():.3g}]")
+  return np.clip(a, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------- prompts and the plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+  """One counterfactual: image `source` (a position in the inputs) of class `source_class`, repainted as
+  `target_class`, sample number `sample`."""
+  source: int
+  source_class: int
+  target_class: int
+  sample: int
+
+
+def plan_edits(source_classes, num_classes: int, n_samples: int) -> list[Edit]:
+  """Every (image, other class, sample), ordered by image, then target class, then sample."""
+  if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
+    raise SpurjaxError(f"config ddb.n_samples={n_samples!r} must be a positive integer")
+  if num_classes < 2:
+    raise SpurjaxError(f"inpaint: needs at least 2 classes, got {num_classes}")
+  out = []
+  for b, c in enumerate(np.asarray(source_classes).reshape(-1)):
+    c = int(c)
+    if not 0 <= c < num_classes:
+      raise SpurjaxError(f"inpaint: source class {c} of image {b} is not in 0..{num_classes - 1}")
+    out += [Edit(b, c, j, s) for j in range(num_classes) if j != c for s in range(int(n_samples))]
+  return out
+
+
+def _lookup(table, c: int, what: str):
+  if isinstance(table, Mapping):
+    for key in (c, str(c)):
+      if key in table:
+        return table[key]
+    raise SpurjaxError(f"inpaint: no {what} for class {c}")
+  if c >= len(table):
+    raise SpurjaxError(f"inpaint: {len(table)} {what}s given for class {c}")
+  return table[c]
+
+
+def class_prompts(template: str, tokens, nouns, num_classes: int) -> list[str]:
+  """The prompt of each target class: `template` with {token} and {noun} filled in.
+
+  A class whose token is None or "" gets the prompt without a token (no textual inversion).
+  """
+  if "{noun}" not in template and "{token}" not in template:
+    raise SpurjaxError(f"config ddb.template={template!r} must contain {{token}} and/or {{noun}}")
+  out = []
+  for c in range(num_classes):
+    token = _lookup(tokens, c, "token") if tokens is not None else ""
+    noun = _lookup(nouns, c, "noun")
+    try:
+      text = template.format(token=token or "", noun=noun)
+    except (KeyError, IndexError, ValueError) as e:
+      raise SpurjaxError(f"config ddb.template={template!r}: {type(e).__name__} {e} (use {{token}} and {{noun}})") \
+          from None
+    out.append(" ".join(text.split()))
+  return out
+
+
+def check_tokens(pipeline, tokens) -> None:
+  """Fails loudly if a learned token is missing from the tokenizer or the text encoder's embedding table.
+
+  Without this check a textual-inversion embedding that failed to load would be tokenised as
+  its characters and the edit would run silently without it.
+  """
+  if tokens is None:
+    return
+  items = tokens.items() if isinstance(tokens, Mapping) else enumerate(tokens)
+  tokenizer = pipeline.tokenizer
+  vocab = tokenizer.get_vocab()
+  rows = None
+  if getattr(pipeline, "text_params", None) is not None:
+    from spurjax.diffusion import clip_text
+    rows = clip_text.vocab_size_of(pipeline.text_params)
+  for c, t in items:
+    if not t:
+      continue
+    if not isinstance(t, str):
+      raise SpurjaxError(f"inpaint: token of class {c} must be a string, got {type(t).__name__}")
+    if t in vocab:
+      if rows is not None and int(vocab[t]) >= rows:
+        raise SpurjaxError(f"inpaint: token {t!r} of class {c} has id {vocab[t]} but the text encoder embeds "
+                           f"only {rows} rows; the learned embedding was not loaded")
+    elif t.startswith("<") or t.endswith(">"):
+      raise SpurjaxError(f"inpaint: token {t!r} of class {c} is not in the tokenizer; the textual-inversion "
+                         "embedding was not loaded")
+
+
+def _resolve_mode(mode: str, fns: sampling.ModelFns) -> str:
+  if mode not in MODES:
+    raise SpurjaxError(f"config ddb.inpaint_mode={mode!r} must be one of {', '.join(MODES)}")
+  inpaint_channels = 2 * fns.latent_channels + 1
+  if mode == "auto":
+    mode = "channels" if fns.in_channels == inpaint_channels else "blended"
+  if mode == "channels" and fns.in_channels != inpaint_channels:
+    raise SpurjaxError(f"config ddb.inpaint_mode='channels' needs an inpainting UNet with {inpaint_channels} input "
+                       f"channels (latents + mask + masked image); this one has {fns.in_channels}: use 'blended'")
+  if mode == "blended" and fns.in_channels != fns.latent_channels:
+    raise SpurjaxError(f"config ddb.inpaint_mode='blended' needs a UNet with {fns.latent_channels} input channels; "
+                       f"this one has {fns.in_channels} (an inpainting UNet): use 'channels'")
+  return mode
+
+
+# ---------------------------------------------------------------- generation
+
+
+def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens, nouns, *, n_samples: int = 1,
+                         mode: str = "blended", num_steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
+                         mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
+                         batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
+                         skip=None, desc: str | None = "inpaint") -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
+  """Yields (chunk index, its edits, float32 (n, H, W, 3) images in [0, 1]) chunk by chunk.
+
+  Arguments as in `make_counterfactuals`; `skip(chunk_index, edits) -> bool` marks chunks that are
+  already done (they are yielded with images None and not computed).
+  """
+  images = to_float_images(images)
+  masks = np.asarray(masks)
+  if masks.ndim == 4 and masks.shape[-1] == 1:
+    masks = masks[..., 0]
+  if masks.shape != images.shape[:3]:
+    raise SpurjaxError(f"masks: expected shape {images.shape[:3]} to match the images, got {masks.shape}")
+  masks = masks.astype(bool) if masks.dtype == bool else masks >= 0.5
+  source_classes = np.asarray(source_classes, np.int64).reshape(-1)
+  if len(source_classes) != len(images):
+    raise SpurjaxError(f"inpaint: {len(source_classes)} source classes for {len(images)} images")
+  if num_classes is None:
+    num_classes = max(int(source_classes.max(initial=0)) + 1, len(nouns))
+  num_classes = int(num_classes)
+  edits = plan_edits(source_classes, num_classes, n_samples)
+  fns = sampling.pipeline_fns(pipeline)
+  mode = _resolve_mode(mode, fns)
+  if isinstance(batch_size, bool) or int(batch_size) < 1:
+    raise SpurjaxError(f"config ddb.inpaint_batch_size={batch_size!r} must be a positive integer")
+  devices = 1 if mesh is None else mesh.devices.size
+  chunk = -(-int(batch_size) // devices) * devices
+  chunks = [edits[i:i + chunk] for i in range(0, len(edits), chunk)]
+  skip = skip or (lambda c, e: False)
+  todo = {c for c, e in enumerate(chunks) if not skip(c, e)}
+  prep = _prepare(pipeline, images, masks, target_tokens, nouns, num_classes, template, guidance_scale) \
+      if todo else None
+  run = sampling.inpaint_channels if mode == "channels" else sampling.inpaint_blended
+  base_rng = jax.random.key(int(seed))
+  bar = tqdm(total=len(todo), desc=desc, disable=desc is None or jax.process_index() != 0, leave=False)
+  for c, e in enumerate(chunks):
+    if c not in todo:
+      yield c, e, None
+      continue
+    rows = [x.source for x in e] + [e[-1].source] * (chunk - len(e))  # pad: one compiled shape
+    targets = [x.target_class for x in e] + [e[-1].target_class] * (chunk - len(e))
+    out = run(fns.denoise, prep["sched"], images=prep["images"][rows], masks=prep["masks"][rows],
+              context=prep["contexts"][targets], uncond_context=prep["uncond"],
+              guidance_scale=float(guidance_scale), num_steps=int(num_steps), rng=jax.random.fold_in(base_rng, c),
+              sampler=sampler, params=fns.params, encode_fn=fns.encode, decode_fn=fns.decode, mesh=mesh)
+    out = np.asarray(out)[:len(e)]
+    src = [x.source for x in e]
+    out = resize_images(out, images.shape[1:3])
+    if paste:
+      out = np.where(masks[src][..., None], out, images[src])
+    bar.update(1)
+    yield c, e, np.clip(out, 0.0, 1.0).astype(np.float32)
+  bar.close()
+
+
+def _prepare(pipeline, images, masks, tokens, nouns, num_classes, template, guidance_scale) -> dict:
+  """Prompt embeddings, schedule and the inputs resized to the model's resolution."""
+  check_tokens(pipeline, tokens)
+  prompts = class_prompts(template, tokens, nouns, num_classes)
+  size = diffusion_size(pipeline)
+  return {
+      "contexts": np.asarray(sampling.encode_prompts(pipeline, prompts)),
+      "uncond": np.asarray(sampling.empty_context(pipeline)) if float(guidance_scale) != 1.0 else None,
+      "sched": schedulers.make_schedule(getattr(pipeline, "scheduler_config", None)),
+      "images": resize_images(images, size),
+      "masks": resize_masks(masks, size).astype(np.float32),
+  }
+
+
+def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens, nouns, *, n_samples: int = 1,
+                         mode: str = "blended", num_steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
+                         mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
+                         batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
+                         desc: str | None = "inpaint") -> dict[str, np.ndarray]:
+  """Counterfactual edits of every image toward every other class.
+
+  Args:
+    pipeline: a loaded diffusion pipeline (`spurjax.diffusion.loading.Pipeline`).
+    images: (B, H, W, 3) uint8 or float in [0, 1] (un-normalised RGB).
+    masks: (B, H, W) bool (or float, >= 0.5), True = repaint.
+    source_classes: (B,) class of each image.
+    target_tokens: {class: learned token string} ("" or None: no token); may be None.
+    nouns: per class, the object noun ("bird"), a sequence or {class: noun}.
+    n_samples: edits per (image, target class).
+    mode: "blended", "channels" or "auto".
+    num_steps, guidance_scale, sampler: the sampler settings (guidance 1 disables CFG).
+    seed: base seed; chunk c uses fold_in(key(seed), c).
+    mesh: optional mesh; each chunk is sharded over its `data` axis.
+    template: prompt with {token} and {noun}.
+    batch_size: rows per chunk (rounded up to a multiple of the devices).
+    num_classes: K (default: max(source class + 1, len(nouns))).
+    paste: paste generated pixels into the original image through the mask.
+
+  Returns:
+    {"images": float32 (M, H, W, 3) in [0, 1], "source": (M,) positions into `images`,
+     "source_class", "target_class" (the labels), "sample"}, M = B x (K - 1) x n_samples.
+  """
+  outs, edits = [], []
+  for _, e, imgs in iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens, nouns,
+                                         n_samples=n_samples, mode=mode, num_steps=num_steps,
+                                         guidance_scale=guidance_scale, seed=seed, mesh=mesh, template=template,
+                                         sampler=sampler, batch_size=batch_size, num_classes=num_classes,
+                                         paste=paste, desc=desc):
+    outs.append(imgs)
+    edits += e
+  shape = (0,) + np.shape(images)[1:3] + (3,)
+  return {
+      "images": np.concatenate(outs) if outs else np.zeros(shape, np.float32),
+      "source": np.asarray([e.source for e in edits], np.int64),
+      "source_class": np.asarray([e.source_class for e in edits], np.int64),
+      "target_class": np.asarray([e.target_class for e in edits], np.int64),
+      "sample": np.asarray([e.sample for e in edits], np.int64),
+  }
+
+
+# ---------------------------------------------------------------- stage
+
+
+def nouns_for(cfg, table) -> list[str]:
+  """The object noun of each class: `cfg.ddb.nouns`, else the table's class names."""
+  nouns = list(cfg.get("ddb", {}).get("nouns", ()) or ())
+  if not nouns:
+    nouns = list(table.class_names or ())
+  if not nouns:
+    raise SpurjaxError(f"config ddb.nouns is empty and dataset {table.name} has no class names; "
+                       "set --config.ddb.nouns='(\"bird\",\"bird\")' (one noun per class)")
+  if len(nouns) < table.num_classes:
+    raise SpurjaxError(f"config ddb.nouns: {len(nouns)} nouns for {table.num_classes} classes")
+  return [str(n) for n in nouns]
+
+
+def edit_file(table_index: int, edit: Edit) -> str:
+  return f"images/{table_index}_to{edit.target_class}_s{edit.sample}.png"
+
+
+def read_edits(stage_dir: str) -> list[dict]:
+  """The rows of `edits.csv` (ints parsed) with `path` = the absolute image path."""
+  path = os.path.join(stage_dir, "edits.csv")
+  if not os.path.isfile(path):
+    raise SpurjaxError(f"{path}: not found (stage inpaint has not finished)")
+  rows = []
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+      raise SpurjaxError(f"{path}: missing columns {missing}")
+    for n, row in enumerate(reader, start=2):
+      try:
+        for k in ("source_index", "source_class", "target_class", "sample"):
+          row[k] = int(row[k])
+      except ValueError:
+        raise SpurjaxError(f"{path}: row {n}: non-integer value") from None
+      row["path"] = os.path.join(stage_dir, row["file"])
+      rows.append(row)
+  return rows
+
+
+def _mask_digest(masks: Mapping[int, np.ndarray], indices) -> str:
+  h = hashlib.sha1()
+  for i in indices:
+    m = np.asarray(masks[i], bool)
+    h.update(str(m.shape).encode())
+    h.update(np.packbits(m).tobytes())
+  return h.hexdigest()
+
+
+def _stage_masks(masks, indices, shape) -> np.ndarray:
+  out = np.zeros((len(indices),) + tuple(shape), bool)
+  for n, i in enumerate(indices):
+    m = masks.get(int(i)) if isinstance(masks, Mapping) else None
+    if m is None:
+      raise SpurjaxError(f"inpaint: no mask for selected image {int(i)}")
+    m = np.asarray(m)
+    if m.shape != tuple(shape):
+      m = resize_masks(m[None].astype(np.float32), shape)[0]
+    out[n] = m.astype(bool) if m.dtype == bool else m >= 0.5
+  return out
+
+
+def _write_png(path: str, img: np.ndarray) -> None:
+  from spurjax.data.images import save_png
+  tmp = path + ".tmp.png"
+  save_png(tmp, img)
+  os.replace(tmp, path)
+
+
+def run_inpaint(ctx, selected, masks, tokens) -> list[dict]:
+  """Generates (or reloads) the counterfactuals of the selected images; returns the `edits.csv` rows.
+
+  Args:
+    ctx: the stage context (cfg, table, mesh, pipeline).
+    selected: a `run_select` result or {class: [table indices]}.
+    masks: {table index: bool (H, W) mask} (from `run_segment`), at the base image size.
+    tokens: {class: learned token string} (from the inversion stage; "" for none).
+  """
+  from spurjax.ddb.select import selected_indices
+  from spurjax.train import loop
+
+  cfg, table = ctx.cfg, ctx.table
+  d = cfg.get("ddb", ml_collections.ConfigDict())
+  defaults = default_config()
+  opt = {k: d.get(k, defaults[k]) for k in defaults}
+  sel = selected_indices(selected)
+  classes = sorted(sel)
+  indices = [int(i) for c in classes for i in sel[c]]
+  source_classes = [c for c in classes for _ in sel[c]]
+  if not indices:
+    raise SpurjaxError("inpaint: no selected images")
+  nouns = nouns_for(cfg, table)
+  tok = {int(k): (v or "") for k, v in (tokens or {}).items()} if isinstance(tokens, Mapping) or tokens is None \
+      else {c: (t or "") for c, t in enumerate(tokens)}
+  plan = {
+      "indices": indices, "source_classes": source_classes, "num_classes": int(table.num_classes),
+      "tokens": {str(k): v for k, v in sorted(tok.items())}, "nouns": nouns, "template": str(opt["template"]),
+      "mode": str(opt["inpaint_mode"]), "n_samples": int(opt["n_samples"]), "num_steps": int(opt["num_steps"]),
+      "guidance_scale": float(opt["guidance_scale"]), "sampler": str(opt["inpaint_sampler"]),
+      "batch_size": int(opt["inpaint_batch_size"]), "paste": bool(opt["inpaint_paste"]), "seed": int(cfg.seed),
+      "diffusion": str(cfg.get("diffusion", {}).get("path", "")), "masks": _mask_digest(masks, indices),
+  }
+  out_dir = ctx.stage_dir(STAGE)
+  tmp = out_dir + ".tmp"
+  if os.path.isfile(os.path.join(out_dir, "edits.csv")) and _read_plan(out_dir) == plan:
+    return read_edits(out_dir)
+  main = jax.process_index() == 0
+  if main:
+    if _read_plan(tmp) != plan and os.path.isdir(tmp):
+      shutil.rmtree(tmp)
+    os.makedirs(os.path.join(tmp, "images"), exist_ok=True)
+    with open(os.path.join(tmp, "plan.json"), "w", encoding="utf-8") as f:
+      json.dump(plan, f, indent=1)
+
+  source = loop.make_sources(cfg, table)["eval"]
+  images = np.stack([source(i) for i in indices])
+  stage_masks = _stage_masks(masks, indices, images.shape[1:3])
+  pipeline = ctx.pipeline if ctx.pipeline is not None else ctx.load_pipeline()
+
+  def done(c, edits):
+    return all(os.path.isfile(os.path.join(tmp, edit_file(indices[e.source], e))) for e in edits)
+
+  rows = []
+  for _, edits, imgs in iter_counterfactuals(
+      pipeline, images, stage_masks, source_classes, tok, nouns, n_samples=plan["n_samples"], mode=plan["mode"],
+      num_steps=plan["num_steps"], guidance_scale=plan["guidance_scale"], seed=plan["seed"], mesh=ctx.mesh,
+      template=plan["template"], sampler=plan["sampler"], batch_size=plan["batch_size"],
+      num_classes=plan["num_classes"], paste=plan["paste"], skip=done, desc="inpaint"):
+    for n, e in enumerate(edits):
+      i = indices[e.source]
+      name = edit_file(i, e)
+      if imgs is not None and main:
+        _write_png(os.path.join(tmp, name), np.round(imgs[n] * 255.0).astype(np.uint8))
+      rows.append({"source_index": i, "source_file": str(table.refs[i]), "source_class": e.source_class,
+                   "target_class": e.target_class, "sample": e.sample, "file": name})
+  if main:
+    with open(os.path.join(tmp, "edits.csv.tmp"), "w", newline="", encoding="utf-8") as f:
+      writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+      writer.writeheader()
+      writer.writerows(rows)
+    os.replace(os.path.join(tmp, "edits.csv.tmp"), os.path.join(tmp, "edits.csv"))
+    if os.path.isdir(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  return [{**r, "path": os.path.join(out_dir, r["file"])} for r in rows]
+
+
+def _read_plan(directory: str) -> dict | None:
+  path = os.path.join(directory, "plan.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None

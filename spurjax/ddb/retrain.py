@@ -1,0 +1,62 @@
+"""Stage retrain: the whole network, from the ERM weights, on train + kept counterfactuals.
+
+Loss (the paper's): L = L_train + sum_j gamma_j * L_gen,j. The reference code draws a train batch
+and a generated batch each step; here one mixed stream does the same job: every kept edit is
+repeated so that generated examples make up about `ddb.gen_fraction` of each epoch, and an edit
+of target class j carries loss weight gamma_j (train examples weight 1). Model selection by
+validation worst-group accuracy (`val_wga`, uses validation group labels) or, needing no group
+labels at all, worst-class validation accuracy (`val_worst_class`).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from spurjax.data.table import GENERATED, TRAIN, Table, concat
+from spurjax.errors import SpurjaxError
+from spurjax.train.loop import TrainSet, fit
+
+
+def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float) -> TrainSet:
+  """Train rows (weight 1) plus generated rows [gen_start:] repeated, weighted by gamma of their label."""
+  train_idx = table.indices(TRAIN)
+  gen_idx = np.nonzero(table.split == GENERATED)[0]
+  gen_idx = gen_idx[gen_idx >= gen_start]
+  if len(gen_idx) == 0:
+    return TrainSet.from_table(table, train_idx)
+  gammas = np.asarray(gammas, np.float32)
+  if len(gammas) < table.num_classes:
+    raise SpurjaxError(f"config ddb.gammas: {len(gammas)} values for {table.num_classes} classes")
+  f = float(gen_fraction)
+  target = f / max(1e-6, 1 - f) * len(train_idx)
+  repeat = max(1, int(round(target / len(gen_idx))))
+  idx = np.concatenate([train_idx, np.tile(gen_idx, repeat)])
+  w = np.concatenate([np.ones(len(train_idx), np.float32), np.tile(gammas[table.y[gen_idx]], repeat)])
+  return TrainSet.from_table(table, idx, w)
+
+
+def retrain(cfg, table: Table, kept: Table, erm_variables, workdir: str, hooks=()) -> dict:
+  """Core: fits on table's train split + `kept` (as generated rows); returns the report."""
+  both = concat(table, kept, second_split=GENERATED)
+  ts = retrain_set(both, len(table), cfg.ddb.gammas, cfg.ddb.gen_fraction)
+  rcfg = retrain_config(cfg)
+  return fit(rcfg, both, workdir, train_set=ts, init_vars=erm_variables, hooks=hooks, name="retrain")
+
+
+def retrain_config(cfg):
+  """The config of the retraining run: cfg with `ddb.retrain.*` overriding optim / train keys."""
+  rcfg = cfg.copy_and_resolve_references()
+  r = cfg.ddb.retrain
+  with rcfg.unlocked():
+    for k in ("name", "lr", "weight_decay", "schedule", "momentum"):
+      if k in r:
+        rcfg.optim[k] = r[k]
+    for k in ("num_epochs", "batch_size", "select"):
+      if k in r:
+        rcfg.train[k] = r[k]
+  return rcfg
+
+
+def is_done(workdir: str) -> bool:
+  return os.path.isfile(os.path.join(workdir, "report.json"))

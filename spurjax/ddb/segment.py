@@ -1,0 +1,544 @@
+"""Stage segment: a mask of the causal object of every selected image.
+
+Methods (`cfg.ddb.mask`):
+- "attention" (language-guided, in place of the paper's LangSAM): the image is noised to a
+  few timesteps, the frozen diffusion UNet runs on it with the prompt "a photo of a {noun}",
+  and the cross-attention probabilities toward the noun's token(s) are averaged over heads,
+  layers (each resized to the latent grid) and timesteps, upsampled, normalised to [0, 1],
+  thresholded by Otsu and cleaned. One jitted program per batch shape, sharded over the mesh.
+- "gradcam" (alias "saliency"): Grad-CAM of the ERM classifier toward the image's class on
+  the last module with a 4-D (NHWC) output, found by intercepting module calls (no change to
+  the models is needed; for ResNets that is the last residual block, for SmallCNN its last
+  BatchNorm, taken through its ReLU). Thresholded and cleaned the same way.
+- "given": the dataset's own mask column (an error if a selected row has none).
+
+Cleaning (host, scipy.ndimage): binary opening then closing with a disk of `segment_radius`,
+hole filling, keeping connected components of at least `segment_keep_ratio` of the largest,
+then an optional dilation by `segment_dilate` pixels. An empty result falls back to the raw
+Otsu mask.
+
+Artefacts: `segment/masks/<table index>.png` (at the base image size: the classifier's eval
+resize, before its center crop), `segment/iou.json` (mean IoU against the dataset's masks
+for the chosen method and those of `segment_compare`, when the dataset has masks),
+`segment/meta.json`. Written to `segment.tmp/` and moved into place when complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from spurjax import sharding
+from spurjax.ddb import inpaint as inpaint_lib
+from spurjax.diffusion import sampling, schedulers
+from spurjax.errors import SpurjaxError
+
+STAGE = "segment"
+METHODS = ("attention", "gradcam", "given")
+_ALIASES = {"saliency": "gradcam", "cross_attention": "attention", "langsam": "attention"}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `cfg.ddb` keys this stage reads, with their defaults."""
+  c = ml_collections.ConfigDict()
+  c.mask = "attention"                      # attention | gradcam (alias saliency) | given
+  c.nouns = ()                              # class nouns; default: the dataset's class names
+  c.segment_template = "a photo of a {noun}"
+  c.segment_timesteps = (100, 300, 500)     # on a 1000-step scale
+  c.segment_batch_size = 8                  # images per compiled call (rounded up to the devices)
+  c.segment_radius = 1                      # opening / closing radius in pixels (0: none)
+  c.segment_keep_ratio = 0.25               # keep components >= this fraction of the largest
+  c.segment_dilate = 0                      # final dilation in pixels
+  c.segment_compare = ("attention", "gradcam")  # also scored in iou.json when true masks exist
+  return c
+
+
+def method_name(name: str) -> str:
+  m = _ALIASES.get(str(name), str(name))
+  if m not in METHODS:
+    raise SpurjaxError(f"config ddb.mask={name!r} must be one of {', '.join(METHODS)} (or 'saliency')")
+  return m
+
+
+# ---------------------------------------------------------------- thresholds, cleaning, IoU
+
+
+def otsu_threshold(values: jax.Array, bins: int = 256) -> jax.Array:
+  """Otsu's threshold of values in [0, 1]: maximises the between-class variance of a histogram.
+
+  Values strictly above the threshold are the foreground. Works under jit / vmap.
+  """
+  v = jnp.clip(jnp.ravel(values).astype(jnp.float32), 0.0, 1.0)
+  idx = jnp.minimum((v * bins).astype(jnp.int32), bins - 1)
+  hist = jnp.zeros((bins,), jnp.float32).at[idx].add(1.0)
+  p = hist / jnp.maximum(hist.sum(), 1.0)
+  centers = (jnp.arange(bins, dtype=jnp.float32) + 0.5) / bins
+  omega = jnp.cumsum(p)
+  mu = jnp.cumsum(p * centers)
+  between = (mu[-1] * omega - mu) ** 2 / jnp.maximum(omega * (1.0 - omega), 1e-12)
+  between = jnp.where((omega > 0) & (omega < 1), between, -1.0)
+  k = jnp.argmax(between)
+  return (k + 1).astype(jnp.float32) / bins
+
+
+@jax.jit
+def normalise_maps(maps: jax.Array) -> jax.Array:
+  """Per-map min-max scaling of (B, H, W) maps to [0, 1] (a constant map becomes 0)."""
+  lo = maps.min(axis=(1, 2), keepdims=True)
+  hi = maps.max(axis=(1, 2), keepdims=True)
+  return jnp.where(hi > lo, (maps - lo) / jnp.maximum(hi - lo, 1e-12), 0.0)
+
+
+@jax.jit
+def otsu_masks(maps: jax.Array) -> jax.Array:
+  """Boolean (B, H, W): each normalised map above its own Otsu threshold."""
+  maps = normalise_maps(maps.astype(jnp.float32))
+  thr = jax.vmap(otsu_threshold)(maps)
+  return maps > thr[:, None, None]
+
+
+def _disk(radius: int) -> np.ndarray:
+  r = int(radius)
+  y, x = np.ogrid[-r:r + 1, -r:r + 1]
+  return x * x + y * y <= r * r
+
+
+def clean_mask(mask, radius: int = 1, keep_ratio: float = 0.25, dilate: int = 0) -> np.ndarray:
+  """Opening and closing, hole filling, components >= keep_ratio x the largest, optional dilation."""
+  raw = np.asarray(mask, bool)
+  m = raw
+  if radius > 0:
+    m = ndimage.binary_opening(m, _disk(radius))
+    m = ndimage.binary_closing(m, _disk(radius), border_value=0)
+  m = ndimage.binary_fill_holes(m)
+  labels, n = ndimage.label(m)
+  if n > 1:
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.nonzero(sizes >= keep_ratio * sizes.max())[0] + 1
+    m = np.isin(labels, keep)
+  if not m.any():
+    m = raw
+  if dilate > 0 and m.any():
+    m = ndimage.binary_dilation(m, _disk(dilate))
+  return m
+
+
+def clean_masks(masks, radius: int = 1, keep_ratio: float = 0.25, dilate: int = 0) -> np.ndarray:
+  return np.stack([clean_mask(m, radius, keep_ratio, dilate) for m in np.asarray(masks)])
+
+
+def mask_iou(pred, true) -> float:
+  """Intersection over union of two boolean masks (1.0 when both are empty)."""
+  p, t = np.asarray(pred, bool), np.asarray(true, bool)
+  if p.shape != t.shape:
+    raise SpurjaxError(f"mask_iou: shapes {p.shape} and {t.shape} differ")
+  union = np.logical_or(p, t).sum()
+  return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
+
+
+def mean_iou(preds, trues) -> float:
+  """Mean of `mask_iou` over pairs (NaN for no pairs)."""
+  values = [mask_iou(p, t) for p, t in zip(preds, trues)]
+  return float(np.mean(values)) if values else float("nan")
+
+
+# ---------------------------------------------------------------- language-guided masks
+
+
+def noun_token_weights(tokenizer, prompts: Sequence[str], nouns: Sequence[str],
+                       max_length: int | None = None) -> np.ndarray:
+  """(B, L) float32: 1 / n at the n token positions of `nouns[b]` inside `prompts[b]` (its last occurrence)."""
+  from spurjax.diffusion import tokenizer as tok_lib
+  ids = tok_lib.encode(tokenizer, list(prompts), max_length)
+  out = np.zeros(ids.shape, np.float32)
+  for b, (prompt, noun) in enumerate(zip(prompts, nouns)):
+    sub = list(tokenizer(noun, add_special_tokens=False)["input_ids"])
+    row = list(ids[b])
+    hits = [s for s in range(len(row) - len(sub) + 1) if sub and row[s:s + len(sub)] == sub]
+    if not hits:
+      raise SpurjaxError(f"segment: noun {noun!r} is not found in the tokenised prompt {prompt!r}")
+    s = hits[-1]
+    out[b, s:s + len(sub)] = 1.0 / len(sub)
+  return out
+
+
+def _layer_grid(q: int, h: int, w: int) -> tuple[int, int]:
+  """The (h', w') of an attention layer with q queries on a latent grid of h x w (halving, rounding up)."""
+  while h * w > q:
+    h, w = -(-h // 2), -(-w // 2)
+  if h * w != q:
+    raise SpurjaxError(f"segment: cannot place {q} attention queries on a {h}x{w} latent grid")
+  return h, w
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _AttentionProgram:
+  """The frozen pieces of the attention-map computation of one pipeline."""
+  unet: nn.Module  # with capture_cross_attention=True
+  encode: object   # (params, images in [-1, 1]) -> scaled latents, or None (pixel space)
+  sched: schedulers.Schedule
+  timesteps: tuple[int, ...]
+  in_channels: int
+  latent_channels: int
+
+  def __call__(self, params, images, context, weights, index, rng):
+    x = images * 2.0 - 1.0
+    z0 = x if self.encode is None else self.encode(params, x).astype(jnp.float32)
+    b, h0, w0, _ = z0.shape
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
+
+    def one(total, step):
+      j, t = step
+      noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, j), z0.shape[1:], jnp.float32))(keys)
+      xt = schedulers.add_noise(self.sched, z0, noise, t)
+      if self.in_channels == 2 * self.latent_channels + 1:  # inpainting UNet: nothing masked
+        xt = jnp.concatenate([xt, jnp.zeros_like(xt[..., :1]), z0], axis=-1)
+      _, state = self.unet.apply({"params": params["unet"]}, xt, jnp.full((b,), t, jnp.int32), context,
+                                 mutable=["intermediates"])
+      maps = []
+      for path, probs in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]:
+        if "cross_attn" not in jax.tree_util.keystr(path):
+          continue
+        m = jnp.einsum("bhql,bl->bq", probs.astype(jnp.float32), weights) / probs.shape[1]
+        lh, lw = _layer_grid(m.shape[1], h0, w0)
+        m = m.reshape(b, lh, lw)
+        if (lh, lw) != (h0, w0):
+          m = jax.image.resize(m, (b, h0, w0), method="linear")
+        maps.append(m)
+      if not maps:
+        raise SpurjaxError("segment: the UNet has no cross-attention layers to take maps from")
+      return total + sum(maps) / len(maps), None
+
+    ts = jnp.asarray(self.timesteps, jnp.int32)
+    total, _ = jax.lax.scan(one, jnp.zeros((b, h0, w0), jnp.float32), (jnp.arange(len(ts), dtype=jnp.int32), ts))
+    maps = jax.image.resize(total / len(ts), (b,) + images.shape[1:3], method="linear")
+    return normalise_maps(maps)
+
+
+_PROGRAMS: dict = {}
+
+
+def _attention_program(pipeline, timesteps: tuple[int, ...]) -> tuple[_AttentionProgram, dict]:
+  """The program of `pipeline` (cached per UNet, codec, schedule, timesteps) and its cache of compiled calls."""
+  fns = sampling.pipeline_fns(pipeline)
+  sched = schedulers.make_schedule(getattr(pipeline, "scheduler_config", None))
+  n = sched.num_train_timesteps
+  ts = tuple(int(min(max(round(t * n / 1000), 0), n - 1)) for t in timesteps)
+  key = (id(pipeline.unet), fns.encode, sched, ts)
+  hit = _PROGRAMS.get(key)
+  if hit is None or hit[0] is not pipeline.unet:
+    unet = pipeline.unet.clone(parent=None, capture_cross_attention=True)
+    prog = _AttentionProgram(unet, fns.encode, sched, ts, fns.in_channels, fns.latent_channels)
+    hit = _PROGRAMS[key] = (pipeline.unet, prog, {})
+  return hit[1], hit[2]
+
+
+def _compiled(prog, mesh, compiled_cache: dict):
+  key = id(mesh)
+  if key not in compiled_cache:
+    if mesh is None:
+      compiled_cache[key] = jax.jit(prog)
+    else:
+      repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+      compiled_cache[key] = jax.jit(prog, in_shardings=(repl, data, data, data, data, repl), out_shardings=data)
+  return compiled_cache[key]
+
+
+def attention_maps(pipeline, images, nouns: Sequence[str], *, template: str = "a photo of a {noun}",
+                   timesteps: Sequence[int] = (100, 300, 500), seed: int = 0, mesh=None,
+                   batch_size: int = 8, desc: str | None = None) -> np.ndarray:
+  """Cross-attention maps (B, H, W) float32 in [0, 1] of each image's noun (`nouns[b]`).
+
+  `images`: (B, H, W, 3) uint8 or float in [0, 1]; they are resized to the model's resolution
+  and the maps back to (H, W). Image b is noised with keys from fold_in(key(seed), b).
+  """
+  images = inpaint_lib.to_float_images(images)
+  nouns = [str(n) for n in nouns]
+  if len(nouns) != len(images):
+    raise SpurjaxError(f"segment: {len(nouns)} nouns for {len(images)} images")
+  if "{noun}" not in template:
+    raise SpurjaxError(f"config ddb.segment_template={template!r} must contain {{noun}}")
+  if not timesteps:
+    raise SpurjaxError("config ddb.segment_timesteps is empty")
+  prog, cache = _attention_program(pipeline, tuple(int(t) for t in timesteps))
+  fn = _compiled(prog, mesh, cache)
+  prompts = [template.format(noun=n) for n in nouns]
+  weights = noun_token_weights(pipeline.tokenizer, prompts, nouns)
+  contexts = np.asarray(sampling.encode_prompts(pipeline, prompts))
+  size = inpaint_lib.diffusion_size(pipeline)
+  small = inpaint_lib.resize_images(images, size)
+  devices = 1 if mesh is None else mesh.devices.size
+  chunk = -(-max(int(batch_size), 1) // devices) * devices
+  params = sampling.pipeline_fns(pipeline).params
+  if mesh is not None:
+    params = sharding.replicate(params, mesh)
+  rng = jax.random.key(int(seed))
+  out = []
+  for start in tqdm(range(0, len(images), chunk), desc=desc, leave=False,
+                    disable=desc is None or jax.process_index() != 0):
+    rows = np.arange(start, min(start + chunk, len(images)))
+    pad = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows))])
+    args = (small[pad], contexts[pad], weights[pad], pad.astype(np.int32))
+    if mesh is not None:
+      args = tuple(jax.device_put(a, sharding.batch_sharding(mesh)) for a in args)
+    maps = fn(params, *args, rng)
+    out.append(np.asarray(maps)[:len(rows)])
+  maps = np.concatenate(out)
+  back = inpaint_lib.resize_images(maps[..., None], images.shape[1:3])[..., 0]
+  return np.asarray(normalise_maps(jnp.asarray(back)))
+
+
+# ---------------------------------------------------------------- Grad-CAM
+
+
+def feature_module_path(model: nn.Module, variables, image_shape: Sequence[int]) -> tuple[str, ...]:
+  """Path of the last submodule whose call returns a 4-D (NHWC) array: the Grad-CAM layer."""
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    path = tuple(context.module.path)
+    if context.method_name == "__call__" and path and getattr(out, "ndim", 0) == 4:
+      seen.append(path)
+    return out
+
+  x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda v, a: model.apply(v, a, train=False), variables, x)
+  if not seen:
+    raise SpurjaxError(f"gradcam: {type(model).__name__} has no submodule with a 4-D (NHWC) output")
+  return seen[-1]
+
+
+def _logits_with_delta(model, path, variables, x, delta):
+  """Logits with `delta` added to the output of module `path`; also returns that output."""
+  found = {}
+
+  def icpt(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and tuple(context.module.path) == path:
+      out = out + delta.astype(out.dtype)
+      found["a"] = out
+    return out
+
+  with nn.intercept_methods(icpt):
+    logits = model.apply(variables, x, train=False)
+  return logits, found["a"]
+
+
+def _gradcam_program(model, path, mean, std, feature_shape):
+  from spurjax.train.step import normalise
+
+  def fn(variables, images, classes):
+    x = normalise(images, mean, std)
+
+    def score(delta):
+      logits, acts = _logits_with_delta(model, path, variables, x, delta)
+      picked = jnp.take_along_axis(logits.astype(jnp.float32), classes[:, None], axis=1)
+      return picked.sum(), acts
+
+    delta = jnp.zeros((images.shape[0],) + feature_shape, jnp.float32)
+    grads, acts = jax.grad(score, has_aux=True)(delta)
+    acts = jax.nn.relu(acts.astype(jnp.float32))
+    alpha = grads.mean(axis=(1, 2))
+    cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", acts, alpha))
+    return jax.image.resize(cam, (images.shape[0],) + images.shape[1:3], method="linear")
+
+  return fn
+
+
+_GRADCAM: dict = {}
+
+
+def gradcam_maps(model: nn.Module, variables, images, classes, *, mean: Sequence[float], std: Sequence[float],
+                 mesh=None, batch_size: int = 32) -> np.ndarray:
+  """Grad-CAM maps (B, H, W) float32 in [0, 1] of uint8 `images` toward `classes`, at the images' size."""
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise SpurjaxError(f"gradcam: expected uint8 (B, H, W, 3) images, got {images.dtype} {images.shape}")
+  classes = np.asarray(classes, np.int32).reshape(-1)
+  variables = {k: v for k, v in dict(variables).items()}
+  path = feature_module_path(model, variables, images.shape[1:])
+  feature_shape = _feature_shape(model, path, variables, images.shape[1:])
+  key = (id(model), path, tuple(mean), tuple(std), feature_shape, id(mesh))
+  if key not in _GRADCAM or _GRADCAM[key][0] is not model:
+    fn = _gradcam_program(model, path, tuple(mean), tuple(std), feature_shape)
+    if mesh is not None:
+      repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+      fn = jax.jit(fn, in_shardings=(repl, data, data), out_shardings=data)
+    else:
+      fn = jax.jit(fn)
+    _GRADCAM[key] = (model, fn)
+  fn = _GRADCAM[key][1]
+  if mesh is not None:
+    variables = sharding.replicate(variables, mesh)
+  devices = 1 if mesh is None else mesh.devices.size
+  chunk = -(-max(int(batch_size), 1) // devices) * devices
+  out = []
+  for start in range(0, len(images), chunk):
+    rows = np.arange(start, min(start + chunk, len(images)))
+    pad = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows))])
+    args = (images[pad], classes[pad])
+    if mesh is not None:
+      args = tuple(jax.device_put(a, sharding.batch_sharding(mesh)) for a in args)
+    out.append(np.asarray(fn(variables, *args))[:len(rows)])
+  return np.asarray(normalise_maps(jnp.asarray(np.concatenate(out))))
+
+
+def _feature_shape(model, path, variables, image_shape) -> tuple[int, ...]:
+  shapes = {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and tuple(context.module.path) == path:
+      shapes["s"] = tuple(out.shape[1:])
+    return out
+
+  x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda v, a: model.apply(v, a, train=False), variables, x)
+  return shapes["s"]
+
+
+# ---------------------------------------------------------------- masks of a method
+
+
+def base_mask(mask: np.ndarray, cfg) -> np.ndarray:
+  """A dataset mask put through the classifier's deterministic base transform (crop, resize)."""
+  from spurjax.data.pipeline import base_image
+  from spurjax.train.loop import preprocess_from_config
+  m = np.asarray(mask, bool).astype(np.uint8) * 255
+  return base_image(m, preprocess_from_config(cfg)) > 127
+
+
+def given_masks(table, indices, cfg) -> np.ndarray:
+  """The dataset's masks of `indices` at the base image size; an error if a row has none."""
+  if table.mask_refs is None or table.read_mask is None:
+    raise SpurjaxError(f"config ddb.mask='given': dataset {table.name} has no mask column")
+  out = []
+  for i in indices:
+    m = table.mask(int(i))
+    if m is None:
+      raise SpurjaxError(f"config ddb.mask='given': dataset {table.name} row {int(i)} has no mask")
+    out.append(base_mask(m, cfg))
+  return np.stack(out)
+
+
+def _true_masks(table, indices, cfg) -> list[np.ndarray | None]:
+  if table.mask_refs is None or table.read_mask is None:
+    return [None] * len(indices)
+  out = []
+  for i in indices:
+    m = table.mask(int(i))
+    out.append(None if m is None else base_mask(m, cfg))
+  return out
+
+
+def compute_masks(ctx, method: str, images: np.ndarray, indices, classes) -> np.ndarray:
+  """Boolean (B, H, W) masks of uint8 base `images` (table rows `indices`, classes `classes`) by `method`."""
+  cfg = ctx.cfg
+  d = cfg.get("ddb", ml_collections.ConfigDict())
+  opt = {k: d.get(k, v) for k, v in default_config().items()}
+  method = method_name(method)
+  if method == "given":
+    return given_masks(ctx.table, indices, cfg)
+  if method == "attention":
+    nouns = inpaint_lib.nouns_for(cfg, ctx.table)
+    pipeline = ctx.pipeline if ctx.pipeline is not None else ctx.load_pipeline()
+    maps = attention_maps(pipeline, images, [nouns[c] for c in classes], template=str(opt["segment_template"]),
+                          timesteps=tuple(opt["segment_timesteps"]), seed=int(cfg.seed), mesh=ctx.mesh,
+                          batch_size=int(opt["segment_batch_size"]), desc="segment: attention")
+  else:
+    if ctx.model is None or ctx.erm_variables is None:
+      raise SpurjaxError("config ddb.mask='gradcam' needs the ERM classifier (model and variables)")
+    maps = gradcam_maps(ctx.model, ctx.erm_variables, images, classes, mean=cfg.data.mean, std=cfg.data.std,
+                        mesh=ctx.mesh, batch_size=int(cfg.train.get("eval_batch_size", 32)))
+  raw = np.asarray(otsu_masks(jnp.asarray(maps)))
+  return clean_masks(raw, int(opt["segment_radius"]), float(opt["segment_keep_ratio"]), int(opt["segment_dilate"]))
+
+
+# ---------------------------------------------------------------- stage
+
+
+def _load_done(out_dir: str, meta: dict) -> dict[int, np.ndarray] | None:
+  from spurjax.data.images import read_mask
+  try:
+    with open(os.path.join(out_dir, "meta.json"), encoding="utf-8") as f:
+      if json.load(f) != meta:
+        return None
+  except (OSError, json.JSONDecodeError):
+    return None
+  files = {i: os.path.join(out_dir, "masks", f"{i}.png") for i in meta["indices"]}
+  if not all(os.path.isfile(p) for p in files.values()):
+    return None
+  return {i: read_mask(p) for i, p in files.items()}
+
+
+def run_segment(ctx, selected) -> dict[int, np.ndarray]:
+  """Masks of the selected images (or reloads them); writes `segment/masks/*.png` and `segment/iou.json`.
+
+  Returns {table index: bool (H, W) mask} at the base image size.
+  """
+  from spurjax.data.images import save_png
+  from spurjax.ddb.select import selected_indices
+  from spurjax.train import loop
+
+  cfg, table = ctx.cfg, ctx.table
+  d = cfg.get("ddb", ml_collections.ConfigDict())
+  opt = {k: d.get(k, v) for k, v in default_config().items()}
+  method = method_name(opt["mask"])
+  sel = selected_indices(selected)
+  indices = [int(i) for c in sorted(sel) for i in sel[c]]
+  classes = [int(table.y[i]) for i in indices]
+  meta = {"method": method, "indices": indices, "seed": int(cfg.seed),
+          "options": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in sorted(opt.items())
+                      if (k.startswith("segment_") and k != "segment_compare") or k == "nouns"}}
+  out_dir = ctx.stage_dir(STAGE)
+  done = _load_done(out_dir, meta)
+  if done is not None:
+    return done
+  source = loop.make_sources(cfg, table)["eval"]
+  images = np.stack([source(i) for i in indices])
+  masks = compute_masks(ctx, method, images, indices, classes)
+  truth = _true_masks(table, indices, cfg)
+  have = [n for n, t in enumerate(truth) if t is not None]
+  iou = {"num_images": len(have), "method": method, "mean_iou": {}}
+  if have:
+    scored = {method: masks}
+    for other in opt["segment_compare"]:
+      other = method_name(other)
+      if other in scored or other == "given":
+        continue
+      try:
+        scored[other] = compute_masks(ctx, other, images, indices, classes)
+      except SpurjaxError as e:  # a comparison needing a model that is not there is skipped
+        iou.setdefault("skipped", {})[other] = str(e)
+    for name, m in scored.items():
+      iou["mean_iou"][name] = mean_iou([m[n] for n in have], [truth[n] for n in have])
+    iou["per_image"] = {str(indices[n]): mask_iou(masks[n], truth[n]) for n in have}
+  if jax.process_index() == 0:
+    tmp = out_dir + ".tmp"
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp)
+    os.makedirs(os.path.join(tmp, "masks"))
+    for i, m in zip(indices, masks):
+      save_png(os.path.join(tmp, "masks", f"{i}.png"), m)
+    with open(os.path.join(tmp, "iou.json"), "w", encoding="utf-8") as f:
+      json.dump(iou, f, indent=1)
+    with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+      json.dump(meta, f, indent=1)
+    if os.path.isdir(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  return {i: m for i, m in zip(indices, masks)}

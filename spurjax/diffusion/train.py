@@ -1,0 +1,337 @@
+"""The one diffusion training loop: prior training and textual inversion both run through it.
+
+Pieces:
+
+- `Model`: the (hashable) modules and noise schedule of a text-to-image pipeline.
+- `partition` / `merge`: split a `{"unet", "text", "vae"}` param tree into the trainable
+  leaves and the frozen rest. Only trainable leaves are differentiated and seen by the
+  optimiser, so frozen weights are bit-identical after training by construction.
+- `make_tx`: optax optimiser on the trainable leaves, with gradient accumulation
+  (`optax.MultiSteps`) and optional row masks (e.g. only the new token rows of the text
+  embedding table move: gradient and update rows outside the mask are zeroed, and the
+  parameter rows outside it are copied, not re-added).
+- `make_train_step`: the jitted DDPM noise-prediction step (epsilon / v / x0 target per the
+  scheduler config), batch sharded over a mesh, state replicated and donated, rng
+  `fold_in(rng, micro_step)`.
+- `train`: the loop with Orbax checkpoints, automatic resume and a tqdm bar.
+
+Batches are dicts of numpy arrays: `pixels` uint8 NHWC at the model's resolution and
+`ids` int32 (B, L) token ids.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct, traverse_util
+from tqdm import tqdm
+
+from spurjax import sharding as shd
+from spurjax.diffusion import schedulers
+from spurjax.diffusion.vae import sample_latent
+from spurjax.errors import SpurjaxError
+
+Path = tuple[str, ...]
+TOKEN_EMBEDDING: Path = ("text", "embeddings", "token_embedding", "embedding")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+  """Modules (flax) and noise schedule; params live separately in {"unet", "text"[, "vae"]}."""
+  unet: Any
+  text_encoder: Any
+  vae: Any
+  latent_scale: float
+  sched: schedulers.Schedule
+
+  @classmethod
+  def from_pipeline(cls, pipeline) -> "Model":
+    if pipeline.unet is None or pipeline.text_encoder is None or pipeline.scheduler_config is None:
+      raise SpurjaxError(f"{pipeline.path or 'pipeline'}: training needs the unet, text_encoder and scheduler")
+    vae = pipeline.vae if pipeline.vae_params is not None else None
+    return cls(pipeline.unet, pipeline.text_encoder, vae, float(pipeline.latent_scale),
+               schedulers.make_schedule(pipeline.scheduler_config))
+
+
+def pipeline_params(pipeline) -> dict:
+  """The param tree the step trains: {"unet", "text"} plus "vae" for latent models."""
+  params = {"unet": pipeline.unet_params, "text": pipeline.text_params}
+  if pipeline.vae_params is not None:
+    params["vae"] = pipeline.vae_params
+  return params
+
+
+# ----------------------------------------------------------------------------- trainable subsets
+
+
+def _flat(tree) -> dict[Path, Any]:
+  return traverse_util.flatten_dict(tree)
+
+
+def trainable_paths(params, prefixes) -> tuple[Path, ...]:
+  """Leaf paths of `params` under any of `prefixes` (each a path tuple, e.g. ("unet",))."""
+  prefixes = [tuple(p) for p in prefixes]
+  paths = tuple(p for p in _flat(params) if any(p[:len(q)] == q for q in prefixes))
+  if not paths:
+    raise SpurjaxError(f"no trainable parameters under {prefixes}")
+  return paths
+
+
+def partition(params, paths) -> tuple[dict, dict]:
+  """(trainable, frozen) flat dicts {path: array}."""
+  flat, wanted = _flat(params), set(paths)
+  missing = [p for p in wanted if p not in flat]
+  if missing:
+    raise SpurjaxError(f"trainable parameter {'/'.join(missing[0])} does not exist")
+  return ({p: v for p, v in flat.items() if p in wanted}, {p: v for p, v in flat.items() if p not in wanted})
+
+
+def merge(trainable: Mapping, frozen: Mapping) -> dict:
+  return traverse_util.unflatten_dict({**frozen, **trainable})
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+
+def _key(path: Path) -> str:
+  return "/".join(path)
+
+
+def zero_rows(row_masks: Mapping[str, np.ndarray]) -> optax.GradientTransformation:
+  """Zeroes the rows of the named leaves (keys "a/b/c" of a flat dict) where the mask is False."""
+  masks = {k: np.asarray(m, bool) for k, m in row_masks.items()}
+
+  def update(updates, state, params=None):
+    del params
+    out = dict(updates)
+    for k, m in masks.items():
+      if k in out:
+        u = out[k]
+        out[k] = jnp.where(jnp.asarray(m).reshape((-1,) + (1,) * (u.ndim - 1)), u, jnp.zeros_like(u))
+    return out, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_tx(*, lr: float, optimizer: str = "adamw", weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
+            grad_accum: int = 1, clip_norm: float = 0.0, warmup_steps: int = 0,
+            row_masks: Mapping[str, np.ndarray] | None = None) -> optax.GradientTransformation:
+  """Optimiser over the flat trainable dict (keys "a/b/c"): constant lr after a linear warmup.
+
+  `row_masks` names leaves of which only the True rows may change; `grad_accum` > 1
+  averages that many micro-batches before each update (optax.MultiSteps).
+  """
+  if lr <= 0 or grad_accum < 1:
+    raise SpurjaxError(f"optimiser: lr={lr} must be > 0 and grad_accum={grad_accum} >= 1")
+  sched = optax.constant_schedule(lr)
+  if warmup_steps > 0:
+    sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), sched], [warmup_steps])
+  if optimizer == "adamw":
+    opt = optax.adamw(sched, b1=b1, b2=b2, weight_decay=weight_decay)
+  elif optimizer == "adam":
+    opt = optax.adam(sched, b1=b1, b2=b2)
+  else:
+    raise SpurjaxError(f"optimiser: unknown name {optimizer!r} (adam, adamw)")
+  parts = []
+  if row_masks:
+    parts.append(zero_rows(row_masks))
+  if clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(clip_norm))
+  parts.append(opt)
+  if row_masks:
+    parts.append(zero_rows(row_masks))  # weight decay must not move frozen rows either
+  tx = optax.chain(*parts)
+  return optax.MultiSteps(tx, grad_accum) if grad_accum > 1 else tx
+
+
+# ----------------------------------------------------------------------------- state and step
+
+
+class State(struct.PyTreeNode):
+  """`step` counts micro-batches; `params` is the full tree; `ema` the EMA of the trainable leaves (or {})."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema: Any
+
+  def pytree(self) -> dict:
+    return {"step": self.step, "params": self.params, "opt_state": self.opt_state, "ema": self.ema}
+
+
+def init_state(params, paths, tx: optax.GradientTransformation, ema: bool = False) -> State:
+  trainable, _ = partition(params, paths)
+  flat = {_key(p): v for p, v in trainable.items()}
+  return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(flat),
+               ema=jax.tree.map(jnp.asarray, flat) if ema else {})
+
+
+def ema_params(state: State, paths) -> dict:
+  """The full param tree with the trainable leaves replaced by their EMA (as host arrays)."""
+  if not state.ema:
+    return jax.tree.map(np.asarray, state.params)
+  _, frozen = partition(state.params, paths)
+  return jax.tree.map(np.asarray, merge({p: state.ema[_key(p)] for p in paths}, frozen))
+
+
+def to_model_input(pixels: jax.Array) -> jax.Array:
+  """uint8 NHWC -> float32 in [-1, 1]."""
+  return pixels.astype(jnp.float32) / 127.5 - 1.0
+
+
+def encode_images(model: Model, params, images: jax.Array, rng: jax.Array) -> jax.Array:
+  """x0 the UNet denoises: scaled VAE posterior samples, or the images themselves (pixel space)."""
+  if model.vae is None:
+    return images
+  mean, logvar = model.vae.apply({"params": params["vae"]}, images, method="encode")
+  return sample_latent(rng, mean, logvar) * model.latent_scale
+
+
+def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng: jax.Array,
+                   cond_drop: float = 0.0, uncond_ids: jax.Array | None = None) -> jax.Array:
+  """Mean squared error of the UNet's prediction against the scheduler's training target."""
+  k_vae, k_t, k_noise, k_drop = jax.random.split(rng, 4)
+  x0 = jax.lax.stop_gradient(encode_images(model, params, to_model_input(pixels), k_vae))
+  b = x0.shape[0]
+  if cond_drop > 0 and uncond_ids is not None:
+    drop = jax.random.bernoulli(k_drop, cond_drop, (b, 1))
+    ids = jnp.where(drop, uncond_ids[None, :], ids)
+  context = model.text_encoder.apply({"params": params["text"]}, ids)
+  t = schedulers.random_timesteps(model.sched, k_t, b)
+  noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
+  x_t = schedulers.add_noise(model.sched, x0, noise, t)
+  out = model.unet.apply({"params": params["unet"]}, x_t, t, context)
+  target = schedulers.training_target(model.sched, x0, noise, t)
+  return jnp.mean(jnp.square(out.astype(jnp.float32) - target))
+
+
+def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh, *, cond_drop: float = 0.0,
+                    uncond_ids: np.ndarray | None = None, ema_decay: float = 0.0,
+                    row_masks: Mapping[str, np.ndarray] | None = None) -> Callable:
+  """`step(state, batch, rng) -> (state, {"loss"})`, jitted: state replicated and donated, batch sharded.
+
+  Only the leaves in `paths` are differentiated and updated; leaves named in `row_masks`
+  keep their masked-out rows exactly (copied, never re-added).
+  """
+  paths = tuple(paths)
+  masks = {k: jnp.asarray(np.asarray(m, bool)) for k, m in (row_masks or {}).items()}
+  uncond = None if uncond_ids is None else jnp.asarray(np.asarray(uncond_ids, np.int32).reshape(-1))
+
+  def step(state: State, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    trainable, frozen = partition(state.params, paths)
+    flat = {_key(p): v for p, v in trainable.items()}
+
+    def loss_fn(flat_params):
+      full = merge({p: flat_params[_key(p)] for p in paths}, frozen)
+      return diffusion_loss(model, full, batch["pixels"], batch["ids"], rng, cond_drop, uncond)
+
+    loss, grads = jax.value_and_grad(loss_fn)(flat)
+    updates, opt_state = tx.update(grads, state.opt_state, flat)
+    new = {}
+    for k, p in flat.items():
+      q = p + updates[k].astype(p.dtype)
+      if k in masks:
+        q = jnp.where(masks[k].reshape((-1,) + (1,) * (p.ndim - 1)), q, p)
+      new[k] = q
+    ema = state.ema
+    if ema:
+      ema = {k: ema_decay * ema[k] + (1.0 - ema_decay) * new[k] for k in new}
+    params = merge({p: new[_key(p)] for p in paths}, frozen)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), {"loss": loss}
+
+  repl, data = shd.replicated(mesh), shd.batch_sharding(mesh)
+  return jax.jit(step, donate_argnums=0, in_shardings=(repl, data, repl), out_shardings=(repl, repl))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _process_slice(batch: dict) -> dict:
+  """This process's rows of a global batch (all of it with one process)."""
+  n, i = jax.process_count(), jax.process_index()
+  if n == 1:
+    return batch
+  return {k: v[i * (len(v) // n):(i + 1) * (len(v) // n)] for k, v in batch.items()}
+
+
+def _manager(directory: str):
+  import orbax.checkpoint as ocp
+  opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=opts, item_names=("state", "meta"))
+
+
+def train(step_fn: Callable, state: State, batch_fn: Callable[[int], dict], *, steps: int, mesh,
+          rng: jax.Array, workdir: str | None = None, ckpt_every: int = 500, desc: str = "train",
+          log_every: int = 50, log_file: str | None = None) -> tuple[State, list[dict]]:
+  """Runs `steps` micro-batches (resuming from `workdir/ckpt` when a checkpoint is there).
+
+  Args:
+    step_fn: from `make_train_step`.
+    state: the initial state (host or device arrays).
+    batch_fn: micro-step index -> global batch (dict of numpy arrays); must be deterministic
+      so a resumed run sees the batches an uninterrupted one does.
+    steps: total micro-steps (optimizer steps x grad_accum).
+    workdir: checkpoint root (None: no checkpoints).
+    ckpt_every: micro-steps between checkpoints (one is always written at the end).
+    log_every: micro-steps per logged mean loss (to `log_file` as JSON lines, and the bar).
+  Returns:
+    (final state, log records [{"step", "loss", "time_s"}]).
+  """
+  import orbax.checkpoint as ocp
+  mngr = _manager(os.path.join(workdir, "ckpt")) if workdir else None
+  start, history = 0, []
+  if mngr is not None and mngr.latest_step() is not None:
+    start = int(mngr.latest_step())
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.pytree())
+    got = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                     meta=ocp.args.JsonRestore()))
+    state = state.replace(**got["state"])
+    history = list(got["meta"].get("history", []))
+  state = shd.replicate(state, mesh)
+  rng = shd.replicate(rng, mesh)
+  is_main = jax.process_index() == 0
+  bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not is_main or start >= steps,
+             mininterval=2.0)
+  losses, t0 = [], time.time()
+  for i in bar:
+    batch = shd.shard_batch(_process_slice(batch_fn(i)), mesh)
+    state, metrics = step_fn(state, batch, rng)
+    losses.append(metrics["loss"])
+    done = i + 1
+    if done % log_every == 0 or done == steps:
+      mean = float(np.mean([float(l) for l in losses]))
+      rec = {"step": done, "loss": mean, "time_s": round(time.time() - t0, 2)}
+      history.append(rec)
+      losses = []
+      bar.set_postfix(loss=f"{mean:.4f}")
+      if log_file and is_main:
+        with open(log_file, "a") as f:
+          f.write(json.dumps(rec) + "\n")
+    if mngr is not None and (done % ckpt_every == 0 or done == steps):
+      mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state.pytree()),
+                                              meta=ocp.args.JsonSave({"history": history})))
+      mngr.wait_until_finished()
+  bar.close()
+  if mngr is not None:
+    mngr.close()
+  return state, history
+
+
+def sample_batch_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
+  """Indices of micro-step `step`: consecutive slices of per-epoch permutations of range(n)."""
+  out = []
+  pos = step * batch
+  while len(out) < batch:
+    epoch, offset = divmod(pos, n)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    take = perm[offset:offset + batch - len(out)]
+    out.extend(take.tolist())
+    pos += len(take)
+  return np.asarray(out, np.int64)
