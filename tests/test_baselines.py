@@ -3,6 +3,7 @@ import json
 import os
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def test_group_dro_moves_weight_to_the_worst_group():
   assert q[0] < q0[0] and q[1] < q0[1]
   assert q[3] == pytest.approx(q0[3])            # absent from the batch: weight kept
   assert q.sum() == pytest.approx(1.0, rel=1e-6)
-  per = -np.asarray(jnp.take_along_axis(jax_log_softmax(logits), batch["label"][:, None], 1))[:, 0]
+  per = -np.asarray(jnp.take_along_axis(jax.nn.log_softmax(logits), batch["label"][:, None], 1))[:, 0]
   g = np.asarray(batch["group"])
   group_loss = np.array([per[g == k].mean() if (g == k).any() else 0.0 for k in range(4)])
   # exponentiated update of the present groups, renormalised to their previous mass (0.75)
@@ -52,11 +53,6 @@ def test_group_dro_moves_weight_to_the_worst_group():
   np.testing.assert_allclose(q[:3], 0.75 * raised / raised.sum(), rtol=1e-5)
   assert float(loss) == pytest.approx(float((q * group_loss).sum()), rel=1e-5)
   assert float(aux["dro_max_weight"]) == pytest.approx(q.max(), rel=1e-6)
-
-
-def jax_log_softmax(x):
-  import jax
-  return jax.nn.log_softmax(x)
 
 
 def test_group_dro_adjustment_needs_counts():

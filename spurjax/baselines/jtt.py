@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 
+from spurjax import sharding as shd
 from spurjax.data.table import TRAIN, Table
 from spurjax.errors import SpurjaxError
 from spurjax.train import loop
@@ -55,7 +56,6 @@ def identify(cfg, table: Table, workdir: str, sources=None, mesh=None) -> np.nda
   model, _ = loop.init_variables(c1, table, jax.random.PRNGKey(0))
   variables = loop.load_best_variables(c1, table, id_dir)
   sources = sources or loop.make_sources(c1, table)
-  from spurjax import sharding as shd
   mesh = mesh or shd.make_mesh()
   idx = table.indices(TRAIN)
   logits = loop.predict(c1, model, variables, sources["eval"], table, idx, mesh)

@@ -96,7 +96,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
   import matplotlib.pyplot as plt
   x = np.arange(len(rows))
   width = 0.8 / len(METRICS)
-  fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows) + 2), 3.8))
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows) + 2), 4.2))
   for i, (key, name) in enumerate(METRICS):
     ax.bar(x + (i - (len(METRICS) - 1) / 2) * width, [r[f"{key}_mean"] for r in rows], width,
            yerr=[r[f"{key}_std"] for r in rows], capsize=3, label=name)
@@ -104,7 +104,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
   ax.set_ylabel("test accuracy (%)")
   ax.set_ylim(0, 100)
   ax.set_title(title)
-  ax.legend(loc="lower right", fontsize=8)
+  ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(METRICS), fontsize=8, frameon=False)
   fig.tight_layout()
   fig.savefig(path + ".tmp.png", dpi=120)
   plt.close(fig)

@@ -13,8 +13,10 @@
 Classes are shape families (0 "bird": ellipse body, head, beak, tail fan, wing;
 1 "flower": star-shaped petal ring, centre disc, stem and leaf); both draw their
 colours from the same hue range, so colour carries no class information. Places
-are background families (0 "land": green/brown mottled ground with patches and
-grass blades; 1 "water": blue horizontal waves with glints). The background covers
+are background families (0 "land": green/brown mottled ground with patches, grass
+blades and stones; 1 "water": blue horizontal waves with glints and floating
+leaves); the stones and leaves take object-like colours and outlines, so only the
+shape tells the object apart. The background covers
 most of the image and is far easier to read than the object's shape, so a model
 trained on the skewed train split (95 % of each class on its majority place, in
 Waterbirds' group proportions) learns the shortcut. Val and test are balanced.
@@ -210,8 +212,8 @@ def _poly(*points) -> np.ndarray:
   return np.asarray(points, np.float64)
 
 
-# A part: (polygon in object units, RGB fill, outlined, in the mask). Polygons are
-# drawn in order; y grows downwards, the object faces +x before pose is applied.
+# A part: (polygon in object units, RGB fill, outlined); every part is in the mask.
+# Parts are drawn in order; y grows downwards, the object faces +x before the pose.
 
 
 def _bird(rng: np.random.Generator, hue: float) -> list:
@@ -226,25 +228,25 @@ def _bird(rng: np.random.Generator, hue: float) -> list:
     for x in (-0.25 * a, 0.15 * a):
       lean = rng.uniform(-0.04, 0.04)
       parts.append((_poly((x - 0.012, 0.8 * b), (x + 0.012, 0.8 * b), (x + lean + 0.012, b + leg),
-                          (x + lean - 0.012, b + leg)), beak, False, True))
+                          (x + lean - 0.012, b + leg)), beak, False))
   tl, tw, lift = rng.uniform(0.13, 0.24), rng.uniform(0.06, 0.13), rng.uniform(-0.02, 0.08)
   parts.append((_poly((-0.7 * a, -0.35 * b), (-a - tl, -tw - lift), (-a - 0.75 * tl, -lift),
-                      (-a - tl, tw - lift), (-0.7 * a, 0.35 * b)), dark, True, True))
-  parts.append((_ellipse(0, 0, a, b), body, True, True))
+                      (-a - tl, tw - lift), (-0.7 * a, 0.35 * b)), dark, True))
+  parts.append((_ellipse(0, 0, a, b), body, True))
   if rng.random() < 0.5:  # raised wing: a triangle above the back
     wh = rng.uniform(0.14, 0.26)
     tip = rng.uniform(-0.55, -0.05) * a
-    parts.append((_poly((-0.35 * a, -0.4 * b), (0.35 * a, -0.5 * b), (tip, -b - wh)), dark, True, True))
+    parts.append((_poly((-0.35 * a, -0.4 * b), (0.35 * a, -0.5 * b), (tip, -b - wh)), dark, True))
   else:  # folded wing: a darker ellipse on the body
-    parts.append((_ellipse(-0.15 * a, -0.1 * b, 0.6 * a, 0.5 * b, rng.uniform(-0.3, 0.1)), dark, True, True))
+    parts.append((_ellipse(-0.15 * a, -0.1 * b, 0.6 * a, 0.5 * b, rng.uniform(-0.3, 0.1)), dark, True))
   r = rng.uniform(0.075, 0.115)
   hx, hy = 0.85 * a, -0.75 * b - 0.3 * r
   bl = rng.uniform(0.06, 0.14)
   droop = rng.uniform(-0.02, 0.04)
   parts.append((_poly((hx + 0.6 * r, hy - 0.35 * r), (hx + r + bl, hy + droop), (hx + 0.6 * r, hy + 0.45 * r)),
-                beak, True, True))
-  parts.append((_ellipse(hx, hy, r, r), body, True, True))
-  parts.append((_ellipse(hx + 0.35 * r, hy - 0.2 * r, 0.22 * r, 0.22 * r, k=12), (15, 15, 15), False, True))
+                beak, True))
+  parts.append((_ellipse(hx, hy, r, r), body, True))
+  parts.append((_ellipse(hx + 0.35 * r, hy - 0.2 * r, 0.22 * r, 0.22 * r, k=12), (15, 15, 15), False))
   return parts
 
 
@@ -259,18 +261,18 @@ def _flower(rng: np.random.Generator, hue: float) -> list:
   cy = -0.5 * stem_len  # flower head above the origin, stem below
   bend = rng.uniform(-0.08, 0.08)
   parts = [(_poly((-0.015, cy), (0.015, cy), (bend + 0.015, cy + radius + stem_len),
-                  (bend - 0.015, cy + radius + stem_len)), stem, True, True)]
+                  (bend - 0.015, cy + radius + stem_len)), stem, True)]
   if rng.random() < 0.8:  # a leaf on the stem
     side = 1.0 if rng.random() < 0.5 else -1.0
     ly = cy + radius + rng.uniform(0.35, 0.7) * stem_len
     ll, lw = rng.uniform(0.08, 0.14), rng.uniform(0.03, 0.05)
-    parts.append((_ellipse(bend * 0.5 + side * ll, ly, ll, lw, side * rng.uniform(-0.6, -0.2)), stem, True, True))
+    parts.append((_ellipse(bend * 0.5 + side * ll, ly, ll, lw, side * rng.uniform(-0.6, -0.2)), stem, True))
   t = np.linspace(0, 2 * np.pi, 96, endpoint=False)
   r = radius * (inner + (1 - inner) * np.abs(np.cos(petals * (t + rng.uniform(0, np.pi)) / 2)) ** sharp)
-  parts.append((np.stack([r * np.cos(t), cy + r * np.sin(t)], axis=1), _rgb(hue, sat, val), True, True))
+  parts.append((np.stack([r * np.cos(t), cy + r * np.sin(t)], axis=1), _rgb(hue, sat, val), True))
   centre = _rgb(hue + rng.uniform(0.35, 0.65), rng.uniform(0.5, 1.0), rng.uniform(0.35, 0.9))
   cr = radius * inner * rng.uniform(0.45, 0.7)
-  parts.append((_ellipse(0, cy, cr, cr), centre, True, True))
+  parts.append((_ellipse(0, cy, cr, cr), centre, True))
   return parts
 
 
@@ -298,12 +300,11 @@ def _render(y: int, place: int, rng: np.random.Generator, image_size: int):
   width = max(1, n // 64)
   mask = Image.new("L", (n, n), 0)
   draw, mdraw = ImageDraw.Draw(canvas), ImageDraw.Draw(mask)
-  for poly, fill, outlined, in_mask in parts:
+  for poly, fill, outlined in parts:
     pts = (poly * np.asarray([flip, 1.0])) @ rot.T * size + centre
     xy = [tuple(p) for p in pts]
     draw.polygon(xy, fill=fill, outline=outline if outlined else None, width=width)
-    if in_mask:
-      mdraw.polygon(xy, fill=255, outline=255, width=width)
+    mdraw.polygon(xy, fill=255, outline=255 if outlined else None, width=width)
   image = np.asarray(canvas.resize((image_size, image_size), Image.BOX))
   mask_arr = np.asarray(mask.resize((image_size, image_size), Image.BOX)) >= 128
   return image, mask_arr, hue

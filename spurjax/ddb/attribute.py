@@ -116,8 +116,8 @@ def _chunked(alphas: np.ndarray, weights: np.ndarray, chunk: Optional[int]) -> t
   n = len(alphas)
   c = n if not chunk else max(1, min(int(chunk), n))
   total = -(-n // c) * c
-  a = np.zeros(total, np.float32)
-  w = np.zeros(total, np.float32)
+  a = np.zeros(total, np.float64)
+  w = np.zeros(total, np.float64)
   a[:n], w[:n] = alphas, weights
   return a.reshape(-1, c), w.reshape(-1, c)
 
@@ -132,8 +132,9 @@ def _as_pytree_fn(f: Callable) -> Partial:
 
 def _ig(f: Partial, x, baseline, target, alphas, weights):
   """Attributions for one batch; alphas/weights are (n_chunks, c)."""
-  x = x.astype(jnp.float32)
-  baseline = baseline.astype(jnp.float32)
+  dt = jnp.promote_types(x.dtype, jnp.float32)
+  x, baseline = x.astype(dt), baseline.astype(dt)
+  alphas, weights = alphas.astype(dt), weights.astype(dt)
   b = x.shape[0]
   c = alphas.shape[1]
   diff = x - baseline
@@ -141,7 +142,8 @@ def _ig(f: Partial, x, baseline, target, alphas, weights):
 
   def selected(points):
     out = f(points)
-    return jnp.sum(jnp.take_along_axis(out.astype(jnp.float32), targets[:, None], axis=1))
+    out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
+    return jnp.sum(jnp.take_along_axis(out, targets[:, None], axis=1))
 
   def body(acc, aw):
     a, w = aw
@@ -182,12 +184,14 @@ def integrated_gradients(f: Callable, x, baseline, target, *, n_steps: int = 50,
       process's devices, then cut back) and `f`'s arrays are replicated; the arrays
       passed are this process's slice of the batch.
   """
-  x, baseline, target = np.asarray(x, np.float32), np.asarray(baseline, np.float32), np.asarray(target)
+  x, baseline, target = np.asarray(x), np.asarray(baseline), np.asarray(target)
+  dt = np.float64 if x.dtype == np.float64 else np.float32  # float64 only matters under jax x64 mode
+  x, baseline = x.astype(dt), baseline.astype(dt)
   if x.ndim != 4 or baseline.shape != x.shape:
     raise SpurjaxError(f"IG inputs must be (B, H, W, C) with equal shapes, got x {x.shape}, baseline {baseline.shape}")
   if target.shape != (x.shape[0],):
     raise SpurjaxError(f"IG target must have shape ({x.shape[0]},), got {target.shape}")
-  alphas, weights = _chunked(*path_weights(n_steps, method), chunk)
+  alphas, weights = (a.astype(dt) for a in _chunked(*path_weights(n_steps, method), chunk))
   f = _as_pytree_fn(f)
   fn = _compiled(mesh)
   if mesh is None:
@@ -215,8 +219,10 @@ class _Classifier:
   output: str
 
   def __call__(self, variables, images):
-    x = (images.astype(jnp.float32) - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
-    logits = self.model.apply(variables, x.astype(self.dtype), train=False).astype(jnp.float32)
+    dt = jnp.promote_types(images.dtype, jnp.float32)
+    x = (images.astype(dt) - jnp.asarray(self.mean, dt)) / jnp.asarray(self.std, dt)
+    logits = self.model.apply(variables, x.astype(self.dtype), train=False)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     return jax.nn.softmax(logits, axis=-1) if self.output == "prob" else logits
 
 
@@ -239,8 +245,10 @@ def _outputs_fn():
 
 
 def outputs(f: Callable, x) -> np.ndarray:
-  """f(x) as float32 numpy (jitted; `f` as in `integrated_gradients`)."""
-  return np.asarray(_outputs_fn()(_as_pytree_fn(f), jnp.asarray(x, jnp.float32)), np.float32)
+  """f(x) as numpy (jitted; `f` as in `integrated_gradients`); float32 unless x is float64."""
+  x = np.asarray(x)
+  x = x if x.dtype == np.float64 else x.astype(np.float32)
+  return np.asarray(_outputs_fn()(_as_pytree_fn(f), x))
 
 
 def completeness_gap(f: Callable, attributions, x, baseline, target) -> np.ndarray:

@@ -157,13 +157,14 @@ def _lookup(table, c: int, what: str):
 def class_prompts(template: str, tokens, nouns, num_classes: int) -> list[str]:
   """The prompt of each target class: `template` with {token} and {noun} filled in.
 
-  A class whose token is None or "" gets the prompt without a token (no textual inversion).
+  A class whose token is None or "" gets the prompt without a token (no textual inversion); with
+  no tokens at all (None or empty) every class does.
   """
   if "{noun}" not in template and "{token}" not in template:
     raise SpurjaxError(f"config ddb.template={template!r} must contain {{token}} and/or {{noun}}")
   out = []
   for c in range(num_classes):
-    token = _lookup(tokens, c, "token") if tokens is not None else ""
+    token = _lookup(tokens, c, "token") if tokens else ""
     noun = _lookup(nouns, c, "noun")
     try:
       text = template.format(token=token or "", noun=noun)
@@ -225,7 +226,8 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mode: str = "blended", num_steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
-                         skip=None, desc: str | None = "inpaint") -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
+                         skip=None, desc: str | None = "inpaint"
+                         ) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
   """Yields (chunk index, its edits, float32 (n, H, W, 3) images in [0, 1]) chunk by chunk.
 
   Arguments as in `make_counterfactuals`; `skip(chunk_index, edits) -> bool` marks chunks that are
@@ -384,7 +386,9 @@ def read_edits(stage_dir: str) -> list[dict]:
 def _mask_digest(masks: Mapping[int, np.ndarray], indices) -> str:
   h = hashlib.sha1()
   for i in indices:
-    m = np.asarray(masks[i], bool)
+    if not isinstance(masks, Mapping) or masks.get(int(i)) is None:
+      raise SpurjaxError(f"inpaint: no mask for selected image {int(i)}")
+    m = np.asarray(masks[int(i)], bool)
     h.update(str(m.shape).encode())
     h.update(np.packbits(m).tobytes())
   return h.hexdigest()
@@ -433,8 +437,7 @@ def run_inpaint(ctx, selected, masks, tokens) -> list[dict]:
   if not indices:
     raise SpurjaxError("inpaint: no selected images")
   nouns = nouns_for(cfg, table)
-  tok = {int(k): (v or "") for k, v in (tokens or {}).items()} if isinstance(tokens, Mapping) or tokens is None \
-      else {c: (t or "") for c, t in enumerate(tokens)}
+  tok = _token_map(tokens)
   plan = {
       "indices": indices, "source_classes": source_classes, "num_classes": int(table.num_classes),
       "tokens": {str(k): v for k, v in sorted(tok.items())}, "nouns": nouns, "template": str(opt["template"]),
@@ -486,6 +489,17 @@ def run_inpaint(ctx, selected, masks, tokens) -> list[dict]:
       shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
   return [{**r, "path": os.path.join(out_dir, r["file"])} for r in rows]
+
+
+def _token_map(tokens) -> dict[int, str]:
+  """{class: token} from a mapping (int or str keys), a sequence, or None (no tokens)."""
+  if tokens is None:
+    return {}
+  items = tokens.items() if isinstance(tokens, Mapping) else enumerate(tokens)
+  try:
+    return {int(k): (v or "") for k, v in items}
+  except (TypeError, ValueError):
+    raise SpurjaxError("inpaint: tokens must map class numbers to token strings") from None
 
 
 def _read_plan(directory: str) -> dict | None:

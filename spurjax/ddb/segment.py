@@ -29,7 +29,7 @@ import functools
 import json
 import os
 import shutil
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -74,6 +74,7 @@ def method_name(name: str) -> str:
 # ---------------------------------------------------------------- thresholds, cleaning, IoU
 
 
+@functools.partial(jax.jit, static_argnames="bins")
 def otsu_threshold(values: jax.Array, bins: int = 256) -> jax.Array:
   """Otsu's threshold of values in [0, 1]: maximises the between-class variance of a histogram.
 

@@ -237,7 +237,7 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
   ema_decay = float(t.ema_decay)
   state = dtrain.init_state(params, paths_t, tx, ema=ema_decay > 0)
   step_fn = dtrain.make_train_step(model, tx, paths_t, mesh, cond_drop=float(t.cond_drop), uncond_ids=uncond_ids,
-                                   ema_decay=ema_decay)
+                                   ema_decay=ema_decay, grad_accum=accum)
   seed, flip = int(cfg.seed), bool(t.flip)
 
   def batch_fn(i: int) -> dict:

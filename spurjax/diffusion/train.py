@@ -212,12 +212,14 @@ def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng:
 
 
 def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh, *, cond_drop: float = 0.0,
-                    uncond_ids: np.ndarray | None = None, ema_decay: float = 0.0,
+                    uncond_ids: np.ndarray | None = None, ema_decay: float = 0.0, grad_accum: int = 1,
                     row_masks: Mapping[str, np.ndarray] | None = None) -> Callable:
   """`step(state, batch, rng) -> (state, {"loss"})`, jitted: state replicated and donated, batch sharded.
 
   Only the leaves in `paths` are differentiated and updated; leaves named in `row_masks`
-  keep their masked-out rows exactly (copied, never re-added).
+  keep their masked-out rows exactly (copied, never re-added). The EMA (if the state has
+  one) moves once per optimizer update, with decay min(ema_decay, (1 + n) / (10 + n))
+  after n updates.
   """
   paths = tuple(paths)
   masks = {k: jnp.asarray(np.asarray(m, bool)) for k, m in (row_masks or {}).items()}
@@ -242,7 +244,10 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh,
       new[k] = q
     ema = state.ema
     if ema:
-      ema = {k: ema_decay * ema[k] + (1.0 - ema_decay) * new[k] for k in new}
+      n = (state.step + 1) // grad_accum
+      decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
+      decay = jnp.where((state.step + 1) % grad_accum == 0, decay, 1.0)
+      ema = {k: decay * ema[k] + (1.0 - decay) * new[k] for k in new}
     params = merge({p: new[_key(p)] for p in paths}, frozen)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), {"loss": loss}
 

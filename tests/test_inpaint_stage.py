@@ -1,0 +1,201 @@
+"""DDB stage inpaint: counterfactual counts and labels, kept background, modes, tokens, the resumable stage."""
+import csv
+import os
+import shutil
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import toy_config, toy_table
+from spurjax import sharding
+from spurjax.data.images import read_image
+from spurjax.ddb import inpaint
+from spurjax.ddb.context import Context
+from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
+from spurjax.errors import SpurjaxError
+
+pytest.importorskip("transformers")
+
+CLIP = dict(vocab_size=600, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+UNET = dict(block_out_channels=(8,), layers_per_block=1, norm_num_groups=4, cross_attention_dim=16,
+            attention_head_dim=(2,), down_block_types=("CrossAttnDownBlock2D",),
+            up_block_types=("CrossAttnUpBlock2D",), out_channels=3, sample_size=8)
+SCHED = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+             set_alpha_to_one=False, clip_sample=False)
+TOKENS = {0: "<c0>", 1: "<c1>", 2: "<c2>"}
+NOUNS = ("bird", "bird", "dog")
+FAST = dict(num_steps=2, guidance_scale=2.0, batch_size=4)
+
+
+def tiny_pipeline(directory, in_channels: int) -> loading.Pipeline:
+  """A pixel-space pipeline (8 x 8 images) whose tokenizer holds three learned tokens."""
+  tok = tok_lib.load_tokenizer(tok_lib.write_clip_tokenizer(directory / "tok", vocab_size=CLIP["vocab_size"]))
+  tok_lib.add_placeholder_tokens(tok, list(TOKENS.values()))
+  text = clip_text.resize_token_embeddings(clip_text.init_clip_params(CLIP, jax.random.key(1)), len(tok))
+  config = {**UNET, "in_channels": in_channels}
+  return loading.Pipeline(
+      unet=unet_lib.UNet2DConditionModel(config),
+      unet_params=unet_lib.init_unet_params(config, jax.random.key(0), sample_size=8),
+      text_encoder=clip_text.CLIPTextModel(CLIP), text_params=text, tokenizer=tok, scheduler_config=SCHED)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return sharding.make_mesh()
+
+
+@pytest.fixture(scope="module")
+def pipe3(tmp_path_factory):
+  return tiny_pipeline(tmp_path_factory.mktemp("p3"), 3)
+
+
+@pytest.fixture(scope="module")
+def pipe7(tmp_path_factory):
+  return tiny_pipeline(tmp_path_factory.mktemp("p7"), 7)  # inpainting UNet: x_t + mask + masked image
+
+
+def _inputs(size=8, n=2, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32)
+  masks = np.zeros((n, size, size), bool)
+  q = size // 4
+  masks[:, q:3 * q, q:3 * q] = True
+  masks[-1] = False
+  masks[-1, :2 * q, :2 * q] = True
+  return images, masks
+
+
+def test_blended_k3_counts_labels_and_kept_background(pipe3, mesh):
+  images, masks = _inputs()
+  out = inpaint.make_counterfactuals(pipe3, images, masks, [0, 2], TOKENS, NOUNS, n_samples=2, mode="blended",
+                                     seed=0, mesh=mesh, num_classes=3, paste=False, **FAST)
+  imgs = out["images"]
+  assert imgs.shape == (2 * 2 * 2, 8, 8, 3) and imgs.dtype == np.float32  # images x (K - 1) x samples
+  np.testing.assert_array_equal(out["source"], [0, 0, 0, 0, 1, 1, 1, 1])
+  np.testing.assert_array_equal(out["source_class"], [0, 0, 0, 0, 2, 2, 2, 2])
+  np.testing.assert_array_equal(out["target_class"], [1, 1, 2, 2, 0, 0, 1, 1])
+  np.testing.assert_array_equal(out["sample"], [0, 1] * 4)
+  src = images[out["source"]]
+  keep = ~masks[out["source"]][..., None]
+  # Native size, no paste: the sampler alone keeps the unmasked pixels.
+  np.testing.assert_allclose(np.where(keep, imgs, 0), np.where(keep, src, 0), atol=1e-5)
+  assert np.abs(np.where(keep, 0, imgs - src)).max() > 1e-2  # the masked region was repainted
+  assert np.abs(imgs[0] - imgs[1]).max() > 1e-3  # two samples of one edit differ
+  again = inpaint.make_counterfactuals(pipe3, images, masks, [0, 2], TOKENS, NOUNS, n_samples=2, mode="auto",
+                                       seed=0, mesh=mesh, num_classes=3, paste=False, **FAST)
+  np.testing.assert_array_equal(again["images"], imgs)  # deterministic; "auto" picks blended for 3 channels
+
+
+def test_paste_keeps_background_at_another_size(pipe3, mesh):
+  images, masks = _inputs(size=16, n=3, seed=1)
+  out = inpaint.make_counterfactuals(pipe3, (images * 255).round().astype(np.uint8), masks, [0, 1, 1], TOKENS,
+                                     NOUNS[:2], n_samples=1, seed=3, mesh=mesh, **FAST)
+  assert out["images"].shape == (3, 16, 16, 3)
+  np.testing.assert_array_equal(out["target_class"], [1, 0, 0])
+  src = (images * 255).round() / 255
+  keep = ~masks[..., None]
+  np.testing.assert_allclose(np.where(keep, out["images"], 0), np.where(keep, src, 0), atol=1e-6)
+  assert np.abs(np.where(keep, 0, out["images"] - src)).max() > 1e-2
+
+
+def test_channels_mode_and_mode_checks(pipe3, pipe7, mesh):
+  images, masks = _inputs()
+  out = inpaint.make_counterfactuals(pipe7, images, masks, [1, 0], TOKENS, NOUNS[:2], n_samples=2,
+                                     mode="channels", mesh=mesh, paste=False, **FAST)
+  assert out["images"].shape == (4, 8, 8, 3)
+  np.testing.assert_array_equal(out["target_class"], [0, 0, 1, 1])
+  keep = ~masks[out["source"]][..., None]
+  np.testing.assert_allclose(np.where(keep, out["images"], 0), np.where(keep, images[out["source"]], 0), atol=1e-5)
+  with pytest.raises(SpurjaxError, match="channels"):
+    inpaint.make_counterfactuals(pipe3, images, masks, [1, 0], TOKENS, NOUNS[:2], mode="channels", **FAST)
+  with pytest.raises(SpurjaxError, match="blended"):
+    inpaint.make_counterfactuals(pipe7, images, masks, [1, 0], TOKENS, NOUNS[:2], mode="blended", **FAST)
+  with pytest.raises(SpurjaxError, match="inpaint_mode"):
+    inpaint.make_counterfactuals(pipe7, images, masks, [1, 0], TOKENS, NOUNS[:2], mode="sdedit", **FAST)
+
+
+def test_prompts_and_token_checks(pipe3, tmp_path):
+  assert inpaint.class_prompts("a photo of a {token} {noun}", {0: "<c0>", 1: ""}, ("bird", "bird"), 2) == \
+      ["a photo of a <c0> bird", "a photo of a bird"]
+  assert inpaint.class_prompts("a photo of a {token} {noun}", None, ("bird", "dog"), 2) == \
+      ["a photo of a bird", "a photo of a dog"]
+  with pytest.raises(SpurjaxError, match="no token for class 1"):
+    inpaint.class_prompts("{token} {noun}", {0: "<c0>"}, ("bird", "dog"), 2)
+  inpaint.check_tokens(pipe3, TOKENS)
+  images, masks = _inputs()
+  with pytest.raises(SpurjaxError, match="not in the tokenizer"):
+    inpaint.make_counterfactuals(pipe3, images, masks, [0, 1], {0: "<c0>", 1: "<c9>"}, NOUNS[:2], **FAST)
+  short = types.SimpleNamespace(tokenizer=pipe3.tokenizer,  # tokens added, embedding table not grown
+                                text_params=clip_text.init_clip_params(CLIP, jax.random.key(1)))
+  with pytest.raises(SpurjaxError, match="was not loaded"):
+    inpaint.check_tokens(short, TOKENS)
+  with pytest.raises(SpurjaxError, match="masks"):
+    inpaint.make_counterfactuals(pipe3, images, masks[:, :4], [0, 1], TOKENS, NOUNS[:2], **FAST)
+  with pytest.raises(SpurjaxError, match="n_samples"):
+    inpaint.plan_edits([0, 1], 2, 0)
+  assert len(inpaint.plan_edits([0, 1, 2], 3, 4)) == 3 * 2 * 4
+
+
+def test_diffusion_size_uses_the_vae_factor(pipe3):
+  assert inpaint.diffusion_size(pipe3) == (8, 8)
+  vae = types.SimpleNamespace(config={})
+  latent = types.SimpleNamespace(unet=pipe3.unet, vae=vae, vae_scale_factor=8)
+  assert inpaint.diffusion_size(latent) == (64, 64)
+
+
+def _stage_ctx(tmp_path, mesh, pipeline):
+  cfg = toy_config()
+  with cfg.unlocked():
+    cfg.ddb = inpaint.default_config()
+  cfg.ddb.nouns = ("bird", "bird")
+  cfg.ddb.n_samples = 2
+  cfg.ddb.num_steps = 2
+  cfg.ddb.guidance_scale = 2.0
+  cfg.ddb.inpaint_batch_size = 4
+  return Context(cfg=cfg, workdir=str(tmp_path), table=toy_table(), mesh=mesh, pipeline=pipeline)
+
+
+def test_run_inpaint_writes_skips_and_resumes(tmp_path, mesh, pipe3):
+  ctx = _stage_ctx(tmp_path, mesh, pipe3)
+  selected = {"selected": {0: [0, 1], 1: [30]}}
+  square = np.zeros((16, 16), bool)
+  square[4:12, 4:12] = True
+  masks = {0: square, 1: square, 30: np.roll(square, 2, axis=0)}
+  tokens = {0: "<c0>", 1: "<c1>"}
+  rows = inpaint.run_inpaint(ctx, selected, masks, tokens)
+  out = tmp_path / "inpaint"
+  assert len(rows) == 3 * 1 * 2 and not (tmp_path / "inpaint.tmp").exists()
+  with open(out / "edits.csv", newline="") as f:
+    saved = list(csv.DictReader(f))
+  assert tuple(saved[0]) == inpaint.CSV_COLUMNS
+  assert [int(r["source_index"]) for r in saved] == [0, 0, 1, 1, 30, 30]
+  assert [int(r["target_class"]) for r in saved] == [1, 1, 1, 1, 0, 0]
+  assert [int(r["sample"]) for r in saved] == [0, 1] * 3
+  table = toy_table()
+  for r in saved:
+    i = int(r["source_index"])
+    assert int(r["source_class"]) == table.y[i]
+    img = read_image(str(out / r["file"]))
+    assert img.shape == (16, 16, 3)
+    keep = ~masks[i]
+    np.testing.assert_array_equal(img[keep], table.read_image(i)[keep])  # background exactly the original
+  first = {r["file"]: (out / r["file"]).read_bytes() for r in saved}
+
+  ctx.pipeline = object()  # complete: reloaded without touching the model
+  assert inpaint.run_inpaint(ctx, selected, masks, tokens) == rows
+  assert inpaint.read_edits(str(out))[2]["path"] == str(out / saved[2]["file"])
+
+  # A run killed after its first chunk resumes: the missing chunk is regenerated identically.
+  shutil.move(str(out), str(tmp_path / "inpaint.tmp"))
+  os.remove(tmp_path / "inpaint.tmp" / "edits.csv")
+  for r in saved[4:]:
+    os.remove(tmp_path / "inpaint.tmp" / r["file"])
+  ctx.pipeline = pipe3
+  again = inpaint.run_inpaint(ctx, selected, masks, tokens)
+  assert again == rows
+  assert {f: (out / f).read_bytes() for f in first} == first
+
+  with pytest.raises(SpurjaxError, match="no mask"):
+    inpaint.run_inpaint(ctx, {0: [0, 2], 1: [30]}, masks, tokens)

@@ -1,0 +1,294 @@
+"""DDB stages select and segment: majority selection, Otsu, IoU, attention / Grad-CAM / given masks."""
+import dataclasses
+import json
+import os
+import types
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import toy_config, toy_table
+from spurjax import sharding
+from spurjax.data.table import Table
+from spurjax.ddb import segment, select
+from spurjax.ddb.context import Context
+from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
+from spurjax.errors import SpurjaxError
+from spurjax.models import get_model
+
+CLIP = dict(vocab_size=600, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+# Cross-attention at two resolutions (8 x 8 in the outer blocks, 4 x 4 in the middle).
+UNET = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, cross_attention_dim=16,
+            attention_head_dim=(2, 2), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), in_channels=3, out_channels=3, sample_size=8)
+SCHED = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+             set_alpha_to_one=False, clip_sample=False)
+
+
+def tiny_pipeline(directory, in_channels=3) -> loading.Pipeline:
+  """A pixel-space text-to-image pipeline with random weights, 8 x 8 images."""
+  tok = tok_lib.load_tokenizer(tok_lib.write_clip_tokenizer(directory / "tok", vocab_size=CLIP["vocab_size"]))
+  config = {**UNET, "in_channels": in_channels}
+  return loading.Pipeline(
+      unet=unet_lib.UNet2DConditionModel(config),
+      unet_params=unet_lib.init_unet_params(config, jax.random.key(0), sample_size=8),
+      text_encoder=clip_text.CLIPTextModel(CLIP), text_params=clip_text.init_clip_params(CLIP, jax.random.key(1)),
+      tokenizer=tok, scheduler_config=SCHED)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return sharding.make_mesh()
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+  pytest.importorskip("transformers")
+  return tiny_pipeline(tmp_path_factory.mktemp("pipe"))
+
+
+@pytest.fixture(scope="module")
+def classifier():
+  model = get_model("cnn16", 2)
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, 16, 16, 3)), train=False))(jax.random.key(3))
+  return model, jax.tree.map(np.asarray, dict(variables))
+
+
+def _masked_table(with_masks=True):
+  """toy_table() plus the true square mask of every class-1 image (class 0 rows: an empty mask)."""
+  base = toy_table()
+  square = np.zeros((16, 16), bool)
+  square[4:12, 4:12] = True
+  refs = list(range(len(base))) if with_masks else None
+  return Table(name="toy", refs=base.refs, y=base.y, place=base.place, split=base.split, num_classes=2,
+               num_places=2, read_image=base.read_image, mask_refs=refs,
+               read_mask=(lambda i: square if base.y[i] == 1 else np.zeros_like(square)) if with_masks else None,
+               class_names=("plain", "square"))
+
+
+# ---------------------------------------------------------------- select
+
+
+def test_select_majority_lowest_loss_ties_by_index():
+  loss = np.array([0.5, 0.1, 0.3, 0.1, 0.9, 0.2, 0.05, 0.2])
+  labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+  got = select.select_majority(loss, labels, 2)
+  np.testing.assert_array_equal(got[0], [1, 3])  # two ties at 0.1: lower index first
+  np.testing.assert_array_equal(got[1], [6, 5])  # 0.05, then the tie 0.2 at 5 before 7
+  assert len(select.select_majority(loss, labels, 10)[1]) == 4  # fewer than k: all of them
+  with pytest.raises(SpurjaxError, match="class 2"):
+    select.select_majority(loss, labels, 2, num_classes=3)
+  with pytest.raises(SpurjaxError, match="ddb.k"):
+    select.select_majority(loss, labels, 0)
+  with pytest.raises(SpurjaxError, match="not finite"):
+    select.select_majority(np.where(labels == 1, np.nan, loss), labels, 1)
+
+
+def test_selection_uses_per_sample_loss_and_psi():
+  logits = np.array([[3.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 5.0], [0.0, -1.0]])
+  labels = np.array([0, 0, 1, 1, 1])
+  table_rows = np.array([10, 11, 12, 13, 14])
+  got = select.selection_from_logits(logits, labels, table_rows, 1, 2)
+  assert {c: list(v) for c, v in got["selected"].items()} == {0: [10], 1: [13]}
+  np.testing.assert_allclose(got["psi_ref"][0], 1 / (1 + np.exp(-3.0)), rtol=1e-9)
+  np.testing.assert_allclose(got["psi_ref"][1], 1 / (1 + np.exp(-5.0)), rtol=1e-9)
+  np.testing.assert_allclose(select.per_sample_ce(logits, labels)[4], np.log(1 + np.exp(1.0)), rtol=1e-9)
+
+
+def test_run_select_writes_and_reloads(tmp_path, classifier, mesh):
+  model, variables = classifier
+  cfg = toy_config()
+  cfg.model.name = "cnn16"
+  with cfg.unlocked():
+    cfg.ddb = select.default_config()
+  cfg.ddb.k = 3
+  table = toy_table()
+  ctx = Context(cfg=cfg, workdir=str(tmp_path), table=table, mesh=mesh, erm_variables=variables, model=model)
+  got = select.run_select(ctx)
+  assert sorted(got["selected"]) == [0, 1]
+  for c, idx in got["selected"].items():
+    assert len(idx) == 3 and np.all(table.y[idx] == c) and np.all(table.split[idx] == 0)
+    assert 0 < got["psi_ref"][c] < 1
+  saved = json.load(open(tmp_path / "select" / "selected.json"))
+  assert saved["selected"]["1"] == [int(i) for i in got["selected"][1]] and saved["k"] == 3
+  ctx.model = None  # a complete artefact is reused without the classifier
+  again = select.run_select(ctx)
+  np.testing.assert_array_equal(again["selected"][0], got["selected"][0])
+  ctx.cfg.ddb.k = 2  # a different K recomputes (and needs the model)
+  with pytest.raises(SpurjaxError, match="ERM classifier"):
+    select.run_select(ctx)
+
+
+# ---------------------------------------------------------------- thresholds and IoU
+
+
+def test_otsu_separates_bimodal_values():
+  rng = np.random.default_rng(0)
+  values = np.concatenate([rng.normal(0.2, 0.04, 3000), rng.normal(0.75, 0.05, 1000)]).clip(0, 1)
+  thr = float(segment.otsu_threshold(jnp.asarray(values)))
+  assert 0.3 < thr < 0.62, thr
+  maps = np.zeros((2, 10, 10), np.float32)
+  maps[0, 2:5, 2:5] = 3.0
+  maps[1] = rng.uniform(0, 0.2, (10, 10))
+  maps[1, 5:, 5:] += 1.0
+  got = np.asarray(segment.otsu_masks(jnp.asarray(maps)))
+  assert got.dtype == bool
+  np.testing.assert_array_equal(got[0], maps[0] > 1)
+  np.testing.assert_array_equal(got[1], maps[1] > 0.5)
+
+
+def test_mask_iou_and_mean():
+  a = np.zeros((8, 8), bool)
+  b = np.zeros((8, 8), bool)
+  a[:4] = True  # 32 pixels
+  b[2:6] = True  # 32 pixels, 16 shared
+  assert segment.mask_iou(a, b) == pytest.approx(16 / 48)
+  assert segment.mask_iou(a, a) == 1.0 and segment.mask_iou(~a & a, ~a & a) == 1.0
+  assert segment.mask_iou(a, ~a) == 0.0
+  assert segment.mean_iou([a, a], [b, a]) == pytest.approx((16 / 48 + 1) / 2)
+  with pytest.raises(SpurjaxError, match="shapes"):
+    segment.mask_iou(a, a[:4])
+
+
+def test_clean_mask_keeps_large_components():
+  m = np.zeros((20, 20), bool)
+  m[3:13, 3:13] = True
+  m[6, 6] = False  # a hole
+  m[17, 17] = True  # a speck
+  m[15:19, 1:5] = True  # a small blob (16 px vs 100 px)
+  got = segment.clean_mask(m, radius=1, keep_ratio=0.25)
+  assert got[4:12, 4:12].all() and got[3:13, 3:13].sum() == 96  # the opening rounds the 4 corners
+  assert not got[17, 17] and not got[15:19, 1:5].any()
+  assert segment.clean_mask(m, radius=0, keep_ratio=0.1)[15:19, 1:5].all()
+  assert segment.clean_mask(m, radius=1, dilate=1)[2, 5]
+
+
+# ---------------------------------------------------------------- language-guided masks
+
+
+def test_noun_token_weights(pipe):
+  w = segment.noun_token_weights(pipe.tokenizer, ["a photo of a bird", "a photo of a dog"], ["bird", "dog"])
+  ids = tok_lib.encode(pipe.tokenizer, ["a photo of a bird"])[0]
+  bird = pipe.tokenizer("bird", add_special_tokens=False)["input_ids"]
+  pos = np.nonzero(w[0])[0]
+  assert list(ids[pos]) == bird and w[0].sum() == pytest.approx(1.0) and w[1].sum() == pytest.approx(1.0)
+  with pytest.raises(SpurjaxError, match="not found"):
+    segment.noun_token_weights(pipe.tokenizer, ["a photo of a cat"], ["bird"])
+
+
+def test_attention_maps_shape_and_normalisation(pipe, mesh):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)  # not the model's 8 px: resized both ways
+  nouns = ["bird", "dog", "bird", "dog", "bird"]
+  maps = segment.attention_maps(pipe, images, nouns, timesteps=(100, 500), mesh=mesh, batch_size=4)
+  chex.assert_shape(maps, (5, 16, 16))
+  assert maps.dtype == np.float32 and np.all(np.isfinite(maps))
+  np.testing.assert_allclose(maps.min(axis=(1, 2)), 0.0, atol=1e-6)
+  np.testing.assert_allclose(maps.max(axis=(1, 2)), 1.0, atol=1e-6)
+  assert np.abs(maps[0] - maps[2]).max() > 1e-3  # different images, different maps
+  # The same images again (same compiled program): deterministic.
+  np.testing.assert_array_equal(segment.attention_maps(pipe, images, nouns, timesteps=(100, 500), mesh=mesh,
+                                                       batch_size=4), maps)
+  masks = np.asarray(segment.otsu_masks(jnp.asarray(maps)))
+  assert masks.dtype == bool and masks.shape == (5, 16, 16) and masks.any(axis=(1, 2)).all()
+
+
+def test_attention_program_feeds_an_inpainting_unet(tmp_path):
+  """A pixel-space inpainting UNet (3 + 1 + 3 channels) gets [x_t, empty mask, image]; traced, not compiled."""
+  pytest.importorskip("transformers")
+  pipe7 = tiny_pipeline(tmp_path, in_channels=7)
+  prog, _ = segment._attention_program(pipe7, (300,))
+  seen = {}
+  unet_call = prog.unet.apply
+
+  def spy(variables, x, *args, **kw):
+    seen["x"] = x
+    return unet_call(variables, x, *args, **kw)
+
+  prog = dataclasses.replace(prog, unet=types.SimpleNamespace(apply=spy))
+  params = {"unet": pipe7.unet_params}
+  out = jax.eval_shape(prog, params, jnp.zeros((2, 8, 8, 3)), jnp.zeros((2, 77, 16)), jnp.zeros((2, 77)),
+                       jnp.arange(2, dtype=jnp.int32), jax.random.key(0))
+  assert out.shape == (2, 8, 8) and seen["x"].shape == (2, 8, 8, 7)
+
+
+# ---------------------------------------------------------------- Grad-CAM
+
+
+def test_gradcam_matches_manual_computation(classifier, mesh):
+  model, variables = classifier
+  assert segment.feature_module_path(model, variables, (16, 16, 3)) == ("bn_3",)
+  images = toy_table().read_image(0)[None].repeat(4, 0)
+  images[1:] = np.stack([toy_table().read_image(i) for i in (30, 40, 50)])
+  classes = np.array([0, 1, 1, 0])
+  mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+  maps = segment.gradcam_maps(model, variables, images, classes, mean=mean, std=std, mesh=mesh, batch_size=4)
+  chex.assert_shape(maps, (4, 16, 16))
+  # By hand: logits = fc(mean_hw(relu(A))), so dlogit_c/dA = 1[A > 0] W[:, c] / (h w).
+  x = (images / 255.0 - np.array(mean)) / np.array(std)
+  _, state = model.apply(variables, jnp.asarray(x, jnp.float32), train=False, capture_intermediates=True,
+                         mutable=["intermediates"])
+  a = np.asarray(state["intermediates"]["bn_3"]["__call__"][0])
+  w = np.asarray(variables["params"]["fc"]["kernel"])[:, classes].T  # (B, C)
+  h, wd = a.shape[1:3]
+  alpha = ((a > 0) * w[:, None, None, :] / (h * wd)).mean(axis=(1, 2))
+  cam = np.maximum(np.einsum("bhwc,bc->bhw", np.maximum(a, 0), alpha), 0)
+  want = np.asarray(jax.image.resize(jnp.asarray(cam), (4, 16, 16), "linear"))
+  want = np.asarray(segment.normalise_maps(jnp.asarray(want)))
+  np.testing.assert_allclose(maps, want, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _ctx(tmp_path, mesh, table, mask, classifier=None, pipeline=None):
+  cfg = toy_config()
+  cfg.model.name = "cnn16"
+  with cfg.unlocked():
+    cfg.ddb = segment.default_config()
+  cfg.ddb.mask = mask
+  cfg.ddb.nouns = ("bird", "dog")
+  cfg.ddb.segment_timesteps = (100, 500)
+  cfg.ddb.segment_batch_size = 4
+  model, variables = classifier or (None, None)
+  return Context(cfg=cfg, workdir=str(tmp_path), table=table, mesh=mesh, erm_variables=variables, model=model,
+                 pipeline=pipeline)
+
+
+SELECTED = {"selected": {0: [0, 1], 1: [30, 31, 32]}}
+
+
+def test_run_segment_given_masks(tmp_path, mesh):
+  table = _masked_table()
+  ctx = _ctx(tmp_path, mesh, table, "given")
+  masks = segment.run_segment(ctx, SELECTED)
+  assert sorted(masks) == [0, 1, 30, 31, 32]
+  assert masks[30].dtype == bool and masks[30].shape == (16, 16) and masks[30][4:12, 4:12].all()
+  assert not masks[0].any()
+  iou = json.load(open(tmp_path / "segment" / "iou.json"))
+  assert iou["mean_iou"]["given"] == 1.0 and iou["num_images"] == 5
+  assert "attention" in iou["skipped"] and "gradcam" in iou["skipped"]  # no models in this context
+  assert sorted(os.listdir(tmp_path / "segment" / "masks")) == [f"{i}.png" for i in (0, 1, 30, 31, 32)]
+  ctx.table = toy_table()  # a finished stage is reused as is
+  np.testing.assert_array_equal(segment.run_segment(ctx, SELECTED)[30], masks[30])
+  ctx2 = _ctx(tmp_path / "b", mesh, toy_table(), "given")
+  with pytest.raises(SpurjaxError, match="no mask column"):
+    segment.run_segment(ctx2, SELECTED)
+  with pytest.raises(SpurjaxError, match="ddb.mask"):
+    segment.method_name("sam")
+
+
+def test_run_segment_attention_scores_every_method(tmp_path, mesh, pipe, classifier):
+  ctx = _ctx(tmp_path, mesh, _masked_table(), "attention", classifier=classifier, pipeline=pipe)
+  masks = segment.run_segment(ctx, SELECTED)
+  assert sorted(masks) == [0, 1, 30, 31, 32]
+  for m in masks.values():
+    assert m.dtype == bool and m.shape == (16, 16) and m.any()
+  iou = json.load(open(tmp_path / "segment" / "iou.json"))
+  assert set(iou["mean_iou"]) == {"attention", "gradcam"} and iou["method"] == "attention"
+  for v in iou["mean_iou"].values():
+    assert 0.0 <= v <= 1.0
+  assert set(iou["per_image"]) == {"0", "1", "30", "31", "32"}
