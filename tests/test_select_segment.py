@@ -13,9 +13,10 @@ import pytest
 from helpers import toy_config, toy_table
 from spurjax import sharding
 from spurjax.data.table import Table
-from spurjax.ddb import segment, select
+from spurjax.ddb import inpaint, segment, select
 from spurjax.ddb.context import Context
-from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
+from spurjax.diffusion import clip_text, loading, sampling, tokenizer as tok_lib, unet as unet_lib
+from spurjax.diffusion import vae as vae_lib
 from spurjax.errors import SpurjaxError
 from spurjax.models import get_model
 
@@ -196,11 +197,28 @@ def test_attention_maps_shape_and_normalisation(pipe, mesh):
   assert masks.dtype == bool and masks.shape == (5, 16, 16) and masks.any(axis=(1, 2)).all()
 
 
-def test_attention_program_feeds_an_inpainting_unet(tmp_path):
-  """A pixel-space inpainting UNet (3 + 1 + 3 channels) gets [x_t, empty mask, image]; traced, not compiled."""
+VAE = dict(block_out_channels=[8, 8], down_block_types=["DownEncoderBlock2D"] * 2,
+           up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=4, latent_channels=4)
+
+
+@pytest.mark.parametrize("kind", ["pixel_inpainting", "latent"])
+def test_attention_program_unet_inputs(tmp_path, kind):
+  """What the UNet is fed, traced (not compiled): an inpainting UNet gets [x_t, empty mask, image]
+  (3 + 1 + 3 channels); with a VAE the images are encoded to an 8 x 8 latent grid first."""
   pytest.importorskip("transformers")
-  pipe7 = tiny_pipeline(tmp_path, in_channels=7)
-  prog, _ = segment._attention_program(pipe7, (300,))
+  if kind == "latent":
+    base = tiny_pipeline(tmp_path, in_channels=4)
+    config = {**UNET, "in_channels": 4, "out_channels": 4}
+    pipe = dataclasses.replace(base, unet=unet_lib.UNet2DConditionModel(config),
+                               unet_params=unet_lib.init_unet_params(config, jax.random.key(0), sample_size=8),
+                               vae=vae_lib.AutoencoderKL(VAE),
+                               vae_params=vae_lib.init_vae_params(VAE, jax.random.key(2)))
+    size, want = 16, (2, 8, 8, 4)
+  else:
+    pipe = tiny_pipeline(tmp_path, in_channels=7)
+    size, want = 8, (2, 8, 8, 7)
+  assert inpaint.diffusion_size(pipe) == (size, size)
+  prog, _ = segment._attention_program(pipe, (300,))
   seen = {}
   unet_call = prog.unet.apply
 
@@ -209,10 +227,10 @@ def test_attention_program_feeds_an_inpainting_unet(tmp_path):
     return unet_call(variables, x, *args, **kw)
 
   prog = dataclasses.replace(prog, unet=types.SimpleNamespace(apply=spy))
-  params = {"unet": pipe7.unet_params}
-  out = jax.eval_shape(prog, params, jnp.zeros((2, 8, 8, 3)), jnp.zeros((2, 77, 16)), jnp.zeros((2, 77)),
+  params = sampling.pipeline_fns(pipe).params
+  out = jax.eval_shape(prog, params, jnp.zeros((2, size, size, 3)), jnp.zeros((2, 77, 16)), jnp.zeros((2, 77)),
                        jnp.arange(2, dtype=jnp.int32), jax.random.key(0))
-  assert out.shape == (2, 8, 8) and seen["x"].shape == (2, 8, 8, 7)
+  assert out.shape == (2, size, size) and seen["x"].shape == want
 
 
 # ---------------------------------------------------------------- Grad-CAM
