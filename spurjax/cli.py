@@ -17,6 +17,7 @@ from spurjax.errors import SpurjaxError
 USAGE = """usage: spurjax <command> [options]
 
 commands:
+  run     --config FILE[:arg] --workdir DIR [--config.key=value ...]   the DDB pipeline end to end
   erm     --config FILE[:arg] --workdir DIR [--config.key=value ...]   train ERM, write report.json/.md
   baseline --method NAME --config FILE --workdir DIR [...]           a baseline (suby rwy subg rwg groupdro jtt dfr)
   invert  --config FILE --workdir DIR [...]                            learn one textual-inversion token per class
@@ -55,6 +56,9 @@ def _dispatch(argv):
     from spurjax.train import erm
     erm.run(cfg, workdir)
     return 0
+  if cmd == "run":
+    from spurjax.ddb import run as ddb_run
+    return ddb_run.main(rest) or 0
   if cmd == "invert":
     from spurjax.diffusion import invert
     return invert.main(rest) or 0

@@ -244,11 +244,14 @@ def _outputs_fn():
   return jax.jit(lambda f, x: f(x))
 
 
-def outputs(f: Callable, x) -> np.ndarray:
-  """f(x) as numpy (jitted; `f` as in `integrated_gradients`); float32 unless x is float64."""
+def outputs(f: Callable, x, batch_size: int = 64) -> np.ndarray:
+  """f(x) as numpy, `batch_size` images per jitted call; float32 unless x is float64."""
   x = np.asarray(x)
   x = x if x.dtype == np.float64 else x.astype(np.float32)
-  return np.asarray(_outputs_fn()(_as_pytree_fn(f), x))
+  f = _as_pytree_fn(f)
+  bs = max(1, int(batch_size))
+  outs = [np.asarray(_outputs_fn()(f, x[s:s + bs])) for s in range(0, len(x), bs)]
+  return np.concatenate(outs) if outs else np.zeros((0, 0), x.dtype)
 
 
 def completeness_gap(f: Callable, attributions, x, baseline, target) -> np.ndarray:
@@ -306,10 +309,13 @@ def attribute_edits(f: Callable, originals, edits, masks, targets, *, n_steps: i
   if t.shape != (len(orig),):
     raise SpurjaxError(f"targets have shape {t.shape}, expected ({len(orig)},)")
   n = len(orig)
-  bs = max(1, int(batch_size))
+  bs = max(1, min(int(batch_size), n))
+  if n % bs:  # every call gets the same shape: one compilation
+    extra = bs - n % bs
+    orig, edit, m, t = (np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) for a in (orig, edit, m, t))
   rho, total, maps, outs_e, outs_o = [], [], [], [], []
   for s in range(0, n, bs):
-    sl = slice(s, min(n, s + bs))
+    sl = slice(s, s + bs)
     a = np.asarray(integrated_gradients(f, edit[sl], orig[sl], t[sl], n_steps=n_steps, method=method, chunk=chunk,
                                         mesh=mesh), np.float64)
     per_pixel = a.sum(axis=-1)
@@ -317,11 +323,12 @@ def attribute_edits(f: Callable, originals, edits, masks, targets, *, n_steps: i
     total.append(per_pixel.reshape(len(per_pixel), -1).sum(axis=1))
     if return_maps:
       maps.append(per_pixel.astype(np.float32))
-    outs_e.append(outputs(f, edit[sl]))
-    outs_o.append(outputs(f, orig[sl]))
-  cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)  # noqa: E731
+    outs_e.append(outputs(f, edit[sl], bs))
+    outs_o.append(outputs(f, orig[sl], bs))
+  cat = lambda xs, shape: np.concatenate(xs)[:n] if xs else np.zeros(shape)  # noqa: E731
   rho, total = cat(rho, (0,)), cat(total, (0,))
   out_e, out_o = cat(outs_e, (0, 0)).astype(np.float32), cat(outs_o, (0, 0)).astype(np.float32)
+  t = t[:n]
   rows = np.arange(n)
   delta = (out_e[rows, t] - out_o[rows, t]).astype(np.float64) if n else np.zeros(0)
   safe = np.abs(total) >= 1e-12

@@ -101,6 +101,18 @@ def _per_class(value, classes: Sequence[int], name: str) -> dict[int, str]:
   return {c: str(value[c]) for c in classes}
 
 
+def initial_vectors(pipeline, words: Sequence[str]) -> list[np.ndarray]:
+  """Per word, the mean embedding row of its tokens (one row for single-token words)."""
+  table = np.asarray(pipeline.text_params["embeddings"]["token_embedding"]["embedding"])
+  out = []
+  for w in words:
+    body = _token_ids(pipeline.tokenizer, w)
+    if not body:
+      raise SpurjaxError(f"textual inversion: initializer {w!r} has no tokens")
+    out.append(table[body].mean(axis=0))
+  return out
+
+
 def add_tokens(pipeline, tokens: Sequence[str], init_vectors: Sequence[np.ndarray]):
   """A new Pipeline whose tokenizer knows `tokens` and whose embedding rows hold `init_vectors`.
 
@@ -155,14 +167,7 @@ def learn_tokens(pipeline, images_by_class: Mapping[int, np.ndarray], nouns, *, 
   res = model_resolution(pipeline)
   pixels = {c: prepare_images(images_by_class[c], res, f"images of class {c}") for c in classes}
 
-  table = np.asarray(pipeline.text_params["embeddings"]["token_embedding"]["embedding"])
-  init_vectors = []
-  for c in classes:
-    body = _token_ids(pipeline.tokenizer, inits[c])
-    if not body:
-      raise SpurjaxError(f"textual inversion: initializer {inits[c]!r} of class {c} has no tokens")
-    init_vectors.append(table[body].mean(axis=0))
-  pipe, ids = add_tokens(pipeline, tokens, init_vectors)
+  pipe, ids = add_tokens(pipeline, tokens, initial_vectors(pipeline, [inits[c] for c in classes]))
 
   # Every (image, class) pair; prompts for every (template, class).
   images = np.concatenate([pixels[c] for c in classes])

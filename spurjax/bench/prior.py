@@ -1,0 +1,299 @@
+"""`spurjax bench prior`: does the prior draw what it is told?
+
+1. A classifier (the project's trainer, `spurjax.train.loop.fit`) learns object class from
+   the balanced captioned corpus (90/5/5 split by position).
+2. Text-to-image: N samples per (object, scene) for "a photo of a {object} on {scene}";
+   the share the classifier assigns to the prompted object.
+3. Inpainting: benchmark majority training images, their true object masks, repainted by
+   blended latents with the *other* class's textual-inversion token ("a photo of a <c1>
+   flower") vs the same prompt with the token's row left at its initialiser (the noun);
+   the share assigned to the other class. Tokens are learned here (`--ti-steps`) unless
+   `--embeds` gives a learned_embeds file.
+
+Prints a labelled table and writes sample grids (PNG) and `bench_prior.json` to --workdir.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import tempfile
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from spurjax.bench.common import print_table
+from spurjax.data.table import TRAIN, Table
+from spurjax.diffusion import invert, loading, prior, sampling
+from spurjax.diffusion import schedulers
+from spurjax.errors import SpurjaxError
+
+TXT2IMG_TEMPLATE = "a photo of a {obj} on {place}"
+INPAINT_TEMPLATE = "a photo of a {token} {noun}"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def corpus_table(root: str) -> Table:
+  """The captioned corpus (file_name, text, y, place) as a Table: every 20th row val, the next test."""
+  from spurjax.data.images import read_image
+  paths, texts = prior.read_imagefolder(root)
+  meta = os.path.join(root, "metadata.csv")
+  if not os.path.isfile(meta):
+    raise SpurjaxError(f"{meta}: the benchmark needs a metadata.csv with y and place columns")
+  with open(meta, newline="") as f:
+    rows = list(csv.DictReader(f))
+  for c in ("y", "place"):
+    if c not in rows[0]:
+      raise SpurjaxError(f"{meta}: missing column '{c}' (the benchmark needs object and scene labels)")
+  try:
+    y = np.asarray([int(r["y"]) for r in rows], np.int32)
+    place = np.asarray([int(r["place"]) for r in rows], np.int32)
+  except ValueError as e:
+    raise SpurjaxError(f"{meta}: y / place must be integers ({e})") from None
+  pos = np.arange(len(rows)) % 20
+  split = np.where(pos == 0, 1, np.where(pos == 1, 2, 0)).astype(np.int32)
+  return Table(name="corpus", refs=paths, y=y, place=place, split=split, num_classes=int(y.max()) + 1,
+               num_places=int(place.max()) + 1, read_image=read_image, captions=texts)
+
+
+def memory_table(images: np.ndarray, y: np.ndarray, place: np.ndarray, num_classes: int, num_places: int) -> Table:
+  """In-memory uint8 images as a test-split Table."""
+  n = len(images)
+  return Table(name="samples", refs=list(range(n)), y=np.asarray(y, np.int32), place=np.asarray(place, np.int32),
+               split=np.full(n, 2, np.int32), num_classes=num_classes, num_places=num_places,
+               read_image=lambda i: images[i])
+
+
+def classifier_config(epochs: int, image_size: int):
+  from spurjax.config_base import base_config
+  c = base_config()
+  c.data.image_size = image_size
+  c.data.resize = image_size
+  c.data.crop_scale = (0.8, 1.0)
+  c.data.cache = True
+  c.data.num_threads = 2
+  c.data.mean = (0.5, 0.5, 0.5)
+  c.data.std = (0.25, 0.25, 0.25)
+  c.model.name = "cnn16"
+  c.optim.lr = 0.02
+  c.optim.schedule = "cosine"
+  c.train.batch_size = 64
+  c.train.eval_batch_size = 128
+  c.train.num_epochs = epochs
+  c.train.select = "val_avg"
+  return c
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+  return np.clip(np.round(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
+
+
+def save_grid(path: str, images: np.ndarray, cols: int) -> None:
+  from PIL import Image
+  n, h, w, c = images.shape
+  rows = -(-n // cols)
+  grid = np.full((rows * h, cols * w, c), 255, np.uint8)
+  for i, im in enumerate(images):
+    r, k = divmod(i, cols)
+    grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = im
+  Image.fromarray(grid).resize((cols * w * 2, rows * h * 2), Image.NEAREST).save(path)
+
+
+def _shrink_mask(mask: np.ndarray, size: int, dilate: int) -> np.ndarray:
+  from PIL import Image
+  m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BOX)) >= 64
+  for _ in range(dilate):
+    p = np.pad(m, 1)
+    m = p[1:-1, 1:-1] | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+  return m
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def run(args) -> dict:
+  t_start = time.time()
+  workdir = args.workdir or tempfile.mkdtemp(prefix="bench_prior_")
+  os.makedirs(workdir, exist_ok=True)
+  path = prior.resolve_diffusion_path(args.prior)
+  pipe = loading.load_pipeline(path)
+  res = invert.model_resolution(pipe)
+
+  from spurjax.data import load_table
+  from spurjax.data.folder import read_folder
+  if args.data:
+    data_root = args.data
+    bench = read_folder(data_root, verify="none")
+  else:
+    from spurjax.config_base import base_config
+    from spurjax.data import synth_root
+    d = base_config().data
+    d.kind, d.synth_size = "synth", 64
+    bench, data_root = load_table(d), synth_root(d)
+  corpus_dir = args.corpus or os.path.join(data_root, "corpus")
+  corpus = corpus_table(corpus_dir)
+  nouns = list(bench.class_names or args.nouns.split(","))
+  places = list(bench.place_names or args.places.split(","))
+  if len(nouns) < corpus.num_classes or len(places) < corpus.num_places:
+    raise SpurjaxError("bench prior: class / place names unknown (give --nouns and --places)")
+
+  # 1. The judge: a classifier of object class trained on the corpus.
+  from spurjax.train import loop
+  ccfg = classifier_config(args.clf_epochs, res)
+  ccfg.seed = args.seed
+  report = loop.fit(ccfg, corpus, os.path.join(workdir, "classifier"), name="classifier")
+  variables = loop.load_best_variables(ccfg, corpus, os.path.join(workdir, "classifier"))
+  from spurjax import models, sharding
+  model = models.get_model(ccfg.model.name, corpus.num_classes)
+  mesh = sharding.make_mesh()
+
+  def classify(images_u8: np.ndarray, y: np.ndarray, place: np.ndarray) -> np.ndarray:
+    tab = memory_table(images_u8, y, place, corpus.num_classes, corpus.num_places)
+    from spurjax.data.pipeline import ImageSource
+    src = ImageSource(tab, loop.preprocess_from_config(ccfg))
+    return loop.predict(ccfg, model, variables, src, tab, np.arange(len(tab)), mesh).argmax(-1)
+
+  rows, record = [], {"prior": path, "resolution": res, "classifier_test": report.get("test", {})}
+  acc = report.get("test", {}).get("average_accuracy")
+  rows.append(["classifier on held-out corpus", "-", int(np.sum(corpus.split == 2)), acc])
+
+  # 2. Text-to-image.
+  prompts, ys, ps = [], [], []
+  for y in range(corpus.num_classes):
+    for p in range(corpus.num_places):
+      for _ in range(args.n_per_combo):
+        prompts.append(TXT2IMG_TEMPLATE.format(obj=nouns[y], place=places[p]))
+        ys.append(y)
+        ps.append(p)
+  ys, ps = np.asarray(ys), np.asarray(ps)
+  t0 = time.time()
+  samples = to_uint8(prior.sample_images(pipe, prompts, num_steps=args.steps, guidance_scale=args.guidance,
+                                         seed=args.seed))
+  t_txt = time.time() - t0
+  save_grid(os.path.join(workdir, "txt2img.png"), samples, cols=args.n_per_combo)
+  pred = classify(samples, ys, ps)
+  record["txt2img"] = {}
+  for y in range(corpus.num_classes):
+    for p in range(corpus.num_places):
+      sel = (ys == y) & (ps == p)
+      share = float(np.mean(pred[sel] == y))
+      record["txt2img"][f"{nouns[y]} on {places[p]}"] = share
+      rows.append([f"txt2img: {TXT2IMG_TEMPLATE.format(obj=nouns[y], place=places[p])}", nouns[y],
+                   int(sel.sum()), share])
+  rows.append(["txt2img: all prompts", "prompted", len(pred), float(np.mean(pred == ys))])
+
+  # 3. Inpainting majority images with the other class's token.
+  sources, learn_from = _majority_split(bench, args.n_inpaint, args.ti_images, args.seed)
+  if args.embeds:
+    tokens_pipe = invert.load_learned_embeds(pipe, args.embeds)
+    tokens = [args.placeholder_fmt.format(c) for c in range(bench.num_classes)]
+    missing = [t for t in tokens if t not in tokens_pipe.tokenizer.get_vocab()]
+    if missing:
+      raise SpurjaxError(f"{args.embeds}: no embedding for token {missing[0]}")
+  else:
+    images = {c: np.stack([bench.image(int(i)) for i in learn_from[c]]) for c in learn_from}
+    tokens_pipe, _ = invert.learn_tokens(pipe, images, nouns, placeholder_fmt=args.placeholder_fmt,
+                                         steps=args.ti_steps, batch=4, grad_accum=1, lr=5e-4, seed=args.seed,
+                                         workdir=os.path.join(workdir, "ti"), log_every=25, ckpt_every=10**9)
+    tokens = [args.placeholder_fmt.format(c) for c in range(bench.num_classes)]
+  init_pipe, _ = invert.add_tokens(pipe, tokens, invert.initial_vectors(pipe, nouns[:bench.num_classes]))
+  src_imgs, src_masks, src_y, src_place = [], [], [], []
+  for c, idx in sources.items():
+    for i in idx:
+      src_imgs.append(prior.resize_image(bench.image(int(i)), res))
+      m = bench.mask(int(i))
+      if m is None:
+        raise SpurjaxError(f"{bench.name}: image {bench.refs[int(i)]} has no object mask")
+      src_masks.append(_shrink_mask(m, res, args.dilate))
+      src_y.append(c)
+      src_place.append(int(bench.place[int(i)]))
+  src_imgs, src_masks = np.stack(src_imgs), np.stack(src_masks).astype(np.float32)
+  src_y, src_place = np.asarray(src_y), np.asarray(src_place)
+  target = (src_y + 1) % bench.num_classes
+  prompts = [INPAINT_TEMPLATE.format(token=tokens[t], noun=nouns[t]) for t in target]
+  record["inpaint"] = {}
+  t0 = time.time()
+  for label, p in (("learned token", tokens_pipe), ("initialiser token", init_pipe)):
+    out = to_uint8(_inpaint(p, src_imgs, src_masks, prompts, args))
+    save_grid(os.path.join(workdir, f"inpaint_{label.split()[0]}.png"), np.concatenate([src_imgs, out]),
+              cols=len(src_imgs))
+    pred = classify(out, target, src_place)
+    for c in range(bench.num_classes):
+      sel = src_y == c
+      t = (c + 1) % bench.num_classes
+      share = float(np.mean(pred[sel] == t))
+      record["inpaint"][f"{nouns[c]}->{nouns[t]} ({label})"] = share
+      rows.append([f"inpaint {nouns[c]} -> '{INPAINT_TEMPLATE.format(token=tokens[t], noun=nouns[t])}' "
+                   f"({label})", nouns[t], int(sel.sum()), share])
+  t_inp = time.time() - t0
+  source_pred = classify(src_imgs, src_y, src_place)
+  rows.append(["unedited inpainting sources (sanity)", "own class", len(src_y), float(np.mean(source_pred == src_y))])
+
+  title = (f"bench prior: {path} ({res} px) | {args.n_per_combo} samples per combo, {args.n_inpaint} inpaints per "
+           f"class, {args.steps} DDIM steps, guidance {args.guidance} | txt2img {t_txt:.0f} s, inpaint {t_inp:.0f} s, "
+           f"total {time.time() - t_start:.0f} s | {jax.devices()[0].platform}")
+  print_table(title, ["samples", "judged as", "n", "share"], rows)
+  record.update(rows=rows, workdir=workdir, seconds=round(time.time() - t_start, 1))
+  with open(os.path.join(workdir, "bench_prior.json"), "w") as f:
+    json.dump(record, f, indent=1, default=float)
+  print(f"grids and bench_prior.json in {workdir}")
+  return record
+
+
+def _majority_split(table: Table, n_sources: int, n_learn: int, seed: int):
+  """Per class, disjoint sets of majority-group training indices: inpainting sources and TI images."""
+  train = table.indices(TRAIN)
+  rng = np.random.default_rng([seed, 5])
+  sources, learn = {}, {}
+  for c in range(table.num_classes):
+    idx = train[table.y[train] == c]
+    counts = np.bincount(table.place[idx], minlength=table.num_places)
+    idx = rng.permutation(idx[table.place[idx] == int(np.argmax(counts))])
+    if len(idx) < n_sources + 1:
+      raise SpurjaxError(f"{table.name}: class {c} has only {len(idx)} majority training images")
+    sources[c], learn[c] = idx[:n_sources], idx[n_sources:n_sources + n_learn]
+  return sources, learn
+
+
+def _inpaint(pipe, images_u8: np.ndarray, masks: np.ndarray, prompts: Sequence[str], args) -> np.ndarray:
+  fns = sampling.pipeline_fns(pipe)
+  ctx = sampling.encode_prompts(pipe, list(prompts))
+  uncond = sampling.empty_context(pipe) if args.guidance != 1.0 else None
+  out = sampling.inpaint_blended(fns.denoise, schedulers.make_schedule(pipe.scheduler_config),
+                                 images=images_u8.astype(np.float32) / 255.0, masks=masks, context=ctx,
+                                 uncond_context=uncond, guidance_scale=args.guidance, num_steps=args.steps,
+                                 rng=jax.random.key(args.seed + 7), params=fns.params, encode_fn=fns.encode,
+                                 decode_fn=fns.decode)
+  return np.asarray(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="spurjax bench prior", description=__doc__.splitlines()[0])
+  p.add_argument("--prior", default="builtin", help="diffusers directory, or 'builtin'")
+  p.add_argument("--data", default="", help="Waterbirds-format folder with masks (default: the built-in benchmark)")
+  p.add_argument("--corpus", default="", help="captioned corpus with y, place columns (default: DATA/corpus)")
+  p.add_argument("--nouns", default="bird,flower")
+  p.add_argument("--places", default="land,water")
+  p.add_argument("--n-per-combo", type=int, default=16)
+  p.add_argument("--n-inpaint", type=int, default=16, help="inpainted images per source class")
+  p.add_argument("--steps", type=int, default=30, help="DDIM steps")
+  p.add_argument("--guidance", type=float, default=3.0)
+  p.add_argument("--dilate", type=int, default=1, help="mask dilation in pixels at the prior's resolution")
+  p.add_argument("--clf-epochs", type=int, default=6)
+  p.add_argument("--embeds", default="", help="learned_embeds.safetensors (default: learn tokens here)")
+  p.add_argument("--placeholder-fmt", default="<c{}>")
+  p.add_argument("--ti-steps", type=int, default=150)
+  p.add_argument("--ti-images", type=int, default=30)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--workdir", default="", help="outputs; a rerun reuses the trained classifier")
+  args = p.parse_args(list(argv or []))
+  for name in ("n_per_combo", "n_inpaint", "steps", "clf_epochs", "ti_steps", "ti_images"):
+    if getattr(args, name) < 1:
+      raise SpurjaxError(f"bench prior: --{name.replace('_', '-')} must be >= 1")
+  run(args)
+  return 0
