@@ -24,6 +24,24 @@ def get_config(arg=None):
   c.train.batch_size = 64
   c.train.eval_batch_size = 256
   c.train.num_epochs = 10
+  # DDB on a 2-core CPU in minutes, with the prior spurjax ships (32-px pixel space).
+  c.diffusion.path = "builtin"
+  c.ddb.k = 30
+  c.ddb.nouns = ("bird", "flower")
+  c.ddb.invert_steps = 300
+  c.ddb.invert_lr = 5e-3
+  c.ddb.invert_batch = 4
+  c.ddb.invert_accum = 1
+  c.ddb.mask = "attention"
+  c.ddb.n_samples = 2
+  c.ddb.num_steps = 25
+  c.ddb.guidance_scale = 3.0
+  c.ddb.ig_steps = 32
+  c.ddb.retrain.name = "sgd"
+  c.ddb.retrain.lr = 0.005
+  c.ddb.retrain.schedule = "cosine"
+  c.ddb.retrain.num_epochs = 5
+  c.ddb.retrain.batch_size = 64
   if arg == "tiny":
     c.data.synth_size = 32
     c.data.image_size = 16

@@ -23,11 +23,11 @@ commands:
   invert  --config FILE --workdir DIR [...]                            learn one textual-inversion token per class
   prior   train --data DIR --out PRIOR_DIR [...]                      train a small text-to-image prior
   data    synth --out DIR [--image-size N] [--scale F] [--seed N]       write the built-in benchmark
-  bench   erm | unet | methods | prior [options]                                          print speed figures
+  bench   erm | unet | methods | prior | ddb | ig [options]                                          print speed figures
 """
 
 BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet", "methods": "spurjax.bench.methods",
-           "prior": "spurjax.bench.prior"}
+           "prior": "spurjax.bench.prior", "ddb": "spurjax.bench.ddb", "ig": "spurjax.bench.ig"}
 DATA = {"synth": "spurjax.data.synth"}
 
 

@@ -151,7 +151,8 @@ def _ig(f: Partial, x, baseline, target, alphas, weights):
     points = baseline[:, None] + a[None, :, None, None, None] * diff[:, None]
     g = jax.grad(selected)(points.reshape((b * c,) + x.shape[1:]))
     g = g.reshape((b, c) + x.shape[1:])
-    return acc + jnp.einsum("bc...,c->b...", g, w), None
+    # an elementwise weighted sum, not a dot: GPUs may run float32 dots in TF32.
+    return acc + jnp.sum(g * w[None, :, None, None, None], axis=1), None
 
   total, _ = jax.lax.scan(body, jnp.zeros_like(x), (alphas, weights))
   return total * diff

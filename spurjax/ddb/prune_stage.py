@@ -41,7 +41,7 @@ def score_edits(ctx, selected, masks, edits) -> dict:
   target = np.asarray([int(r["target_class"]) for r in edits])
   source = np.asarray([int(r["source_class"]) for r in edits])
   s = attribute.ig_settings(cfg)
-  f = attribute.classifier_fn(ctx.model, ctx.erm_variables, cfg.data.mean, cfg.data.std, jnp.float32, s["output"])
+  f = attribute.classifier_fn(ctx.model, ctx.erm_variables, cfg.data.mean, cfg.data.std, s["dtype"], s["output"])
   att = attribute.attribute_edits(f, orig, edit, m, target, n_steps=s["n_steps"], method=s["method"],
                                   chunk=s["chunk"], batch_size=s["batch_size"], mesh=ctx.mesh)
   fp = attribute.classifier_fn(ctx.model, ctx.erm_variables, cfg.data.mean, cfg.data.std, jnp.float32, "prob")

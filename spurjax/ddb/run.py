@@ -28,7 +28,7 @@ from spurjax.train import erm
 from spurjax.train.loop import dtype_of, load_best_variables, write_json_atomic
 
 
-def run(cfg, workdir: str, table=None, hooks=()) -> dict:
+def run(cfg, workdir: str, table=None, hooks=(), erm_workdir: str | None = None) -> dict:
   """Runs (or resumes) every stage; returns the report dict written to `W/report.json`."""
   table = table if table is not None else load_table(cfg.data)   # validated before anything is written
   if table.num_classes < 2:
@@ -39,7 +39,7 @@ def run(cfg, workdir: str, table=None, hooks=()) -> dict:
   mesh = shd.make_mesh()
 
   # 1. ERM.
-  erm_dir = os.path.join(workdir, "erm")
+  erm_dir = erm_workdir or os.path.join(workdir, "erm")
   erm_rep = erm.run(cfg, erm_dir, table=table, hooks=hooks)
   model = models.get_model(cfg.model.name, table.num_classes, dtype_of(cfg))
   erm_vars = load_best_variables(cfg, table, erm_dir)

@@ -1,0 +1,122 @@
+"""One process of the multi-process test: ERM training, IG attribution and inpainting, results to files.
+
+  python tests/mp_worker.py OUT_DIR WORK_DIR
+
+Joins a multi-process run when SPURJAX_COORDINATOR / SPURJAX_NUM_PROCESSES / SPURJAX_PROCESS_ID
+are set (else runs alone). WORK_DIR is shared by every process; each writes its results to
+OUT_DIR/p<process>_*.{json,npz}.
+"""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from spurjax import distributed  # noqa: E402
+
+distributed.maybe_initialize()  # before anything touches a jax backend
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from helpers import toy_config, toy_table  # noqa: E402
+from spurjax import sharding  # noqa: E402
+
+CLIP = dict(vocab_size=600, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+UNET = dict(block_out_channels=(8,), layers_per_block=1, norm_num_groups=4, cross_attention_dim=16,
+            attention_head_dim=(2,), down_block_types=("CrossAttnDownBlock2D",),
+            up_block_types=("CrossAttnUpBlock2D",), out_channels=3, sample_size=8, in_channels=3)
+SCHED = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+             set_alpha_to_one=False, clip_sample=False)
+TOKENS = {0: "<c0>", 1: "<c1>"}
+NOUNS = ("square", "square")
+
+
+def flat(tree) -> dict:
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+
+
+def train(cfg, table, workdir: str) -> tuple[dict, dict]:
+  """ERM (report written by process 0), then a resumed `fit` that restores the finished run."""
+  from spurjax.train import erm, loop
+  rep = erm.run(cfg, os.path.join(workdir, "erm"), table=table)
+  again = loop.fit(cfg, table, os.path.join(workdir, "erm"), name="erm")  # restores `last`: no epoch left
+  if json.dumps(again, sort_keys=True) != json.dumps(rep, sort_keys=True):
+    raise AssertionError("resumed fit returned a different report")
+  variables = loop.load_best_variables(cfg, table, os.path.join(workdir, "erm"))
+  return rep, variables
+
+
+def attribute(cfg, table, variables, mesh) -> dict:
+  from spurjax import models
+  from spurjax.ddb import attribute as att
+  from spurjax.train import loop
+  model = models.get_model(cfg.model.name, table.num_classes, loop.dtype_of(cfg))
+  f = att.classifier_fn(model, variables, cfg.data.mean, cfg.data.std)
+  rng = np.random.default_rng(3)
+  orig = rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+  edit = rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+  masks = np.zeros((6, 16, 16), bool)
+  masks[:, 4:12, 4:12] = True
+  out = att.attribute_edits(f, orig, edit, masks, np.arange(6) % 2, n_steps=4, batch_size=4, mesh=mesh)
+  return {"rho": out["rho"], "maps": out["maps"], "out_edit": out["out_edit"]}
+
+
+def tiny_pipeline(directory: str):
+  from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
+  tok = tok_lib.load_tokenizer(tok_lib.write_clip_tokenizer(os.path.join(directory, "tok"),
+                                                            vocab_size=CLIP["vocab_size"]))
+  tok_lib.add_placeholder_tokens(tok, list(TOKENS.values()))
+  text = clip_text.resize_token_embeddings(clip_text.init_clip_params(CLIP, jax.random.key(1)), len(tok))
+  return loading.Pipeline(unet=unet_lib.UNet2DConditionModel(UNET),
+                          unet_params=unet_lib.init_unet_params(UNET, jax.random.key(0), sample_size=8),
+                          text_encoder=clip_text.CLIPTextModel(CLIP), text_params=text, tokenizer=tok,
+                          scheduler_config=SCHED)
+
+
+def inpaint(cfg, table, workdir: str, local_dir: str, mesh) -> dict:
+  """`make_counterfactuals` on 3 images, then the resumable inpaint stage (process 0 writes)."""
+  from spurjax.ddb import inpaint as inp
+  from spurjax.ddb.context import Context
+  pipe = tiny_pipeline(local_dir)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0, 1, (3, 8, 8, 3)).astype(np.float32)
+  masks = np.zeros((3, 8, 8), bool)
+  masks[:, 2:6, 2:6] = True
+  out = inp.make_counterfactuals(pipe, images, masks, [0, 1, 1], TOKENS, NOUNS, n_samples=2, num_steps=2,
+                                 guidance_scale=2.0, batch_size=4, seed=5, mesh=mesh, desc=None)
+  cfg.ddb.num_steps = 2
+  cfg.ddb.n_samples = 1
+  cfg.ddb.inpaint_batch_size = 4
+  cfg.ddb.nouns = NOUNS
+  sel = {0: [0, 1], 1: [30, 31]}
+  stage_masks = {i: np.pad(np.ones((8, 8), bool), 4) for c in sel for i in sel[c]}
+  ctx = Context(cfg=cfg, workdir=os.path.join(workdir, "ddb"), table=table, mesh=mesh, pipeline=pipe)
+  rows = inp.run_inpaint(ctx, sel, stage_masks, TOKENS)
+  from spurjax.data.images import read_image
+  stage = np.stack([read_image(r["path"]) for r in rows])
+  return {"images": out["images"], "target_class": out["target_class"], "stage": stage}
+
+
+def main(out_dir: str, workdir: str) -> None:
+  t0 = time.time()
+  p = jax.process_index()
+  local_dir = os.path.join(workdir, f"local{p}")
+  os.makedirs(local_dir, exist_ok=True)
+  mesh = sharding.make_mesh()
+  cfg, table = toy_config(), toy_table()
+  rep, variables = train(cfg, table, workdir)
+  np.savez(os.path.join(out_dir, f"p{p}_params.npz"), **flat(variables))
+  with open(os.path.join(out_dir, f"p{p}_report.json"), "w") as f:
+    json.dump(rep, f)
+  np.savez(os.path.join(out_dir, f"p{p}_ig.npz"), **attribute(cfg, table, variables, mesh))
+  np.savez(os.path.join(out_dir, f"p{p}_inpaint.npz"), **inpaint(cfg, table, workdir, local_dir, mesh))
+  with open(os.path.join(out_dir, f"p{p}_info.json"), "w") as f:
+    json.dump({"process_count": jax.process_count(), "devices": jax.device_count(),
+               "local_devices": jax.local_device_count(), "seconds": round(time.time() - t0, 1)}, f)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], sys.argv[2])
