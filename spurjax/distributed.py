@@ -60,3 +60,17 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def from_main(value):
+  """Process 0's `value` (a bool, int or numeric numpy array) on every process; every process must call it.
+
+  Decisions that select which computations run (resume checks reading files) must agree
+  across processes, or their collectives mismatch.
+  """
+  if jax.process_count() == 1:
+    return value
+  import numpy as np
+  from jax.experimental import multihost_utils
+  out = np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+  return type(value)(out) if isinstance(value, (bool, int, float)) else out

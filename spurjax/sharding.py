@@ -13,9 +13,14 @@ DATA_AXIS = "data"
 
 
 def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh named `data` over all global devices (or the ones given)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  """A 1-D mesh named `data` over all global devices (or the ones given).
+
+  Global devices are ordered by process, so each process's devices hold one contiguous
+  block of the batch: process p's slice is rows [p * n / P, (p + 1) * n / P).
+  """
+  if devices is None:
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(list(devices)), (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -37,9 +42,44 @@ def shard_batch(batch, mesh: Mesh):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
+def put_global(tree, sharding: jax.sharding.Sharding):
+  """Places a pytree whose full value every process holds onto `sharding`.
+
+  With one process this is `jax.device_put`. With several, host values and process-local
+  arrays are copied into each addressable shard (`make_array_from_callback`, no
+  cross-process check or transfer); arrays that already span the processes are resharded.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: _put_one(x, sharding), tree)
+
+
+def _put_one(x, sharding):
+  if isinstance(x, jax.Array):
+    if not x.is_fully_addressable:
+      return x if x.sharding == sharding else jax.device_put(x, sharding)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = _put_one(jax.random.key_data(x), sharding)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  a = np.asarray(x)
+  a = a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False)
+  return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+
 def replicate(tree, mesh: Mesh):
-  """Places a pytree fully replicated on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree (the same on every process) fully replicated on every device of the mesh."""
+  return put_global(tree, replicated(mesh))
+
+
+def to_host(x) -> np.ndarray:
+  """A global (possibly multi-process) array as numpy, the same on every process.
+
+  Every process must call it (it is a collective when the array spans processes).
+  """
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def local_batch_size(global_batch_size: int) -> int:

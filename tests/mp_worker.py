@@ -107,15 +107,20 @@ def main(out_dir: str, workdir: str) -> None:
   os.makedirs(local_dir, exist_ok=True)
   mesh = sharding.make_mesh()
   cfg, table = toy_config(), toy_table()
+  seconds = {"start": time.time() - t0}
   rep, variables = train(cfg, table, workdir)
+  seconds["train"] = time.time() - t0
   np.savez(os.path.join(out_dir, f"p{p}_params.npz"), **flat(variables))
   with open(os.path.join(out_dir, f"p{p}_report.json"), "w") as f:
     json.dump(rep, f)
   np.savez(os.path.join(out_dir, f"p{p}_ig.npz"), **attribute(cfg, table, variables, mesh))
+  seconds["ig"] = time.time() - t0
   np.savez(os.path.join(out_dir, f"p{p}_inpaint.npz"), **inpaint(cfg, table, workdir, local_dir, mesh))
+  seconds["inpaint"] = time.time() - t0
   with open(os.path.join(out_dir, f"p{p}_info.json"), "w") as f:
     json.dump({"process_count": jax.process_count(), "devices": jax.device_count(),
-               "local_devices": jax.local_device_count(), "seconds": round(time.time() - t0, 1)}, f)
+               "local_devices": jax.local_device_count(),
+               "seconds": {k: round(v, 1) for k, v in seconds.items()}}, f)
 
 
 if __name__ == "__main__":

@@ -34,3 +34,14 @@ def test_console_script_usage():
   assert out.returncode == 0 and "spurjax erm" in out.stdout.replace("  erm", "spurjax erm")
   bad = subprocess.run([sys.executable, "-m", "spurjax.cli", "frobnicate"], capture_output=True, text=True)
   assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+
+
+def test_notebooks_are_valid_python():
+  import glob
+  books = glob.glob(os.path.join(os.path.dirname(__file__), "..", "notebooks", "*.ipynb"))
+  assert books
+  for path in books:
+    nb = json.load(open(path))
+    for cell in nb["cells"]:
+      if cell["cell_type"] == "code":
+        compile("".join(cell["source"]), path, "exec")

@@ -4,6 +4,9 @@ Per step: mean loss of each group present in the batch, exponentiated-gradient u
 the group weights q (kept in the loss state) with step size `dro_eta` and the generalisation
 adjustment `dro_adj / sqrt(n_g)`, then loss = sum_g q_g * loss_g. Groups absent from a batch
 keep their weight; the mass of the present groups is renormalised among themselves.
+
+As in the published runs (Sagawa et al.'s `--reweight_groups`), the runner trains GroupDRO on
+group-balanced batches: every group upsampled to the largest (`method.dro_balanced`, default on).
 """
 from __future__ import annotations
 

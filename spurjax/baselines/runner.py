@@ -109,7 +109,11 @@ def run_method(cfg, method: str, workdir: str, erm_workdir: Optional[str] = None
     loss = cfg.method.get("loss", "ce")
     cfg = _with_method_cfg(cfg, method, loss="group_dro" if loss == "ce" else loss,
                            group_counts=tuple(int(c) for c in table.group_counts(TRAIN)))
-    rep = loop.fit(cfg, table, workdir, name=method)
+    ts = None
+    if cfg.method.get("dro_balanced", True):
+      from spurjax.baselines.sampling import group_upsampled_train_set
+      ts = group_upsampled_train_set(table, int(cfg.seed))
+    rep = loop.fit(cfg, table, workdir, train_set=ts, name=method)
   elif method == "jtt":
     from spurjax.baselines import jtt
     rep = jtt.run(cfg, table, workdir)

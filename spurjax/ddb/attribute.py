@@ -204,6 +204,9 @@ def integrated_gradients(f: Callable, x, baseline, target, *, n_steps: int = 50,
   f = shd.replicate(f, mesh)
   aw = shd.replicate((alphas, weights), mesh)
   out = fn(f, batch["x"], batch["b"], batch["t"], *aw)
+  if m > n and jax.process_count() > 1:  # padding would sit inside the global batch, after each slice
+    raise SpurjaxError(f"IG over several processes: each process's batch ({n}) must be a multiple of its "
+                       f"{_local_devices(mesh)} devices")
   return out[:n] if m > n else out
 
 
@@ -311,14 +314,22 @@ def attribute_edits(f: Callable, originals, edits, masks, targets, *, n_steps: i
     raise SpurjaxError(f"targets have shape {t.shape}, expected ({len(orig)},)")
   n = len(orig)
   bs = max(1, min(int(batch_size), n))
+  procs = 1 if mesh is None else len({d.process_index for d in mesh.devices.flat})
+  if procs > 1:  # each process attributes its slice of every batch, then all gather the batch
+    bs = shd.pad_to_multiple(bs, mesh.devices.size)
   if n % bs:  # every call gets the same shape: one compilation
     extra = bs - n % bs
     orig, edit, m, t = (np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) for a in (orig, edit, m, t))
   rho, total, maps, outs_e, outs_o = [], [], [], [], []
   for s in range(0, n, bs):
     sl = slice(s, s + bs)
-    a = np.asarray(integrated_gradients(f, edit[sl], orig[sl], t[sl], n_steps=n_steps, method=method, chunk=chunk,
-                                        mesh=mesh), np.float64)
+    if procs > 1:
+      local = slice(s + jax.process_index() * (bs // procs), s + (jax.process_index() + 1) * (bs // procs))
+      a = shd.to_host(integrated_gradients(f, edit[local], orig[local], t[local], n_steps=n_steps, method=method,
+                                           chunk=chunk, mesh=mesh)).astype(np.float64)
+    else:
+      a = np.asarray(integrated_gradients(f, edit[sl], orig[sl], t[sl], n_steps=n_steps, method=method,
+                                          chunk=chunk, mesh=mesh), np.float64)
     per_pixel = a.sum(axis=-1)
     rho.append((per_pixel * m[sl]).reshape(len(per_pixel), -1).sum(axis=1))
     total.append(per_pixel.reshape(len(per_pixel), -1).sum(axis=1))

@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from spurjax import distributed
 from spurjax.diffusion import sampling, schedulers
 from spurjax.errors import SpurjaxError
 
@@ -255,10 +256,15 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
   chunk = -(-int(batch_size) // devices) * devices
   chunks = [edits[i:i + chunk] for i in range(0, len(edits), chunk)]
   skip = skip or (lambda c, e: False)
-  todo = {c for c, e in enumerate(chunks) if not skip(c, e)}
+  todo_mask = distributed.from_main(np.asarray([not skip(c, e) for c, e in enumerate(chunks)], np.int32))
+  todo = {c for c in range(len(chunks)) if todo_mask[c]}
   prep = _prepare(pipeline, images, masks, target_tokens, nouns, num_classes, template, guidance_scale) \
       if todo else None
   run = sampling.inpaint_channels if mode == "channels" else sampling.inpaint_blended
+  params = fns.params
+  if mesh is not None and todo:  # placed once, not per chunk (with several processes: without host copies)
+    from spurjax import sharding as shd
+    params = shd.replicate(params, mesh)
   base_rng = jax.random.key(int(seed))
   bar = tqdm(total=len(todo), desc=desc, disable=desc is None or jax.process_index() != 0, leave=False)
   for c, e in enumerate(chunks):
@@ -270,7 +276,7 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
     out = run(fns.denoise, prep["sched"], images=prep["images"][rows], masks=prep["masks"][rows],
               context=prep["contexts"][targets], uncond_context=prep["uncond"],
               guidance_scale=float(guidance_scale), num_steps=int(num_steps), rng=jax.random.fold_in(base_rng, c),
-              sampler=sampler, params=fns.params, encode_fn=fns.encode, decode_fn=fns.decode, mesh=mesh)
+              sampler=sampler, params=params, encode_fn=fns.encode, decode_fn=fns.decode, mesh=mesh)
     out = np.asarray(out)[:len(e)]
     src = [x.source for x in e]
     out = resize_images(out, images.shape[1:3])
@@ -448,7 +454,8 @@ def run_inpaint(ctx, selected, masks, tokens) -> list[dict]:
   }
   out_dir = ctx.stage_dir(STAGE)
   tmp = out_dir + ".tmp"
-  if os.path.isfile(os.path.join(out_dir, "edits.csv")) and _read_plan(out_dir) == plan:
+  complete = os.path.isfile(os.path.join(out_dir, "edits.csv")) and _read_plan(out_dir) == plan
+  if distributed.from_main(complete):  # every process takes the same branch
     return read_edits(out_dir)
   main = jax.process_index() == 0
   if main:
@@ -488,6 +495,7 @@ def run_inpaint(ctx, selected, masks, tokens) -> list[dict]:
     if os.path.isdir(out_dir):
       shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+  distributed.barrier("inpaint_done")  # the folder is in place before any process reads it
   return [{**r, "path": os.path.join(out_dir, r["file"])} for r in rows]
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from spurjax import distributed
 from spurjax.data.images import read_image
 from spurjax.data.pipeline import eval_view
 from spurjax.data.table import Table
@@ -54,7 +55,7 @@ def score_edits(ctx, selected, masks, edits) -> dict:
 def run_prune(ctx, selected, masks, edits) -> Table:
   """The kept edits as a Table (split 0, label = target class); writes `prune/`."""
   out = ctx.stage_dir("prune")
-  if not prune.is_complete(out):
+  if not distributed.from_main(prune.is_complete(out)):  # every process takes the same branch
     threshold, score = prune.prune_settings(ctx.cfg)
     sc = score_edits(ctx, selected, masks, edits)
     Psi = np.asarray([selected["psi_ref"][c] if c in selected["psi_ref"] else selected["psi_ref"][str(c)]
@@ -63,11 +64,13 @@ def run_prune(ctx, selected, masks, edits) -> Table:
         source_file=[r["source_file"] for r in edits], source_class=sc["source"], target_class=sc["target"],
         sample=[int(r["sample"]) for r in edits], place=[int(ctx.table.place[int(r["source_index"])]) for r in edits],
         psi=sc["psi"], rho=sc["rho"], rho_norm=sc["rho_norm"], Psi=Psi, threshold=threshold, score=score)
-    edit_base = [read_image(r["path"]) for r in edits]
-    mask_base = [masks[int(r["source_index"])] for r in edits]
-    np.savez_compressed(os.path.join(ctx.workdir, "ig_maps.npz"), maps=sc["maps"], orig=sc["orig"],
-                        edit=sc["edit"], mask=sc["mask"])
-    prune.write_prune_outputs(out, recs, edit_base, mask_base)
+    if distributed.is_main():
+      edit_base = [read_image(r["path"]) for r in edits]
+      mask_base = [masks[int(r["source_index"])] for r in edits]
+      np.savez_compressed(os.path.join(ctx.workdir, "ig_maps.npz"), maps=sc["maps"], orig=sc["orig"],
+                          edit=sc["edit"], mask=sc["mask"])
+      prune.write_prune_outputs(out, recs, edit_base, mask_base)
+    distributed.barrier("prune_done")  # the folder is in place before any process reads it
   return kept_table(out, ctx.table)
 
 

@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from spurjax import sharding as shd
-from spurjax.diffusion import clip_text, loading, sampling, tokenizer as tok_lib, train as dtrain
+from spurjax.diffusion import clip_text, loading, sampling, schedulers, tokenizer as tok_lib, train as dtrain
 from spurjax.diffusion import unet as unet_lib
 from spurjax.errors import SpurjaxError
 
@@ -283,7 +283,7 @@ def sample_images(pipeline, prompts: Sequence[str], *, num_steps: int = 50, guid
   for start in range(0, len(prompts), batch_size):
     chunk = list(prompts[start:start + batch_size])
     ctx = sampling.encode_prompts(pipeline, chunk)
-    imgs = sampling.sample(fns.denoise, dtrain.schedulers.make_schedule(pipeline.scheduler_config),
+    imgs = sampling.sample(fns.denoise, schedulers.make_schedule(pipeline.scheduler_config),
                            shape=(len(chunk), side, side, fns.latent_channels), context=ctx,
                            uncond_context=uncond, guidance_scale=guidance_scale, num_steps=num_steps,
                            rng=jax.random.fold_in(jax.random.key(seed), start), sampler=sampler,

@@ -178,7 +178,14 @@ def _compiled(st: _Static, mesh: Mesh | None, names: tuple[str, ...]):
   if mesh is None:
     return jax.jit(fn)
   shardings = {k: _sharding_for(k, mesh) for k in names}
-  return jax.jit(fn, in_shardings=(shardings,), out_shardings=sharding.batch_sharding(mesh))
+  return jax.jit(fn, in_shardings=(shardings,), out_shardings=_out_sharding(mesh))
+
+
+def _out_sharding(mesh: Mesh):
+  """Split over the batch; replicated when the mesh spans processes, so every process can read it."""
+  if len({d.process_index for d in mesh.devices.flat}) > 1:
+    return sharding.replicated(mesh)
+  return sharding.batch_sharding(mesh)
 
 
 _REPLICATED = ("params", "rng", "guidance")
@@ -236,7 +243,7 @@ def _dispatch(st: _Static, batch: int, inputs: dict, *, params, rng, guidance_sc
   d["index"] = jnp.arange(rows, dtype=jnp.int32)
   d.update(params=params, rng=rng, guidance=guidance)
   if mesh is not None:
-    d = {k: jax.device_put(v, _sharding_for(k, mesh)) for k, v in d.items()}
+    d = {k: sharding.put_global(v, _sharding_for(k, mesh)) for k, v in d.items()}
   d["noise"] = _noise_program(st.latent_shape, mesh)(d["rng"], d["index"])
   if debug_python_loop:
     out = _run_python(st, d)
@@ -294,7 +301,9 @@ def sample(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, shape: Sequence
     eta: DDIM stochasticity (0 = deterministic).
     params: pytree passed to the callables (replicated over `mesh`).
     decode_fn: latent -> image in [-1, 1]; None for pixel-space models.
-    mesh: optional `sharding.make_mesh()`; the batch is split over its `data` axis.
+    mesh: optional `sharding.make_mesh()`; the batch is split over its `data` axis. Every
+      process passes the same full inputs (and calls this); with several processes the
+      result is replicated, so each can read all of it.
     debug_python_loop: run the steps eagerly in a Python loop instead of one compiled scan.
 
   Returns:

@@ -7,6 +7,7 @@ variables; never the loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from spurjax import distributed
 from spurjax import metrics as M
 from spurjax import models
 from spurjax import sharding as shd
@@ -72,8 +74,7 @@ def dtype_of(cfg):
 def init_variables(cfg, table: Table, rng):
   """Fresh (or torchvision-initialised) model variables."""
   model = models.get_model(cfg.model.name, table.num_classes, dtype_of(cfg))
-  s = int(cfg.data.image_size)
-  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, s, s, 3), jnp.float32), train=False))(rng)
+  variables = _init(model, int(cfg.data.image_size), rng)
   variables = jax.tree.map(np.asarray, dict(variables))
   path = cfg.model.get("pretrained", "")
   if path:
@@ -82,6 +83,12 @@ def init_variables(cfg, table: Table, rng):
     variables = torchvision_io.variables_from_torchvision(sd, cfg.model.name, table.num_classes,
                                                           init_variables=variables, what=path)
   return model, variables
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init(model, size: int, rng):
+  """Compiled once per (model, image size): modules compare by their fields."""
+  return model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
 
 
 def predict(cfg, model, variables, source: ImageSource, table: Table, indices: np.ndarray, mesh,
@@ -218,6 +225,7 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
             "train_group_counts": [int(c) for c in table.group_counts(TRAIN)]}
   if is_main:
     write_json_atomic(os.path.join(workdir, "report.json"), report)
+  distributed.barrier("fit_done")  # report.json is written before any process goes on
   return report
 
 

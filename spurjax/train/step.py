@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from spurjax import sharding as shd
 from spurjax.train.losses import per_sample_ce
@@ -66,11 +65,7 @@ def make_predict_fn(apply_fn, mesh, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, dty
   return jax.jit(predict, in_shardings=(repl, data), out_shardings=data)
 
 
-def to_host(x) -> np.ndarray:
-  """A global (possibly multi-process) array gathered to every host as numpy."""
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+to_host = shd.to_host  # a global (possibly multi-process) array gathered to every host as numpy
 
 
 def per_sample_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
