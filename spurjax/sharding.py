@@ -15,12 +15,13 @@ DATA_AXIS = "data"
 def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh named `data` over all global devices (or the ones given).
 
-  Global devices are ordered by process, so each process's devices hold one contiguous
-  block of the batch: process p's slice is rows [p * n / P, (p + 1) * n / P).
+  Devices are ordered by (process, id), so each process's devices hold one contiguous
+  block of the batch: process p's slice is rows [p * n / P, (p + 1) * n / P), which is
+  what `shard_batch` and the input pipeline assume.
   """
-  if devices is None:
-    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-  return Mesh(np.asarray(list(devices)), (DATA_AXIS,))
+  devices = jax.devices() if devices is None else list(devices)
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -1,4 +1,4 @@
-"""One process of the multi-process test: ERM training, IG attribution and inpainting, results to files.
+"""One process of the multi-process test: ERM, IG, inpainting and pruning; results to files.
 
   python tests/mp_worker.py OUT_DIR WORK_DIR
 
@@ -49,11 +49,11 @@ def train(cfg, table, workdir: str) -> tuple[dict, dict]:
   return rep, variables
 
 
-def attribute(cfg, table, variables, mesh) -> dict:
-  from spurjax import models
+def attribute(cfg, table, mesh) -> dict:
+  """IG of a freshly initialised classifier (the same on every run, unlike trained weights)."""
   from spurjax.ddb import attribute as att
   from spurjax.train import loop
-  model = models.get_model(cfg.model.name, table.num_classes, loop.dtype_of(cfg))
+  model, variables = loop.init_variables(cfg, table, jax.random.PRNGKey(1))
   f = att.classifier_fn(model, variables, cfg.data.mean, cfg.data.std)
   rng = np.random.default_rng(3)
   orig = rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
@@ -97,7 +97,21 @@ def inpaint(cfg, table, workdir: str, local_dir: str, mesh) -> dict:
   rows = inp.run_inpaint(ctx, sel, stage_masks, TOKENS)
   from spurjax.data.images import read_image
   stage = np.stack([read_image(r["path"]) for r in rows])
-  return {"images": out["images"], "target_class": out["target_class"], "stage": stage}
+  return {"images": out["images"], "target_class": out["target_class"], "stage": stage}, (ctx, sel, stage_masks, rows)
+
+
+def prune(cfg, ctx, sel, masks, rows) -> dict:
+  """The prune stage on the inpaint stage's edits (IG sharded over processes, process 0 writes)."""
+  from spurjax.ddb import prune_stage
+  from spurjax.train import loop
+  cfg.ddb.ig_steps, cfg.ddb.ig_chunk, cfg.ddb.ig_batch_size = 4, 0, 4
+  cfg.ddb.prune_threshold = 0.0
+  ctx.model, ctx.erm_variables = loop.init_variables(cfg, ctx.table, jax.random.PRNGKey(1))
+  kept = prune_stage.run_prune(ctx, {"selected": sel, "psi_ref": {0: 1.0, 1: 1.0}}, masks, rows)
+  log = prune_stage.read_log(ctx.stage_dir("prune"))
+  return {"kept_y": kept.y, "kept_images": np.stack([kept.image(i) for i in range(len(kept))]) if len(kept) else
+          np.zeros((0, 16, 16, 3), np.uint8),
+          "rho": np.asarray([float(r["rho"]) for r in log]), "psi": np.asarray([float(r["psi"]) for r in log])}
 
 
 def main(out_dir: str, workdir: str) -> None:
@@ -113,10 +127,13 @@ def main(out_dir: str, workdir: str) -> None:
   np.savez(os.path.join(out_dir, f"p{p}_params.npz"), **flat(variables))
   with open(os.path.join(out_dir, f"p{p}_report.json"), "w") as f:
     json.dump(rep, f)
-  np.savez(os.path.join(out_dir, f"p{p}_ig.npz"), **attribute(cfg, table, variables, mesh))
+  np.savez(os.path.join(out_dir, f"p{p}_ig.npz"), **attribute(cfg, table, mesh))
   seconds["ig"] = time.time() - t0
-  np.savez(os.path.join(out_dir, f"p{p}_inpaint.npz"), **inpaint(cfg, table, workdir, local_dir, mesh))
+  got, stage = inpaint(cfg, table, workdir, local_dir, mesh)
+  np.savez(os.path.join(out_dir, f"p{p}_inpaint.npz"), **got)
   seconds["inpaint"] = time.time() - t0
+  np.savez(os.path.join(out_dir, f"p{p}_prune.npz"), **prune(cfg, *stage))
+  seconds["prune"] = time.time() - t0
   with open(os.path.join(out_dir, f"p{p}_info.json"), "w") as f:
     json.dump({"process_count": jax.process_count(), "devices": jax.device_count(),
                "local_devices": jax.local_device_count(),

@@ -99,6 +99,17 @@ def test_subg_and_suby_sample_equal_counts(table):
   assert y_counts[0] == y_counts[1] == 28
 
 
+def test_groupdro_upsampling_balances_groups_and_keeps_every_example(table):
+  ts = sampling.group_upsampled_train_set(table, seed=0)
+  assert (np.bincount(ts.groups, minlength=4) == 24).all()
+  assert set(ts.indices) == set(table.indices("train"))
+  keys = np.array([0] * 5 + [1] * 2 + [2] * 3)
+  pos = sampling.balanced_upsample(keys, 4, np.random.default_rng(0))
+  assert (np.bincount(keys[pos], minlength=4) == [5, 5, 5, 0]).all()
+  reps = np.bincount(pos, minlength=10)
+  assert reps[:5].tolist() == [1] * 5 and sorted(reps[5:7]) == [2, 3] and sorted(reps[7:]) == [1, 2, 2]
+
+
 def test_rwg_and_rwy_weights_equalise_totals(table):
   ts = sampling.balanced_train_set(table, "rwg", seed=0)
   assert len(ts) == len(table.indices("train"))
@@ -159,8 +170,16 @@ def test_unknown_method_is_a_one_line_error(capsys):
   assert cli.main(["baseline", "--method", "nope", "--config", "configs/synth.py", "--workdir", "/tmp/x"]) == 2
   err = capsys.readouterr().err
   assert "unknown method 'nope'" in err and "groupdro" in err
-  with pytest.raises(SpurjaxError, match="ddb"):
-    bench.parse_methods("erm,ddb")
+  with pytest.raises(SpurjaxError, match="unknown method 'foo'"):
+    bench.parse_methods("erm,foo")
+  with pytest.raises(SpurjaxError, match="twice"):
+    bench.parse_methods("erm,jtt,erm")
+  import spurjax.ddb
+  if not hasattr(spurjax.ddb, "run_ddb"):
+    with pytest.raises(SpurjaxError, match="ddb"):
+      bench.parse_methods("erm,ddb")
+  else:
+    assert bench.parse_methods("erm,ddb") == ["erm", "ddb"]
 
 
 def test_published_settings_then_user_overrides():

@@ -47,7 +47,8 @@ PUBLISHED = {
     "synth": {
         "groupdro": {"method.dro_eta": 0.01, "method.dro_adj": 0.0, "train.num_epochs": 4},
         "jtt": {"method.jtt_epochs": 1, "method.jtt_lambda": 20.0},
-        "subg": {"train.batch_size": 32, "train.num_epochs": 20},
+        "subg": {"train.batch_size": 32, "train.num_epochs": 60},
+        "rwg": {"train.num_epochs": 20},
         "suby": {"train.num_epochs": 12},
         "dfr": {"method.dfr_reg": DFR_C_GRID, "method.dfr_subsamples": 10},
     },

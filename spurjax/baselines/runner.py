@@ -10,6 +10,7 @@ import os
 from typing import Optional
 
 from spurjax import report as R
+from spurjax.baselines.hparams import method_config
 from spurjax.data import load_table
 from spurjax.data.table import TRAIN
 from spurjax.errors import SpurjaxError
@@ -66,13 +67,7 @@ def _with_method_cfg(cfg, method: str, **method_keys):
 
 def erm_config(cfg):
   """The ERM config a DFR run falls back on: `cfg` with ERM's method settings (loss, selection)."""
-  from spurjax.baselines.hparams import published
-  c = cfg.copy_and_resolve_references()
-  with c.unlocked():
-    for k, v in published(c, "erm").items():
-      section, key = k.split(".")
-      c[section][key] = v
-  return c
+  return method_config(cfg, "erm")
 
 
 def _finish(cfg, method: str, workdir: str, rep: dict, table) -> dict:

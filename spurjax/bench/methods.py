@@ -24,9 +24,10 @@ METRICS = (("worst_group_accuracy", "worst-group acc"),
 
 
 def ddb_runner():
-  """`spurjax.ddb.run` when the DDB package provides it, else None."""
+  """The DDB pipeline's entry point `run_ddb(cfg, workdir, erm_workdir=...)` when provided, else None."""
   from spurjax import ddb
-  return getattr(ddb, "run", None) if hasattr(ddb, "run") else None
+  fn = getattr(ddb, "run_ddb", None) if hasattr(ddb, "run_ddb") else None
+  return fn if callable(fn) else None
 
 
 def parse_methods(text: str) -> list[str]:
@@ -37,7 +38,7 @@ def parse_methods(text: str) -> list[str]:
   for m in methods:
     if m == "ddb":
       if ddb_runner() is None:
-        raise SpurjaxError("--methods: 'ddb' is not available yet (spurjax.ddb provides no run())")
+        raise SpurjaxError("--methods: 'ddb' is not available yet (spurjax.ddb provides no run_ddb())")
     elif m not in METHODS:
       raise SpurjaxError(f"--methods: unknown method '{m}' (known: {', '.join(METHODS)}, ddb)")
   if len(set(methods)) != len(methods):
@@ -138,6 +139,8 @@ def run(base_cfg, methods, seeds: int, workdir: str, overrides=(), table=None) -
       cfg = _seeded(hparams.method_config(base_cfg, m, overrides), k)
       erm_cfg = _seeded(hparams.method_config(base_cfg, "erm", overrides), k)
       if m == "ddb":
+        if runner.read_report(erm_dir) is None:   # the same ERM model as DFR's
+          runner.run_method(erm_cfg, "erm", erm_dir, table=table)
         rep = ddb_runner()(cfg, run_dir, erm_workdir=erm_dir)
         rep.setdefault("group_labels", {"train": "no", "val": "yes"})
       else:

@@ -21,10 +21,13 @@ def load_table(d) -> Table:
   if kind == "synth":
     root = synth_root(d)
     if not os.path.exists(os.path.join(root, "metadata.csv")):
-      from spurjax.data import synth
-      print(f"generating the built-in benchmark into {root} ...", flush=True)
-      synth.generate(root, image_size=int(d.get("synth_size", 64)), scale=float(d.get("synth_scale", 1.0)),
-                     seed=int(d.get("synth_seed", 0)))
+      from spurjax import distributed
+      if distributed.is_main():
+        from spurjax.data import synth
+        print(f"generating the built-in benchmark into {root} ...", flush=True)
+        synth.generate(root, image_size=int(d.get("synth_size", 64)), scale=float(d.get("synth_scale", 1.0)),
+                       seed=int(d.get("synth_seed", 0)))
+      distributed.barrier("synth")
     kind = "folder"
     d = dict(d, root=root)
   if kind == "folder":

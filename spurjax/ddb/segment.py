@@ -292,9 +292,9 @@ def attention_maps(pipeline, images, nouns: Sequence[str], *, template: str = "a
     pad = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows))])
     args = (small[pad], contexts[pad], weights[pad], pad.astype(np.int32))
     if mesh is not None:
-      args = tuple(jax.device_put(a, sharding.batch_sharding(mesh)) for a in args)
+      args = tuple(sharding.put_global(a, sharding.batch_sharding(mesh)) for a in args)
     maps = fn(params, *args, rng)
-    out.append(np.asarray(maps)[:len(rows)])
+    out.append(sharding.to_host(maps)[:len(rows)])
   maps = np.concatenate(out)
   back = inpaint_lib.resize_images(maps[..., None], images.shape[1:3])[..., 0]
   return np.asarray(normalise_maps(jnp.asarray(back)))
@@ -392,8 +392,8 @@ def gradcam_maps(model: nn.Module, variables, images, classes, *, mean: Sequence
     pad = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows))])
     args = (images[pad], classes[pad])
     if mesh is not None:
-      args = tuple(jax.device_put(a, sharding.batch_sharding(mesh)) for a in args)
-    out.append(np.asarray(fn(variables, *args))[:len(rows)])
+      args = tuple(sharding.put_global(a, sharding.batch_sharding(mesh)) for a in args)
+    out.append(sharding.to_host(fn(variables, *args))[:len(rows)])
   return np.asarray(normalise_maps(jnp.asarray(np.concatenate(out))))
 
 
@@ -506,9 +506,10 @@ def run_segment(ctx, selected) -> dict[int, np.ndarray]:
           "options": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in sorted(opt.items())
                       if (k.startswith("segment_") and k != "segment_compare") or k == "nouns"}}
   out_dir = ctx.stage_dir(STAGE)
+  from spurjax import distributed
   done = _load_done(out_dir, meta)
-  if done is not None:
-    return done
+  if distributed.from_main(done is not None):
+    return done if done is not None else _load_done(out_dir, meta)
   source = loop.make_sources(cfg, table)["eval"]
   images = np.stack([source(i) for i in indices])
   masks = compute_masks(ctx, method, images, indices, classes)
@@ -542,4 +543,5 @@ def run_segment(ctx, selected) -> dict[int, np.ndarray]:
     if os.path.isdir(out_dir):
       shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+  distributed.barrier("segment")
   return {i: m for i, m in zip(indices, masks)}
