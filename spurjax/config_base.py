@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.method.loss = "ce"           # a name registered in spurjax.train.losses
   c.method.dro_eta = 0.01        # GroupDRO: step size of the exponentiated group weights
   c.method.dro_adj = 0.0         # GroupDRO: generalisation adjustment C (C / sqrt(n_g))
+  c.method.dro_balanced = True   # GroupDRO: group-balanced batches (every group upsampled to the largest)
   c.method.jtt_epochs = 1        # JTT: epochs of the identification model
   c.method.jtt_lambda = 100.0    # JTT: upweighting of the error set
   c.method.dfr_reg = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)   # DFR: inverse L1 strengths tried

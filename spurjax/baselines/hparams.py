@@ -54,7 +54,7 @@ PUBLISHED = {
     },
 }
 
-# Model selection per method when the user does not choose: methods that declare no
+# Model selection per method unless overridden (--config.train.select=...): methods that declare no
 # validation group labels select without them.
 SELECTION = {"erm": "val_avg", "suby": "val_worst_class", "rwy": "val_worst_class", "subg": "val_worst_class",
              "rwg": "val_worst_class"}

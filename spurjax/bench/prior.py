@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--steps", type=int, default=30, help="DDIM steps")
   p.add_argument("--guidance", type=float, default=3.0)
   p.add_argument("--dilate", type=int, default=1, help="mask dilation in pixels at the prior's resolution")
-  p.add_argument("--clf-epochs", type=int, default=6)
+  p.add_argument("--clf-epochs", type=int, default=60)
   p.add_argument("--embeds", default="", help="learned_embeds.safetensors (default: learn tokens here)")
   p.add_argument("--placeholder-fmt", default="<c{}>")
   p.add_argument("--ti-steps", type=int, default=150)
