@@ -79,7 +79,10 @@ def write_markdown(workdir: str, rep: dict, table) -> None:
   L.append(f"Edits passing the probability criterion (psi < Psi_i): {rep['passed_probability_criterion']}; "
            f"the attribution criterion: {rep['passed_attribution_criterion']}. Log: `prune/prune_log.csv`.")
   if rep.get("masks"):
-    L += ["", "## Masks", "", "```", json.dumps(rep["masks"], indent=1), "```"]
+    m = rep["masks"]
+    L += ["", "## Masks", "", f"Method `{m.get('method')}` on {m.get('num_images')} selected images with true masks; "
+          "mean IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in (m.get("mean_iou") or {}).items())
+          + " (per image: `segment/iou.json`)."]
   L += ["", "Averages: *train-weighted* weights each group's accuracy by its share of the training set; *plain* is the "
         "accuracy over all examples.", "", "Plots: `plots/group_accuracy.png`, `plots/edits.png`, `plots/psi_rho.png`."]
   tmp = os.path.join(workdir, "report.md.tmp")

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -201,7 +200,7 @@ def new_pipeline(cfg, workdir: str) -> loading.Pipeline:
   k_unet, k_text = jax.random.split(jax.random.key(int(cfg.seed)))
   unet_params = unet_lib.init_unet_params(ucfg, k_unet, sample_size=int(cfg.resolution))
   # A zero output layer starts training at the target's variance and is the usual choice.
-  unet_params = {**unet_params, "conv_out": jax.tree.map(jnp.zeros_like, unet_params["conv_out"])}
+  unet_params = {**unet_params, "conv_out": jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), unet_params["conv_out"])}
   tcfg = text_config(cfg, len(tokenizer))
   text_params = clip_text.init_clip_params(tcfg, k_text)
   return loading.Pipeline(unet=unet_lib.UNet2DConditionModel(ucfg), unet_params=jax.tree.map(np.asarray, unet_params),

@@ -168,7 +168,8 @@ class State(struct.PyTreeNode):
 def init_state(params, paths, tx: optax.GradientTransformation, ema: bool = False) -> State:
   trainable, _ = partition(params, paths)
   flat = {_key(p): v for p, v in trainable.items()}
-  return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(flat),
+  # One compiled init instead of one small program per leaf shape.
+  return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(flat),
                ema=jax.tree.map(jnp.asarray, flat) if ema else {})
 
 
@@ -320,7 +321,7 @@ def train(step_fn: Callable, state: State, batch_fn: Callable[[int], dict], *, s
         with open(log_file, "a") as f:
           f.write(json.dumps(rec) + "\n")
     if mngr is not None and (done % ckpt_every == 0 or done == steps):
-      mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state.pytree()),
+      mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(state.pytree())),
                                               meta=ocp.args.JsonSave({"history": history})))
       mngr.wait_until_finished()
   bar.close()
