@@ -141,8 +141,8 @@ def run(base_cfg, methods, seeds: int, workdir: str, overrides=(), table=None) -
       if m == "ddb":
         if runner.read_report(erm_dir) is None:   # the same ERM model as DFR's
           runner.run_method(erm_cfg, "erm", erm_dir, table=table)
-        rep = ddb_runner()(cfg, run_dir, erm_workdir=erm_dir)
-        rep.setdefault("group_labels", {"train": "no", "val": "yes"})
+        full = ddb_runner()(cfg, run_dir, erm_workdir=erm_dir, table=table)
+        rep = {**full["ddb"], "method": "ddb", "group_labels": {"train": "no", "val": "yes"}}
       else:
         rep = runner.run_method(cfg, m, run_dir, erm_workdir=erm_dir, table=table, erm_cfg=erm_cfg)
       print(f"[bench methods] {m} seed {k}: {time.time() - t0:.0f} s", flush=True)
