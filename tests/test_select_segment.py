@@ -271,6 +271,7 @@ def _ctx(tmp_path, mesh, table, mask, classifier=None, pipeline=None):
   cfg.ddb.nouns = ("bird", "dog")
   cfg.ddb.segment_timesteps = (100, 500)
   cfg.ddb.segment_batch_size = 4
+  cfg.diffusion.path = ""  # no diffusion model unless the test passes one
   model, variables = classifier or (None, None)
   return Context(cfg=cfg, workdir=str(tmp_path), table=table, mesh=mesh, erm_variables=variables, model=model,
                  pipeline=pipeline)
