@@ -25,9 +25,11 @@ def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float) -> Tr
   gen_idx = gen_idx[gen_idx >= gen_start]
   if len(gen_idx) == 0:
     return TrainSet.from_table(table, train_idx)
-  gammas = np.asarray(gammas, np.float32)
-  if len(gammas) < table.num_classes:
-    raise SpurjaxError(f"config ddb.gammas: {len(gammas)} values for {table.num_classes} classes")
+  gammas = np.asarray(gammas, np.float32).reshape(-1)
+  if len(gammas) == 0:
+    raise SpurjaxError("config ddb.gammas: no values")
+  if len(gammas) < table.num_classes:  # K classes: the last value serves the remaining classes
+    gammas = np.concatenate([gammas, np.full(table.num_classes - len(gammas), gammas[-1], np.float32)])
   f = float(gen_fraction)
   target = f / max(1e-6, 1 - f) * len(train_idx)
   repeat = max(1, int(round(target / len(gen_idx))))
