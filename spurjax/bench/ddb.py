@@ -25,7 +25,7 @@ def summarise(reports: list[dict]) -> list[list]:
     row = [method.upper()]
     for key, _ in KEYS:
       v = np.asarray([100 * r[method]["test"][key] for r in reports], np.float64)
-      row.append(f"{v.mean():.1f} ± {v.std():.1f}")
+      row.append(f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}")
     rows.append(row)
   return rows
 
