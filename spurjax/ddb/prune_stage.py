@@ -55,7 +55,8 @@ def score_edits(ctx, selected, masks, edits) -> dict:
 def run_prune(ctx, selected, masks, edits) -> Table:
   """The kept edits as a Table (split 0, label = target class); writes `prune/`."""
   out = ctx.stage_dir("prune")
-  if not distributed.from_main(prune.is_complete(out)):  # every process takes the same branch
+  done = prune.is_complete(out) and _matches(out, ctx)
+  if not distributed.from_main(done):  # every process takes the same branch
     threshold, score = prune.prune_settings(ctx.cfg)
     sc = score_edits(ctx, selected, masks, edits)
     Psi = np.asarray([selected["psi_ref"][c] if c in selected["psi_ref"] else selected["psi_ref"][str(c)]
@@ -70,8 +71,32 @@ def run_prune(ctx, selected, masks, edits) -> Table:
       np.savez_compressed(os.path.join(ctx.workdir, "ig_maps.npz"), maps=sc["maps"], orig=sc["orig"],
                           edit=sc["edit"], mask=sc["mask"])
       prune.write_prune_outputs(out, recs, edit_base, mask_base)
+      with open(os.path.join(out, "inputs.json"), "w") as f:
+        json.dump({"digest": _inputs_digest(ctx)}, f)
     distributed.barrier("prune_done")  # the folder is in place before any process reads it
   return kept_table(out, ctx.table)
+
+
+def _inputs_digest(ctx) -> str:
+  """What the pruning result depends on: the inpaint plan (settings, tokens, masks) and the IG / prune settings."""
+  import hashlib
+  h = hashlib.sha256()
+  plan = os.path.join(ctx.stage_dir("inpaint"), "plan.json")
+  if os.path.isfile(plan):
+    with open(plan, "rb") as f:
+      h.update(f.read())
+  h.update(json.dumps({k: str(v) for k, v in sorted(ctx.cfg.ddb.items()) if k.startswith(("ig_", "prune_"))})
+           .encode())
+  return h.hexdigest()
+
+
+def _matches(out: str, ctx) -> bool:
+  """Whether a finished prune folder was made from the current inputs (else it is stale and redone)."""
+  path = os.path.join(out, "inputs.json")
+  if not os.path.isfile(path):
+    return False
+  with open(path) as f:
+    return json.load(f).get("digest") == _inputs_digest(ctx)
 
 
 def kept_table(out: str, table: Table) -> Table:
