@@ -9,7 +9,10 @@ labels at all, worst-class validation accuracy (`val_worst_class`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 
 import numpy as np
 
@@ -38,8 +41,32 @@ def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float) -> Tr
   return TrainSet.from_table(table, idx, w)
 
 
+def _digest(cfg, kept: Table) -> str:
+  h = hashlib.sha256()
+  h.update(json.dumps([str(r) for r in kept.refs] + [int(v) for v in kept.y]).encode())
+  h.update(json.dumps({k: str(v) for k, v in sorted(cfg.ddb.items()) if k in ("gammas", "gen_fraction", "retrain")})
+           .encode())
+  return h.hexdigest()
+
+
+def _start_fresh_if_stale(cfg, kept: Table, workdir: str) -> None:
+  """A retrain folder made from other kept edits or settings is removed, so `fit` does not resume it."""
+  from spurjax import distributed
+  path = os.path.join(workdir, "inputs.json")
+  digest = _digest(cfg, kept)
+  if distributed.is_main():
+    stale = os.path.isdir(workdir) and (not os.path.isfile(path) or json.load(open(path)).get("digest") != digest)
+    if stale:
+      shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"digest": digest}, f)
+  distributed.barrier("retrain_inputs")
+
+
 def retrain(cfg, table: Table, kept: Table, erm_variables, workdir: str, hooks=()) -> dict:
   """Core: fits on table's train split + `kept` (as generated rows); returns the report."""
+  _start_fresh_if_stale(cfg, kept, workdir)
   both = concat(table, kept, second_split=GENERATED)
   ts = retrain_set(both, len(table), cfg.ddb.gammas, cfg.ddb.gen_fraction)
   rcfg = retrain_config(cfg)
