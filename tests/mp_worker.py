@@ -1,4 +1,4 @@
-"""One process of the multi-process test: ERM, IG, inpainting and pruning; results to files.
+"""One process of the multi-process test: ERM, IG, inpainting, pruning and textual inversion; results to files.
 
   python tests/mp_worker.py OUT_DIR WORK_DIR
 
@@ -64,11 +64,12 @@ def attribute(cfg, table, mesh) -> dict:
   return {"rho": out["rho"], "maps": out["maps"], "out_edit": out["out_edit"]}
 
 
-def tiny_pipeline(directory: str):
+def tiny_pipeline(directory: str, tokens=True):
   from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
   tok = tok_lib.load_tokenizer(tok_lib.write_clip_tokenizer(os.path.join(directory, "tok"),
                                                             vocab_size=CLIP["vocab_size"]))
-  tok_lib.add_placeholder_tokens(tok, list(TOKENS.values()))
+  if tokens:
+    tok_lib.add_placeholder_tokens(tok, list(TOKENS.values()))
   text = clip_text.resize_token_embeddings(clip_text.init_clip_params(CLIP, jax.random.key(1)), len(tok))
   return loading.Pipeline(unet=unet_lib.UNet2DConditionModel(UNET),
                           unet_params=unet_lib.init_unet_params(UNET, jax.random.key(0), sample_size=8),
@@ -98,6 +99,17 @@ def inpaint(cfg, table, workdir: str, local_dir: str, mesh) -> dict:
   from spurjax.data.images import read_image
   stage = np.stack([read_image(r["path"]) for r in rows])
   return {"images": out["images"], "target_class": out["target_class"], "stage": stage}, (ctx, sel, stage_masks, rows)
+
+
+def invert(workdir: str, local_dir: str, mesh) -> dict:
+  """Textual inversion (2 steps, batch 4 over the mesh); the learned rows."""
+  from spurjax.diffusion import invert as inv
+  pipe = tiny_pipeline(os.path.join(local_dir, "inv"), tokens=False)
+  rng = np.random.default_rng(1)
+  images = {c: rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8) for c in (0, 1)}
+  _, emb = inv.learn_tokens(pipe, images, ["bird", "flower"], steps=2, batch=4, grad_accum=1, lr=5e-2, seed=0,
+                            workdir=os.path.join(workdir, "invert"), mesh=mesh, log_every=1, ckpt_every=1)
+  return {t.strip("<>"): v for t, v in emb.items()}
 
 
 def prune(cfg, ctx, sel, masks, rows) -> dict:
@@ -134,6 +146,8 @@ def main(out_dir: str, workdir: str) -> None:
   seconds["inpaint"] = time.time() - t0
   np.savez(os.path.join(out_dir, f"p{p}_prune.npz"), **prune(cfg, *stage))
   seconds["prune"] = time.time() - t0
+  np.savez(os.path.join(out_dir, f"p{p}_invert.npz"), **invert(workdir, local_dir, mesh))
+  seconds["invert"] = time.time() - t0
   with open(os.path.join(out_dir, f"p{p}_info.json"), "w") as f:
     json.dump({"process_count": jax.process_count(), "devices": jax.device_count(),
                "local_devices": jax.local_device_count(),

@@ -111,7 +111,7 @@ def test_processes_joined(runs):
 def test_processes_agree_exactly(runs):
   """Replicated results are the same on every process."""
   assert _load(runs["multi"], 0, "report") == _load(runs["multi"], 1, "report")
-  for name in ("params", "ig", "inpaint", "prune"):
+  for name in ("params", "ig", "inpaint", "prune", "invert"):
     a, b = _load(runs["multi"], 0, name), _load(runs["multi"], 1, name)
     assert a.keys() == b.keys()
     for k in a:
@@ -162,6 +162,13 @@ def test_pruning_matches_single_process(runs):
   np.testing.assert_allclose(b["psi"], a["psi"], rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(b["kept_y"], a["kept_y"])
   assert np.abs(b["kept_images"].astype(int) - a["kept_images"].astype(int)).max() <= 1
+
+
+def test_textual_inversion_matches_single_process(runs):
+  a, b = _load(runs["single"], 0, "invert"), _load(runs["multi"], 0, "invert")
+  assert sorted(a) == ["c0", "c1"] and sorted(b) == sorted(a)
+  for k in a:
+    np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 def test_only_process_zero_wrote_shared_files(runs):
