@@ -94,12 +94,13 @@ def _init(model, size: int, rng):
 def predict(cfg, model, variables, source: ImageSource, table: Table, indices: np.ndarray, mesh,
             features: bool = False, desc: Optional[str] = None):
   """Eval-mode logits (and optionally features) for `indices`, as numpy, in order."""
-  key = (id(model), features)
-  fns = _PREDICT_CACHE.setdefault(id(mesh), {})
-  if key not in fns:
-    fns[key] = make_predict_fn(model.apply, mesh, mean=cfg.data.mean, std=cfg.data.std, dtype=dtype_of(cfg),
-                               features=features)
-  fn = fns[key]
+  # Keyed by value (modules and meshes hash by their fields), never by id(): a new model
+  # object may reuse a freed id.
+  key = (model, mesh, tuple(cfg.data.mean), tuple(cfg.data.std), str(cfg.model.get("dtype", "float32")), features)
+  if key not in _PREDICT_CACHE:
+    _PREDICT_CACHE[key] = make_predict_fn(model.apply, mesh, mean=cfg.data.mean, std=cfg.data.std,
+                                          dtype=dtype_of(cfg), features=features)
+  fn = _PREDICT_CACHE[key]
   variables = shd.replicate(variables, mesh)
   bs = int(cfg.train.eval_batch_size)
   outs = []
