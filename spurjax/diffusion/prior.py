@@ -214,16 +214,16 @@ def new_pipeline(cfg, workdir: str) -> loading.Pipeline:
 def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) -> Path:
   """Trains a prior on an imagefolder and writes it as a diffusers directory; returns `out_dir`."""
   workdir = workdir or out_dir.rstrip("/\\") + ".work"
-  os.makedirs(workdir, exist_ok=True)
-  paths, texts = read_imagefolder(data_dir)
+  paths, texts = read_imagefolder(data_dir)   # every input is checked before anything is written
   t = cfg.train
   mesh = shd.make_mesh()
   bs = int(t.batch_size)
   if bs % mesh.devices.size:
     raise SpurjaxError(f"config train.batch_size={bs} is not divisible by the {mesh.devices.size} devices")
-  pipe = new_pipeline(cfg, workdir)
   res = int(cfg.resolution)
   images = load_images(paths, res)
+  os.makedirs(workdir, exist_ok=True)
+  pipe = new_pipeline(cfg, workdir)
   ids = tok_lib.encode(pipe.tokenizer, texts)
   uncond_ids = tok_lib.encode(pipe.tokenizer, [""])[0]
   model = dtrain.Model.from_pipeline(pipe)
