@@ -8,7 +8,6 @@ Bad input prints one line `spurjax: error: ...` and exits with status 2.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
@@ -23,25 +22,12 @@ commands:
   invert  --config FILE --workdir DIR [...]                            learn one textual-inversion token per class
   prior   train --data DIR --out PRIOR_DIR [...]                      train a small text-to-image prior
   data    synth --out DIR [--image-size N] [--scale F] [--seed N]       write the built-in benchmark
-  bench   erm | unet | methods | prior | ddb | ig [options]                                          print speed figures
+  bench   erm | unet | ig | prior | methods [options]                   speed figures, the methods table
 """
 
 BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet", "methods": "spurjax.bench.methods",
-           "prior": "spurjax.bench.prior", "ddb": "spurjax.bench.ddb", "ig": "spurjax.bench.ig"}
+           "prior": "spurjax.bench.prior", "ig": "spurjax.bench.ig"}
 DATA = {"synth": "spurjax.data.synth"}
-
-
-def _config_command(argv, prog):
-  p = argparse.ArgumentParser(prog=prog)
-  p.add_argument("--config", required=True, help="config file, optionally with :arg (e.g. configs/synth.py:tiny)")
-  p.add_argument("--workdir", required=True)
-  args, rest = p.parse_known_args(argv)
-  from spurjax.config_util import apply_overrides, load_config
-  bad = [r for r in rest if not r.startswith("--config.")]
-  if bad:
-    raise SpurjaxError(f"unknown argument(s): {' '.join(bad)}")
-  cfg = apply_overrides(load_config(args.config), rest)
-  return cfg, args.workdir
 
 
 def _dispatch(argv):
@@ -52,9 +38,10 @@ def _dispatch(argv):
   from spurjax.distributed import maybe_initialize
   maybe_initialize()
   if cmd == "erm":
-    cfg, workdir = _config_command(rest, "spurjax erm")
+    from spurjax.config_util import config_from, parse_command
     from spurjax.train import erm
-    erm.run(cfg, workdir)
+    args, overrides = parse_command(rest, "spurjax erm")
+    erm.run(config_from(args.config, overrides), args.workdir)
     return 0
   if cmd == "run":
     from spurjax.ddb import run as ddb_run

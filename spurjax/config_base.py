@@ -70,24 +70,45 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.path = "builtin"    # a diffusers-format directory; "builtin": the prior spurjax ships
-  c.diffusion.dtype = "float32"
 
+  # DDB: every key any stage reads, with its one default, grouped by stage (`spurjax run`).
   c.ddb = ml_collections.ConfigDict()
-  c.ddb.k = 30                    # majority images selected per class (lowest per-sample ERM loss)
   c.ddb.nouns = ()                # class nouns for prompts ("bird", ...); default: the dataset's class names
-  c.ddb.template = "a photo of a {token} {noun}"
-  c.ddb.invert_steps = 3000       # textual inversion (paper: 3000 steps, batch 1 x accumulation 4, lr 5e-4 scaled)
+  # select: per class the k training images with the lowest per-sample ERM loss
+  c.ddb.k = 30
+  # invert: one textual-inversion token per class (paper: 3000 steps, batch 1 x accumulation 4, lr 5e-4 scaled)
+  c.ddb.invert_steps = 3000       # 0: no token, prompts use the class noun alone
   c.ddb.invert_lr = 5e-4
   c.ddb.invert_batch = 1
   c.ddb.invert_accum = 4
-  c.ddb.mask = "attention"        # attention (language-guided) | given | saliency
-  c.ddb.inpaint_mode = "blended"  # blended (4-channel UNet) | channels (9-channel inpainting UNet)
+  # segment: object masks
+  c.ddb.mask = "attention"        # attention (language-guided) | gradcam (alias saliency) | given
+  c.ddb.segment_template = "a photo of a {noun}"
+  c.ddb.segment_timesteps = (100, 300, 500)   # attention: noise levels on a 1000-step scale
+  c.ddb.segment_batch_size = 8    # images per compiled call (rounded up to the devices)
+  c.ddb.segment_radius = 1        # opening / closing radius in pixels (0: none)
+  c.ddb.segment_keep_ratio = 0.25  # keep components >= this fraction of the largest
+  c.ddb.segment_dilate = 0        # final dilation in pixels
+  c.ddb.segment_compare = ("attention", "gradcam")  # also scored in segment/iou.json when true masks exist
+  # inpaint: the other classes' tokens painted into each selected image's mask
+  c.ddb.template = "a photo of a {token} {noun}"
+  c.ddb.inpaint_mode = "blended"  # blended (4-channel UNet) | channels (9-channel inpainting UNet) | auto
   c.ddb.n_samples = 2             # edits per (image, target class)
   c.ddb.num_steps = 50
   c.ddb.guidance_scale = 7.5
+  c.ddb.inpaint_sampler = "ddim"  # ddim | dpmpp_2m
+  c.ddb.inpaint_batch_size = 8    # rows per compiled call (rounded up to the devices)
+  c.ddb.inpaint_paste = True      # paste generated pixels into the original through the mask
+  # prune: Integrated Gradients (original -> edit) inside the mask, and the two criteria
   c.ddb.ig_steps = 50
-  c.ddb.ig_method = "gausslegendre"
-  c.ddb.ig_threshold = 0.3        # attribution toward the new class summed inside the mask (reference code: 0.3)
+  c.ddb.ig_method = "gausslegendre"  # gausslegendre | riemann_trapezoid | riemann_left | riemann_right | riemann_middle
+  c.ddb.ig_output = "logit"       # logit | prob: the classifier output attributed
+  c.ddb.ig_chunk = 10             # path points per backward pass
+  c.ddb.ig_batch_size = 8         # edits per compiled call
+  c.ddb.ig_dtype = "float32"
+  c.ddb.prune_threshold = 0.3     # keep an edit when its attribution score exceeds this (reference code: 0.3)
+  c.ddb.prune_score = "rho"       # rho (IG sum inside the mask) | rho_norm (that over the IG total)
+  # retrain: L_train + sum_j gamma_j L_gen,j from the ERM weights
   c.ddb.gammas = (6.0, 10.0)      # loss weight of kept edits per target class (reference code: 6, 10)
   c.ddb.gen_fraction = 0.5        # share of each retraining epoch made of (repeated) kept edits
   c.ddb.retrain = ml_collections.ConfigDict()

@@ -82,3 +82,38 @@ class _null:
 
   def __exit__(self, *a):
     return False
+
+
+def parse_command(argv, prog: str, *, config_default: str | None = None, workdir: str | bool = True,
+                  add_arguments=None):
+  """The one command-line parser of every config-taking subcommand.
+
+  Takes `--config FILE[:arg]` (required unless `config_default`), `--workdir` (required when
+  `workdir` is True, defaulting to it when a string, absent when False), the options that
+  `add_arguments(parser)` adds, and any number of `--config.key=value` overrides. Anything else
+  is a SpurjaxError.
+
+  Returns:
+    (parsed arguments, overrides): apply them with `config_from(args.config, overrides)`, or
+    later, when a method's settings come first (baselines).
+  """
+  import argparse
+  p = argparse.ArgumentParser(prog=prog)
+  p.add_argument("--config", required=config_default is None, default=config_default,
+                 help="config file, optionally with :arg (e.g. configs/synth.py:tiny)")
+  if workdir is True:
+    p.add_argument("--workdir", required=True)
+  elif workdir:
+    p.add_argument("--workdir", default=str(workdir))
+  if add_arguments is not None:
+    add_arguments(p)
+  args, rest = p.parse_known_args(list(argv or []))
+  bad = [r for r in rest if not (r.startswith("--config.") and "=" in r)]
+  if bad:
+    raise SpurjaxError(f"{prog}: unknown argument(s): {' '.join(bad)} (overrides are --config.key=value)")
+  return args, rest
+
+
+def config_from(spec: str, overrides=()) -> ml_collections.ConfigDict:
+  """`load_config(spec)` with `--config.key=value` overrides applied."""
+  return apply_overrides(load_config(spec), list(overrides))

@@ -83,13 +83,57 @@ def to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
-def local_batch_size(global_batch_size: int) -> int:
-  """This process's share of a global batch (divisible by the process count)."""
-  n = jax.process_count()
-  if global_batch_size % n:
-    raise ValueError(f"global batch size {global_batch_size} is not divisible by {n} processes")
-  return global_batch_size // n
-
-
 def pad_to_multiple(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
+
+
+_COMPILED: dict = {}
+
+
+def compiled(fn, mesh: Mesh | None, n_replicated: int, n_batched: int):
+  """`jax.jit(fn)` with the first `n_replicated` arguments replicated and the next `n_batched` split
+  over the mesh's data axis (outputs split too); cached by value: `fn` must hash by its content
+  (a module-level function, or a frozen dataclass of hashable fields such as Flax modules)."""
+  key = (fn, mesh, n_replicated, n_batched)
+  if key not in _COMPILED:
+    if mesh is None:
+      _COMPILED[key] = jax.jit(fn)
+    else:
+      rep, data = replicated(mesh), batch_sharding(mesh)
+      _COMPILED[key] = jax.jit(fn, in_shardings=(rep,) * n_replicated + (data,) * n_batched, out_shardings=data)
+  return _COMPILED[key]
+
+
+def map_batches(fn, replicated_args: tuple, batched_args: tuple, *, mesh: Mesh | None, batch_size: int,
+                desc: str | None = None):
+  """`fn(*replicated_args, *rows)` over chunks of rows of `batched_args`, as numpy, in order.
+
+  The one batched, sharded map of spurjax: each chunk of `batch_size` rows (rounded up to a
+  multiple of the devices) is padded by repeating its last row, so one program serves every
+  chunk, placed over the mesh's data axis, run through `compiled(fn, ...)`, gathered to the host
+  and cut back. Every process passes the full inputs (with several processes each device reads
+  its own rows). `replicated_args` are placed once. A progress bar shows when `desc` is given.
+  """
+  from tqdm import tqdm
+  batched_args = tuple(np.asarray(a) for a in batched_args)
+  n = len(batched_args[0])
+  if any(len(a) != n for a in batched_args):
+    raise ValueError(f"map_batches: batched arguments of different lengths {[len(a) for a in batched_args]}")
+  devices = 1 if mesh is None else mesh.devices.size
+  chunk = pad_to_multiple(max(int(batch_size), 1), devices)
+  call = compiled(fn, mesh, len(replicated_args), len(batched_args))
+  if mesh is not None:
+    replicated_args = replicate(tuple(replicated_args), mesh)
+  outs = []
+  for start in tqdm(range(0, n, chunk), desc=desc, leave=False,
+                    disable=desc is None or jax.process_index() != 0):
+    rows = np.arange(start, min(start + chunk, n))
+    pad = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows))])
+    args = tuple(a[pad] for a in batched_args)
+    if mesh is not None:
+      args = tuple(put_global(a, batch_sharding(mesh)) for a in args)
+    out = call(*replicated_args, *args)
+    outs.append(jax.tree.map(lambda x: to_host(x)[:len(rows)], out))
+  if not outs:
+    raise ValueError("map_batches: no rows")
+  return jax.tree.map(lambda *a: np.concatenate(a), *outs)

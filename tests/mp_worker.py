@@ -80,7 +80,7 @@ def tiny_pipeline(directory: str, tokens=True):
 def inpaint(cfg, table, workdir: str, local_dir: str, mesh) -> dict:
   """`make_counterfactuals` on 3 images, then the resumable inpaint stage (process 0 writes)."""
   from spurjax.ddb import inpaint as inp
-  from spurjax.ddb.context import Context
+  from spurjax.context import Context
   pipe = tiny_pipeline(local_dir)
   rng = np.random.default_rng(0)
   images = rng.uniform(0, 1, (3, 8, 8, 3)).astype(np.float32)

@@ -12,7 +12,7 @@ from helpers import toy_config, toy_table
 from spurjax import sharding
 from spurjax.data.images import read_image
 from spurjax.ddb import inpaint
-from spurjax.ddb.context import Context
+from spurjax.context import Context
 from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
 from spurjax.errors import SpurjaxError
 

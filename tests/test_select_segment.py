@@ -14,7 +14,7 @@ from helpers import toy_config, toy_table
 from spurjax import sharding
 from spurjax.data.table import Table
 from spurjax.ddb import inpaint, segment, select
-from spurjax.ddb.context import Context
+from spurjax.context import Context
 from spurjax.diffusion import clip_text, loading, sampling, tokenizer as tok_lib, unet as unet_lib
 from spurjax.diffusion import vae as vae_lib
 from spurjax.errors import SpurjaxError

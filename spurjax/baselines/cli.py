@@ -5,28 +5,16 @@ applied first, the `--config.*` overrides last.
 """
 from __future__ import annotations
 
-import argparse
 
-from spurjax.errors import SpurjaxError
-
-
-def parse(argv, prog: str = "spurjax baseline"):
-  p = argparse.ArgumentParser(prog=prog)
+def _arguments(p) -> None:
   p.add_argument("--method", required=True, help="erm, suby, rwy, subg, rwg, groupdro, jtt or dfr")
-  p.add_argument("--config", required=True, help="config file, optionally with :arg (e.g. configs/synth.py:tiny)")
-  p.add_argument("--workdir", required=True)
   p.add_argument("--erm-workdir", default=None, help="DFR: the ERM run to take features from (default WORKDIR/erm)")
-  args, rest = p.parse_known_args(argv)
-  bad = [r for r in rest if not r.startswith("--config.")]
-  if bad:
-    raise SpurjaxError(f"unknown argument(s): {' '.join(bad)}")
-  return args, rest
 
 
 def main(argv) -> int:
-  args, overrides = parse(argv)
   from spurjax.baselines import hparams, runner
-  from spurjax.config_util import load_config
+  from spurjax.config_util import load_config, parse_command
+  args, overrides = parse_command(argv, "spurjax baseline", add_arguments=_arguments)
   runner.check_method(args.method)
   base = load_config(args.config)
   cfg = hparams.method_config(base, args.method, overrides)

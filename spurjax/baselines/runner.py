@@ -84,12 +84,12 @@ def run_method(cfg, method: str, workdir: str, erm_workdir: Optional[str] = None
 
   Writes `workdir/report.json` (+ report.md) in the schema of `spurjax.report`, with
   `method` and `group_labels` added; a workdir holding a report.json with `method` is
-  returned as is. DFR uses the ERM run in `erm_workdir` (default `workdir/erm`), training it
-  first with `erm_cfg` (default `erm_config(cfg)`) if it is not finished.
+  returned as is (ERM runs are the ERM stage: reused only when their fingerprint matches). DFR
+  uses the ERM stage in `erm_workdir` (default `workdir/erm`) with `erm_cfg` (default `erm_config(cfg)`).
   """
   check_method(method)
   done = read_report(workdir)
-  if done is not None and done.get("method") == method:
+  if method != "erm" and done is not None and done.get("method") == method:  # ERM: its stage fingerprint decides
     _print(method, done)
     return done
   table = table if table is not None else load_table(cfg.data)
@@ -116,9 +116,7 @@ def run_method(cfg, method: str, workdir: str, erm_workdir: Optional[str] = None
     from spurjax.baselines import dfr
     erm_workdir = erm_workdir or os.path.join(workdir, "erm")
     erm_cfg = erm_cfg if erm_cfg is not None else erm_config(cfg)
-    if read_report(erm_workdir) is None:
-      print(f"[dfr] training the ERM model in {erm_workdir}", flush=True)
-      run_method(erm_cfg, "erm", erm_workdir, table=table)
+    erm.run(erm_cfg, erm_workdir, table=table)   # reused when its fingerprint matches
     rep = dfr.run(cfg, table, workdir, erm_workdir)
     rep["selection"] = f"{rep['selection']} (ERM model selected by {read_report(erm_workdir).get('selection')})"
   rep = _finish(cfg, method, workdir, rep, table)

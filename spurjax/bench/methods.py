@@ -8,7 +8,6 @@ Writes `W/methods.md`, `W/methods.csv` and `W/methods.png` (test accuracies in %
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import time
@@ -23,23 +22,13 @@ METRICS = (("worst_group_accuracy", "worst-group acc"),
            ("average_accuracy", "avg acc (plain)"))
 
 
-def ddb_runner():
-  """The DDB pipeline's entry point `run_ddb(cfg, workdir, erm_workdir=...)` when provided, else None."""
-  from spurjax import ddb
-  fn = getattr(ddb, "run_ddb", None) if hasattr(ddb, "run_ddb") else None
-  return fn if callable(fn) else None
-
-
 def parse_methods(text: str) -> list[str]:
   from spurjax.baselines.runner import METHODS
   methods = [m.strip() for m in text.split(",") if m.strip()]
   if not methods:
     raise SpurjaxError("--methods: no method given")
   for m in methods:
-    if m == "ddb":
-      if ddb_runner() is None:
-        raise SpurjaxError("--methods: 'ddb' is not available yet (spurjax.ddb provides no run_ddb())")
-    elif m not in METHODS:
+    if m != "ddb" and m not in METHODS:
       raise SpurjaxError(f"--methods: unknown method '{m}' (known: {', '.join(METHODS)}, ddb)")
   if len(set(methods)) != len(methods):
     raise SpurjaxError(f"--methods: a method is listed twice in '{text}'")
@@ -136,14 +125,13 @@ def run(base_cfg, methods, seeds: int, workdir: str, overrides=(), table=None) -
       t0 = time.time()
       run_dir = os.path.join(workdir, m, f"seed{k}")
       erm_dir = os.path.join(workdir, "erm", f"seed{k}")
-      cfg = _seeded(hparams.method_config(base_cfg, m, overrides), k)
       erm_cfg = _seeded(hparams.method_config(base_cfg, "erm", overrides), k)
-      if m == "ddb":
-        if runner.read_report(erm_dir) is None:   # the same ERM model as DFR's
-          runner.run_method(erm_cfg, "erm", erm_dir, table=table)
-        full = ddb_runner()(cfg, run_dir, erm_workdir=erm_dir, table=table)
+      if m == "ddb":  # its ERM stage is the ERM row's run (same settings, so the same fingerprint)
+        from spurjax.ddb.run import run as run_ddb
+        full = run_ddb(erm_cfg, run_dir, erm_dir=erm_dir, table=table)
         rep = {**full["ddb"], "method": "ddb", "group_labels": {"train": "no", "val": "yes"}}
       else:
+        cfg = _seeded(hparams.method_config(base_cfg, m, overrides), k)
         rep = runner.run_method(cfg, m, run_dir, erm_workdir=erm_dir, table=table, erm_cfg=erm_cfg)
       print(f"[bench methods] {m} seed {k}: {time.time() - t0:.0f} s", flush=True)
       reports[m].append(rep)
@@ -158,20 +146,17 @@ def _seeded(cfg, seed: int):
   return cfg
 
 
-def main(argv) -> int:
-  p = argparse.ArgumentParser(prog="spurjax bench methods")
-  p.add_argument("--config", required=True, help="config file, optionally with :arg")
+def _arguments(p) -> None:
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--methods", default=DEFAULT_METHODS)
-  p.add_argument("--workdir", default="runs/methods")
-  args, rest = p.parse_known_args(argv)
-  bad = [r for r in rest if not r.startswith("--config.")]
-  if bad:
-    raise SpurjaxError(f"unknown argument(s): {' '.join(bad)}")
-  from spurjax.config_util import load_config
+
+
+def main(argv) -> int:
+  from spurjax.config_util import load_config, parse_command
+  args, overrides = parse_command(argv, "spurjax bench methods", workdir="runs/methods", add_arguments=_arguments)
   methods = parse_methods(args.methods)
   base = load_config(args.config)
   t0 = time.time()
-  run(base, methods, args.seeds, args.workdir, rest)
+  run(base, methods, args.seeds, args.workdir, overrides)
   print(f"[bench methods] total {time.time() - t0:.0f} s")
   return 0

@@ -151,10 +151,6 @@ def train_batches(source: ImageSource, indices: np.ndarray, *, labels: np.ndarra
   yield from ds.to_iter_dataset(opts)
 
 
-def steps_per_epoch(num: int, batch_size: int) -> int:
-  return num // batch_size
-
-
 def eval_batches(source: ImageSource, indices: np.ndarray, *, labels: np.ndarray, groups: np.ndarray,
                  batch_size: int, num_threads: int = 2) -> Iterator[dict]:
   """Every example once, the last global batch padded (`valid` = 0 on padding)."""

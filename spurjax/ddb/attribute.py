@@ -21,7 +21,7 @@ Conventions:
     *source* class as IG target; the paper's criterion, used here, attributes
     toward the edit's new class j.)
 
-Configuration keys read from `cfg.ddb` (defaults in `default_config()`):
+Configuration keys read from `cfg.ddb` (defaults in `spurjax.config_base`):
   ig_steps: 50            path points (captum's default).
   ig_method: "gausslegendre"  or riemann_{trapezoid,left,right,middle}.
   ig_output: "logit"      or "prob".
@@ -37,7 +37,6 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.tree_util import Partial
 
@@ -50,23 +49,11 @@ OUTPUTS = ("logit", "prob")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The `cfg.ddb` keys of the attribution stage, with defaults."""
-  c = ml_collections.ConfigDict()
-  c.ig_steps = 50
-  c.ig_method = "gausslegendre"
-  c.ig_output = "logit"
-  c.ig_chunk = 10
-  c.ig_batch_size = 8
-  c.ig_dtype = "float32"
-  return c
-
 
 def ig_settings(cfg) -> dict:
   """The IG keyword arguments (`n_steps`, `method`, `chunk`, `batch_size`) and the `output`, `dtype` from cfg.ddb."""
-  d = cfg.get("ddb", ml_collections.ConfigDict()) if cfg is not None else ml_collections.ConfigDict()
-  defaults = default_config()
-  get = lambda k: d.get(k, defaults[k])  # noqa: E731
+  d = cfg.ddb
+  get = lambda k: d[k]  # noqa: E731
   output, dtype = str(get("ig_output")), str(get("ig_dtype"))
   if output not in OUTPUTS:
     raise SpurjaxError(f"config ddb.ig_output = {output!r}; valid: {', '.join(OUTPUTS)}")

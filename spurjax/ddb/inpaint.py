@@ -16,54 +16,36 @@ Edits are processed in chunks of `batch_size` rows, each sharded over the mesh; 
 draws its noise from fold_in(key(seed), c) (row r of the chunk: fold_in of that by r),
 so results depend on (seed, batch_size) only, and a resumed run equals an uninterrupted one.
 
-Artefacts: `inpaint/images/<index>_to<j>_s<s>.png` and `inpaint/edits.csv` with columns
-source_index, source_file, source_class, target_class, sample, file (relative to
-`inpaint/`). Written to `inpaint.tmp/` chunk by chunk (a killed run resumes there) and
-moved to `inpaint/` when complete.
+Artefact `Edits`; on disk `inpaint/images/<index>_to<j>_s<s>.png` and `inpaint/edits.csv`
+with columns source_index, source_file, source_class, target_class, sample, file (relative to
+`inpaint/`), written chunk by chunk (a killed run resumes from the chunks it wrote).
 
-Config keys (`cfg.ddb`, defaults in `default_config`): n_samples, inpaint_mode, num_steps,
-guidance_scale, template, nouns, inpaint_sampler, inpaint_batch_size, inpaint_paste; the
-seed is `cfg.seed`.
+Config keys (`cfg.ddb`): n_samples, inpaint_mode, num_steps, guidance_scale, template, nouns,
+inpaint_sampler, inpaint_batch_size, inpaint_paste; the seed is `cfg.seed`.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import functools
-import hashlib
-import json
 import os
-import shutil
 from typing import Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from spurjax import distributed
 from spurjax.diffusion import sampling, schedulers
+from spurjax.ddb.nouns import nouns_for
 from spurjax.errors import SpurjaxError
+from spurjax.stages import Stage
 
 STAGE = "inpaint"
 CSV_COLUMNS = ("source_index", "source_file", "source_class", "target_class", "sample", "file")
 MODES = ("blended", "channels", "auto")
 
-
-def default_config() -> ml_collections.ConfigDict:
-  """The `cfg.ddb` keys this stage reads, with their defaults."""
-  c = ml_collections.ConfigDict()
-  c.nouns = ()                    # class nouns ("bird", ...); default: the dataset's class names
-  c.template = "a photo of a {token} {noun}"
-  c.inpaint_mode = "blended"      # blended | channels | auto
-  c.n_samples = 2                 # edits per (image, target class)
-  c.num_steps = 50
-  c.guidance_scale = 7.5
-  c.inpaint_sampler = "ddim"      # ddim | dpmpp_2m
-  c.inpaint_batch_size = 8        # rows per compiled call (rounded up to a multiple of the devices)
-  c.inpaint_paste = True          # paste generated pixels into the original through the mask
-  return c
 
 
 # ---------------------------------------------------------------- image helpers
@@ -350,19 +332,6 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
 # ---------------------------------------------------------------- stage
 
 
-def nouns_for(cfg, table) -> list[str]:
-  """The object noun of each class: `cfg.ddb.nouns`, else the table's class names."""
-  nouns = list(cfg.get("ddb", {}).get("nouns", ()) or ())
-  if not nouns:
-    nouns = list(table.class_names or ())
-  if not nouns:
-    raise SpurjaxError(f"config ddb.nouns is empty and dataset {table.name} has no class names; "
-                       "set --config.ddb.nouns='(\"bird\",\"bird\")' (one noun per class)")
-  if len(nouns) < table.num_classes:
-    raise SpurjaxError(f"config ddb.nouns: {len(nouns)} nouns for {table.num_classes} classes")
-  return [str(n) for n in nouns]
-
-
 def edit_file(table_index: int, edit: Edit) -> str:
   return f"images/{table_index}_to{edit.target_class}_s{edit.sample}.png"
 
@@ -389,17 +358,6 @@ def read_edits(stage_dir: str) -> list[dict]:
   return rows
 
 
-def _mask_digest(masks: Mapping[int, np.ndarray], indices) -> str:
-  h = hashlib.sha1()
-  for i in indices:
-    if not isinstance(masks, Mapping) or masks.get(int(i)) is None:
-      raise SpurjaxError(f"inpaint: no mask for selected image {int(i)}")
-    m = np.asarray(masks[int(i)], bool)
-    h.update(str(m.shape).encode())
-    h.update(np.packbits(m).tobytes())
-  return h.hexdigest()
-
-
 def _stage_masks(masks, indices, shape) -> np.ndarray:
   out = np.zeros((len(indices),) + tuple(shape), bool)
   for n, i in enumerate(indices):
@@ -420,100 +378,65 @@ def _write_png(path: str, img: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
-def run_inpaint(ctx, selected, masks, tokens) -> list[dict]:
-  """Generates (or reloads) the counterfactuals of the selected images; returns the `edits.csv` rows.
+@dataclasses.dataclass
+class Edits:
+  """The stage's artefact: one row of `edits.csv` per counterfactual (ints parsed, `path` absolute)."""
+  rows: list[dict]
 
-  Args:
-    ctx: the stage context (cfg, table, mesh, pipeline).
-    selected: a `run_select` result or {class: [table indices]}.
-    masks: {table index: bool (H, W) mask} (from `run_segment`), at the base image size.
-    tokens: {class: learned token string} (from the inversion stage; "" for none).
-  """
+  def __len__(self):
+    return len(self.rows)
+
+
+def compute(ctx, inputs, folder: str) -> None:
+  """Generates the counterfactuals of the selected images into `folder` (chunks already there from a
+  killed run with the same fingerprint are kept)."""
   from spurjax.ddb.select import selected_indices
-  from spurjax.train import loop
 
-  cfg, table = ctx.cfg, ctx.table
-  d = cfg.get("ddb", ml_collections.ConfigDict())
-  defaults = default_config()
-  opt = {k: d.get(k, defaults[k]) for k in defaults}
-  sel = selected_indices(selected)
+  cfg, table, d = ctx.cfg, ctx.table, ctx.cfg.ddb
+  sel = selected_indices(inputs["select"])
   classes = sorted(sel)
   indices = [int(i) for c in classes for i in sel[c]]
   source_classes = [c for c in classes for _ in sel[c]]
   if not indices:
     raise SpurjaxError("inpaint: no selected images")
-  nouns = nouns_for(cfg, table)
-  tok = _token_map(tokens)
-  plan = {
-      "indices": indices, "source_classes": source_classes, "num_classes": int(table.num_classes),
-      "tokens": {str(k): v for k, v in sorted(tok.items())}, "nouns": nouns, "template": str(opt["template"]),
-      "mode": str(opt["inpaint_mode"]), "n_samples": int(opt["n_samples"]), "num_steps": int(opt["num_steps"]),
-      "guidance_scale": float(opt["guidance_scale"]), "sampler": str(opt["inpaint_sampler"]),
-      "batch_size": int(opt["inpaint_batch_size"]), "paste": bool(opt["inpaint_paste"]), "seed": int(cfg.seed),
-      "diffusion": str(cfg.get("diffusion", {}).get("path", "")), "masks": _mask_digest(masks, indices),
-  }
-  out_dir = ctx.stage_dir(STAGE)
-  tmp = out_dir + ".tmp"
-  complete = os.path.isfile(os.path.join(out_dir, "edits.csv")) and _read_plan(out_dir) == plan
-  if distributed.from_main(complete):  # every process takes the same branch
-    return read_edits(out_dir)
   main = jax.process_index() == 0
   if main:
-    if _read_plan(tmp) != plan and os.path.isdir(tmp):
-      shutil.rmtree(tmp)
-    os.makedirs(os.path.join(tmp, "images"), exist_ok=True)
-    with open(os.path.join(tmp, "plan.json"), "w", encoding="utf-8") as f:
-      json.dump(plan, f, indent=1)
-
-  source = loop.make_sources(cfg, table)["eval"]
-  images = np.stack([source(i) for i in indices])
-  stage_masks = _stage_masks(masks, indices, images.shape[1:3])
-  pipeline = ctx.pipeline if ctx.pipeline is not None else ctx.load_pipeline()
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+  images = np.stack([ctx.sources["eval"](i) for i in indices])
+  stage_masks = _stage_masks(inputs["segment"].masks, indices, images.shape[1:3])
+  tokens = inputs["invert"]
 
   def done(c, edits):
-    return all(os.path.isfile(os.path.join(tmp, edit_file(indices[e.source], e))) for e in edits)
+    return all(os.path.isfile(os.path.join(folder, edit_file(indices[e.source], e))) for e in edits)
 
   rows = []
   for _, edits, imgs in iter_counterfactuals(
-      pipeline, images, stage_masks, source_classes, tok, nouns, n_samples=plan["n_samples"], mode=plan["mode"],
-      num_steps=plan["num_steps"], guidance_scale=plan["guidance_scale"], seed=plan["seed"], mesh=ctx.mesh,
-      template=plan["template"], sampler=plan["sampler"], batch_size=plan["batch_size"],
-      num_classes=plan["num_classes"], paste=plan["paste"], skip=done, desc="inpaint"):
+      tokens.pipeline, images, stage_masks, source_classes, tokens.tokens, nouns_for(cfg, table),
+      n_samples=int(d.n_samples), mode=str(d.inpaint_mode), num_steps=int(d.num_steps),
+      guidance_scale=float(d.guidance_scale), seed=int(cfg.seed), mesh=ctx.mesh, template=str(d.template),
+      sampler=str(d.inpaint_sampler), batch_size=int(d.inpaint_batch_size), num_classes=int(table.num_classes),
+      paste=bool(d.inpaint_paste), skip=done, desc="inpaint"):
     for n, e in enumerate(edits):
       i = indices[e.source]
       name = edit_file(i, e)
       if imgs is not None and main:
-        _write_png(os.path.join(tmp, name), np.round(imgs[n] * 255.0).astype(np.uint8))
+        _write_png(os.path.join(folder, name), np.round(imgs[n] * 255.0).astype(np.uint8))
       rows.append({"source_index": i, "source_file": str(table.refs[i]), "source_class": e.source_class,
                    "target_class": e.target_class, "sample": e.sample, "file": name})
   if main:
-    with open(os.path.join(tmp, "edits.csv.tmp"), "w", newline="", encoding="utf-8") as f:
+    with open(os.path.join(folder, "edits.csv.tmp"), "w", newline="", encoding="utf-8") as f:
       writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
       writer.writeheader()
       writer.writerows(rows)
-    os.replace(os.path.join(tmp, "edits.csv.tmp"), os.path.join(tmp, "edits.csv"))
-    if os.path.isdir(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  distributed.barrier("inpaint_done")  # the folder is in place before any process reads it
-  return [{**r, "path": os.path.join(out_dir, r["file"])} for r in rows]
+    os.replace(os.path.join(folder, "edits.csv.tmp"), os.path.join(folder, "edits.csv"))
 
 
-def _token_map(tokens) -> dict[int, str]:
-  """{class: token} from a mapping (int or str keys), a sequence, or None (no tokens)."""
-  if tokens is None:
-    return {}
-  items = tokens.items() if isinstance(tokens, Mapping) else enumerate(tokens)
-  try:
-    return {int(k): (v or "") for k, v in items}
-  except (TypeError, ValueError):
-    raise SpurjaxError("inpaint: tokens must map class numbers to token strings") from None
+def load(ctx, folder: str) -> Edits:
+  return Edits(read_edits(folder))
 
 
-def _read_plan(directory: str) -> dict | None:
-  path = os.path.join(directory, "plan.json")
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return None
+STAGE = Stage(name="inpaint", upstream=("select", "invert", "segment"),
+              keys=("seed", "diffusion.path", "ddb.nouns", "ddb.template", "ddb.inpaint_mode", "ddb.n_samples",
+                    "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler", "ddb.inpaint_batch_size",
+                    "ddb.inpaint_paste"),
+              compute=compute, load=load, identity=lambda ctx: ctx.diffusion_digest)

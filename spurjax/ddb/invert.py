@@ -1,19 +1,33 @@
 """Stage invert: one textual-inversion token per class, learned on the selected majority images.
 
-Core: `spurjax.diffusion.invert.learn_tokens`. The stage is complete when
-`invert/learned_embeds.safetensors` and `invert/tokens.json` exist; a rerun loads them (and a
-killed run resumes from the inversion's own checkpoint). `ddb.invert_steps = 0` learns no
-token: prompts then use the class noun alone (the initialiser-token ablation).
+Core: `spurjax.diffusion.invert.learn_tokens` (its checkpoints resume a killed run inside the
+stage's `.tmp` folder). Artefact `Tokens`: {class: token} and the pipeline with the learned rows;
+on disk `learned_embeds.safetensors` and `tokens.json`. `ddb.invert_steps = 0` learns no token:
+prompts then use the class noun alone (the initialiser-token ablation).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from typing import Any
 
+import jax
 import numpy as np
 
-from spurjax.diffusion import invert as inv
+from spurjax.ddb.nouns import nouns_for
 from spurjax.ddb.select import selected_indices
+from spurjax.diffusion import invert as inv
+from spurjax.stages import Stage
+
+INFO_FILE = "tokens.json"
+
+
+@dataclasses.dataclass
+class Tokens:
+  """{class: token string} ("" for none) and the diffusion pipeline that knows them."""
+  tokens: dict[int, str]
+  pipeline: Any
 
 
 def device_batch(batch: int, accum: int, devices: int) -> tuple[int, int]:
@@ -23,23 +37,32 @@ def device_batch(batch: int, accum: int, devices: int) -> tuple[int, int]:
   return b, max(1, total // b)
 
 
-def run_invert(ctx, selected, nouns) -> dict[int, str]:
-  """Returns {class: token string} and leaves `ctx.pipeline` holding the learned tokens."""
+def compute(ctx, inputs, folder: str) -> None:
   d = ctx.cfg.ddb
-  pipeline = ctx.load_pipeline()
   steps = int(d.invert_steps)
   if steps <= 0:
-    return {c: "" for c in range(ctx.table.num_classes)}
-  out = ctx.stage_dir("invert")
-  embeds = os.path.join(out, inv.EMBEDS_FILE)
-  info = os.path.join(out, "tokens.json")
-  if not (os.path.isfile(embeds) and os.path.isfile(info)):
-    idx = selected_indices(selected)
-    images = {c: np.stack([ctx.table.image(int(i)) for i in idx[c]]) for c in sorted(idx)}
-    batch, accum = device_batch(int(d.invert_batch), int(d.invert_accum), ctx.mesh.devices.size)
-    inv.learn_tokens(pipeline, images, list(nouns), steps=steps, lr=float(d.invert_lr), batch=batch,
-                     grad_accum=accum, seed=int(ctx.cfg.seed), workdir=out, mesh=ctx.mesh)
-  with open(info) as f:
-    tokens = json.load(f)["tokens"]
-  ctx.pipeline = inv.load_learned_embeds(pipeline, embeds)
-  return {int(v["class"]): t for t, v in tokens.items()}
+    if jax.process_index() == 0:
+      with open(os.path.join(folder, INFO_FILE), "w") as f:
+        json.dump({"tokens": {}, "steps": 0}, f)
+    return
+  idx = selected_indices(inputs["select"])
+  images = {c: np.stack([ctx.table.image(int(i)) for i in idx[c]]) for c in sorted(idx)}
+  batch, accum = device_batch(int(d.invert_batch), int(d.invert_accum), ctx.mesh.devices.size)
+  inv.learn_tokens(ctx.load_pipeline(), images, nouns_for(ctx.cfg, ctx.table), steps=steps, lr=float(d.invert_lr),
+                   batch=batch, grad_accum=accum, seed=int(ctx.cfg.seed), workdir=folder, mesh=ctx.mesh)
+
+
+def load(ctx, folder: str) -> Tokens:
+  with open(os.path.join(folder, INFO_FILE)) as f:
+    info = json.load(f)["tokens"]
+  pipeline = ctx.load_pipeline()
+  if not info:
+    return Tokens({c: "" for c in range(ctx.table.num_classes)}, pipeline)
+  pipeline = inv.load_learned_embeds(pipeline, os.path.join(folder, inv.EMBEDS_FILE))
+  return Tokens({int(v["class"]): t for t, v in info.items()}, pipeline)
+
+
+STAGE = Stage(name="invert", upstream=("select",),
+              keys=("seed", "diffusion.path", "ddb.nouns", "ddb.invert_steps", "ddb.invert_lr", "ddb.invert_batch",
+                    "ddb.invert_accum"),
+              compute=compute, load=load, identity=lambda ctx: ctx.diffusion_digest)

@@ -9,11 +9,11 @@ An edit of a class-i source image, relabelled as class j, is kept only if BOTH h
     exceeds the threshold (0.3 in the authors' code, on the logit scale by default).
 Both inequalities are strict, as in the authors' code.
 
-Configuration keys read from `cfg.ddb` (defaults in `default_config()`):
+Configuration keys read from `cfg.ddb` (defaults in `spurjax.config_base`):
   prune_threshold: 0.3   threshold on the score.
   prune_score: "rho"     "rho" (raw in-mask sum) or "rho_norm" (in-mask share of the total).
 
-Output folder (`write_prune_outputs`), written as `<dir>.tmp` then renamed:
+Output folder (`write_prune_outputs`):
   prune_log.csv   one row per generated image: source_file, source_class, target_class,
                   sample, psi, Psi_i, rho, rho_norm, kept (1/0).
   metadata.csv    the kept images as a Waterbirds-format dataset: img_filename, y (= j),
@@ -27,10 +27,8 @@ from __future__ import annotations
 import csv
 import math
 import os
-import shutil
 from typing import Mapping, Optional, Sequence
 
-import ml_collections
 import numpy as np
 
 from spurjax.data import images as image_io
@@ -43,19 +41,11 @@ META_COLUMNS = ("img_filename", "y", "split", "place", "mask_filename", "source_
 SCORES = ("rho", "rho_norm")
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The `cfg.ddb` keys of the pruning stage, with defaults."""
-  c = ml_collections.ConfigDict()
-  c.prune_threshold = 0.3
-  c.prune_score = "rho"
-  return c
-
 
 def prune_settings(cfg) -> tuple[float, str]:
   """(threshold, score name) from cfg.ddb."""
-  d = cfg.get("ddb", ml_collections.ConfigDict()) if cfg is not None else ml_collections.ConfigDict()
-  threshold = float(d.get("prune_threshold", 0.3))
-  score = str(d.get("prune_score", "rho"))
+  threshold = float(cfg.ddb.prune_threshold)
+  score = str(cfg.ddb.prune_score)
   if score not in SCORES:
     raise SpurjaxError(f"config ddb.prune_score = {score!r}; valid: {', '.join(SCORES)}")
   return threshold, score
@@ -123,11 +113,6 @@ def build_records(*, source_file: Sequence, source_class, target_class, sample, 
   return [{k: (v[r] if k == "source_file" else item(v[r])) for k, v in cols.items()} for r in range(n)]
 
 
-def is_complete(out_dir: str) -> bool:
-  """True once `write_prune_outputs` has finished writing `out_dir`."""
-  return os.path.isfile(os.path.join(out_dir, LOG_FILE)) and os.path.isfile(os.path.join(out_dir, META_FILE))
-
-
 def _fmt(v) -> str:
   if isinstance(v, (bool, np.bool_)):
     return str(int(v))
@@ -142,10 +127,10 @@ def _image_name(k: int, rec: Mapping) -> str:
 
 def write_prune_outputs(out_dir: str, records: Sequence[Mapping], images: Sequence, masks: Optional[Sequence] = None
                         ) -> dict:
-  """Writes the pruning log and the kept images as a dataset folder, atomically.
+  """Writes the pruning log and the kept images as a dataset folder into `out_dir`.
 
   Args:
-    out_dir: the folder to create (replaced if it exists).
+    out_dir: the folder to write into (the prune stage's `.tmp` folder, renamed when complete).
     records: per generated image, a mapping with the LOG_COLUMNS (rho_norm optional)
       plus `place`, the source image's place (needed for kept images).
     images: per record, the edit as uint8 HWC (only kept ones are read).
@@ -155,11 +140,9 @@ def write_prune_outputs(out_dir: str, records: Sequence[Mapping], images: Sequen
   if len(images) != len(records) or (masks is not None and len(masks) != len(records)):
     raise SpurjaxError(f"{out_dir}: {len(records)} pruning records but {len(images)} images"
                        + ("" if masks is None else f" and {len(masks)} masks"))
-  tmp = out_dir.rstrip("/") + ".tmp"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  os.makedirs(os.path.join(tmp, "images"))
-  os.makedirs(os.path.join(tmp, "masks"))
+  tmp = out_dir
+  os.makedirs(os.path.join(tmp, "images"), exist_ok=True)
+  os.makedirs(os.path.join(tmp, "masks"), exist_ok=True)
   log_rows, meta_rows = [], []
   for k, rec in enumerate(records):
     missing = [c for c in LOG_COLUMNS if c not in rec and c != "rho_norm"]
@@ -190,14 +173,6 @@ def write_prune_outputs(out_dir: str, records: Sequence[Mapping], images: Sequen
       w = csv.writer(f)
       w.writerow(header)
       w.writerows(rows)
-  old = out_dir.rstrip("/") + ".old"
-  if os.path.exists(out_dir):
-    if os.path.exists(old):
-      shutil.rmtree(old)
-    os.replace(out_dir, old)
-  os.replace(tmp, out_dir)
-  if os.path.exists(old):
-    shutil.rmtree(old)
   return {"n": len(records), "kept": len(meta_rows), "dir": out_dir}
 
 

@@ -5,23 +5,23 @@ For an edit of a class-i image toward class j:
          probability of class i over its selected images;
   rho  = Integrated-Gradients attribution toward j (baseline: the original image, input: the
          edit), summed inside the mask; criterion rho > ddb.prune_threshold.
-Writes `prune/prune_log.csv` (every edit) and the kept edits as a dataset folder
-(`prune/metadata.csv`), atomically; a complete folder is reused.
+Artefact `Kept` (the kept edits as a Table); on disk `prune/prune_log.csv` (every edit), the
+kept edits as a dataset folder (`prune/metadata.csv`, images, masks) and `prune/ig_maps.npz`.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from spurjax import distributed
 from spurjax.data.images import read_image
 from spurjax.data.pipeline import eval_view
 from spurjax.data.table import Table
 from spurjax.ddb import attribute, prune
+from spurjax.stages import Stage
 from spurjax.train import loop
 
 
@@ -31,72 +31,60 @@ def classifier_view_mask(mask: np.ndarray, pp) -> np.ndarray:
   return eval_view(m, pp)[..., 0] > 127
 
 
-def score_edits(ctx, selected, masks, edits) -> dict:
+def score_edits(ctx, erm, masks, edits) -> dict:
   """psi, rho (and IG maps) for every edit row of the inpaint stage."""
-  cfg, table = ctx.cfg, ctx.table
+  cfg = ctx.cfg
   pp = loop.preprocess_from_config(cfg)
-  src = loop.make_sources(cfg, table)["eval"]
+  src = ctx.sources["eval"]
   orig = np.stack([eval_view(src(int(r["source_index"])), pp) for r in edits])
   edit = np.stack([eval_view(read_image(r["path"]), pp) for r in edits])
   m = np.stack([classifier_view_mask(masks[int(r["source_index"])], pp) for r in edits])
   target = np.asarray([int(r["target_class"]) for r in edits])
   source = np.asarray([int(r["source_class"]) for r in edits])
   s = attribute.ig_settings(cfg)
-  f = attribute.classifier_fn(ctx.model, ctx.erm_variables, cfg.data.mean, cfg.data.std, s["dtype"], s["output"])
+  f = attribute.classifier_fn(erm.model, erm.variables, cfg.data.mean, cfg.data.std, s["dtype"], s["output"])
   att = attribute.attribute_edits(f, orig, edit, m, target, n_steps=s["n_steps"], method=s["method"],
                                   chunk=s["chunk"], batch_size=s["batch_size"], mesh=ctx.mesh)
-  fp = attribute.classifier_fn(ctx.model, ctx.erm_variables, cfg.data.mean, cfg.data.std, jnp.float32, "prob")
+  fp = attribute.classifier_fn(erm.model, erm.variables, cfg.data.mean, cfg.data.std, jnp.float32, "prob")
   probs = attribute.outputs(fp, edit.astype(np.float32) / 255.0)
   psi = probs[np.arange(len(edits)), source]
   return {"psi": psi, "rho": att["rho"], "rho_norm": att["rho_norm"], "maps": att["maps"], "orig": orig,
           "edit": edit, "mask": m, "target": target, "source": source}
 
 
-def run_prune(ctx, selected, masks, edits) -> Table:
-  """The kept edits as a Table (split 0, label = target class); writes `prune/`."""
-  out = ctx.stage_dir("prune")
-  done = prune.is_complete(out) and _matches(out, ctx)
-  if not distributed.from_main(done):  # every process takes the same branch
-    threshold, score = prune.prune_settings(ctx.cfg)
-    sc = score_edits(ctx, selected, masks, edits)
-    Psi = np.asarray([selected["psi_ref"][c] if c in selected["psi_ref"] else selected["psi_ref"][str(c)]
-                      for c in range(ctx.table.num_classes)], np.float64)
-    recs = prune.build_records(
-        source_file=[r["source_file"] for r in edits], source_class=sc["source"], target_class=sc["target"],
-        sample=[int(r["sample"]) for r in edits], place=[int(ctx.table.place[int(r["source_index"])]) for r in edits],
-        psi=sc["psi"], rho=sc["rho"], rho_norm=sc["rho_norm"], Psi=Psi, threshold=threshold, score=score)
-    if distributed.is_main():
-      edit_base = [read_image(r["path"]) for r in edits]
-      mask_base = [masks[int(r["source_index"])] for r in edits]
-      np.savez_compressed(os.path.join(ctx.workdir, "ig_maps.npz"), maps=sc["maps"], orig=sc["orig"],
-                          edit=sc["edit"], mask=sc["mask"])
-      prune.write_prune_outputs(out, recs, edit_base, mask_base)
-      with open(os.path.join(out, "inputs.json"), "w") as f:
-        json.dump({"digest": _inputs_digest(ctx)}, f)
-    distributed.barrier("prune_done")  # the folder is in place before any process reads it
-  return kept_table(out, ctx.table)
+@dataclasses.dataclass
+class Kept:
+  """The stage's artefact: the kept edits as a Table (split 0, label = target class) and the log."""
+  table: Table
+  log: list[dict]
 
 
-def _inputs_digest(ctx) -> str:
-  """What the pruning result depends on: the inpaint plan (settings, tokens, masks) and the IG / prune settings."""
-  import hashlib
-  h = hashlib.sha256()
-  plan = os.path.join(ctx.stage_dir("inpaint"), "plan.json")
-  if os.path.isfile(plan):
-    with open(plan, "rb") as f:
-      h.update(f.read())
-  h.update(json.dumps({k: str(v) for k, v in sorted(ctx.cfg.ddb.items()) if k.startswith(("ig_", "prune_"))})
-           .encode())
-  return h.hexdigest()
+def compute(ctx, inputs, folder: str) -> None:
+  """Scores every edit (psi, rho), applies both criteria, writes the log and the kept dataset."""
+  selected, masks, edits = inputs["select"], inputs["segment"].masks, inputs["inpaint"].rows
+  threshold, score = prune.prune_settings(ctx.cfg)
+  sc = score_edits(ctx, inputs["erm"], masks, edits)
+  Psi = np.asarray([selected.psi_ref[c] for c in range(ctx.table.num_classes)], np.float64)
+  recs = prune.build_records(
+      source_file=[r["source_file"] for r in edits], source_class=sc["source"], target_class=sc["target"],
+      sample=[int(r["sample"]) for r in edits], place=[int(ctx.table.place[int(r["source_index"])]) for r in edits],
+      psi=sc["psi"], rho=sc["rho"], rho_norm=sc["rho_norm"], Psi=Psi, threshold=threshold, score=score)
+  if distributed.is_main():
+    edit_base = [read_image(r["path"]) for r in edits]
+    mask_base = [masks[int(r["source_index"])] for r in edits]
+    np.savez_compressed(os.path.join(folder, "ig_maps.npz"), maps=sc["maps"], orig=sc["orig"], edit=sc["edit"],
+                        mask=sc["mask"])
+    prune.write_prune_outputs(folder, recs, edit_base, mask_base)
 
 
-def _matches(out: str, ctx) -> bool:
-  """Whether a finished prune folder was made from the current inputs (else it is stale and redone)."""
-  path = os.path.join(out, "inputs.json")
-  if not os.path.isfile(path):
-    return False
-  with open(path) as f:
-    return json.load(f).get("digest") == _inputs_digest(ctx)
+def load(ctx, folder: str) -> Kept:
+  return Kept(kept_table(folder, ctx.table), prune.read_prune_log(folder))
+
+
+STAGE = Stage(name="prune", upstream=("erm", "select", "segment", "inpaint"),
+              keys=("ddb.ig_steps", "ddb.ig_method", "ddb.ig_output", "ddb.ig_chunk", "ddb.ig_batch_size",
+                    "ddb.ig_dtype", "ddb.prune_threshold", "ddb.prune_score"),
+              compute=compute, load=load)
 
 
 def kept_table(out: str, table: Table) -> Table:
@@ -111,7 +99,3 @@ def kept_table(out: str, table: Table) -> Table:
                place=np.asarray([int(r["place"]) for r in rows], np.int32),
                split=np.zeros(len(rows), np.int32), num_classes=table.num_classes, num_places=table.num_places,
                read_image=images.read_image, mask_refs=masks, read_mask=images.read_mask)
-
-
-def read_log(out: str) -> list[dict]:
-  return prune.read_prune_log(out)

@@ -27,20 +27,19 @@ def _read_json(path):
   return None
 
 
-def build(ctx, erm_rep: dict, ddb_rep: dict, edits, kept) -> dict:
-  from spurjax.ddb.prune_stage import read_log
-  k = ctx.table.num_classes
-  log = read_log(ctx.stage_dir("prune"))
-  gen = np.bincount([int(r["target_class"]) for r in edits], minlength=k)
-  kept_n = np.bincount(np.asarray(kept.y, np.int64), minlength=k) if len(kept) else np.zeros(k, int)
-  crit_psi = sum(float(r["psi"]) < float(r["Psi_i"]) for r in log)
+def build(ctx, erm_rep: dict, ddb_rep: dict, masks, edits, kept) -> dict:
+  """The run's report from the stages' artefacts (`Masks`, `Edits`, `Kept`)."""
   from spurjax.ddb.prune import prune_settings
+  k = ctx.table.num_classes
+  gen = np.bincount([int(r["target_class"]) for r in edits.rows], minlength=k)
+  kept_n = np.bincount(np.asarray(kept.table.y, np.int64), minlength=k) if len(kept.table) else np.zeros(k, int)
+  crit_psi = sum(float(r["psi"]) < float(r["Psi_i"]) for r in kept.log)
   thr, score = prune_settings(ctx.cfg)
-  crit_rho = sum(float(r[score]) > thr for r in log)
+  crit_rho = sum(float(r[score]) > thr for r in kept.log)
   return {
       "erm": _section(erm_rep),
       "ddb": _section(ddb_rep),
-      "masks": _read_json(os.path.join(ctx.stage_dir("segment"), "iou.json")),
+      "masks": masks.iou,
       "generated_per_class": [int(v) for v in gen],
       "kept_per_class": [int(v) for v in kept_n],
       "passed_probability_criterion": int(crit_psi),
@@ -91,11 +90,11 @@ def write_markdown(workdir: str, rep: dict, table) -> None:
   os.replace(tmp, os.path.join(workdir, "report.md"))
 
 
-def plots(workdir: str, rep: dict, table) -> None:
+def plots(workdir: str, rep: dict, table, prune_dir: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from spurjax.ddb.prune_stage import read_log
+  from spurjax.ddb.prune import read_prune_log
   out = os.path.join(workdir, "plots")
   os.makedirs(out, exist_ok=True)
   # Per-group accuracy, ERM vs DDB.
@@ -113,7 +112,7 @@ def plots(workdir: str, rep: dict, table) -> None:
   fig.tight_layout()
   fig.savefig(os.path.join(out, "group_accuracy.png"), dpi=100)
   plt.close(fig)
-  log = read_log(os.path.join(workdir, "prune"))
+  log = read_prune_log(prune_dir)
   if not log:
     return
   psi = np.asarray([float(r["psi"]) for r in log])
@@ -131,7 +130,7 @@ def plots(workdir: str, rep: dict, table) -> None:
   fig.tight_layout()
   fig.savefig(os.path.join(out, "psi_rho.png"), dpi=100)
   plt.close(fig)
-  maps_file = os.path.join(workdir, "ig_maps.npz")
+  maps_file = os.path.join(prune_dir, "ig_maps.npz")
   if not os.path.isfile(maps_file):
     return
   z = np.load(maps_file)

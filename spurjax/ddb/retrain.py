@@ -9,15 +9,15 @@ labels at all, worst-class validation accuracy (`val_worst_class`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 
 import numpy as np
 
 from spurjax.data.table import GENERATED, TRAIN, Table, concat
 from spurjax.errors import SpurjaxError
+from spurjax.stages import Stage
+from spurjax.train.erm import config_keys as erm_keys
 from spurjax.train.loop import TrainSet, fit
 
 
@@ -41,36 +41,12 @@ def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float) -> Tr
   return TrainSet.from_table(table, idx, w)
 
 
-def _digest(cfg, kept: Table) -> str:
-  h = hashlib.sha256()
-  h.update(json.dumps([str(r) for r in kept.refs] + [int(v) for v in kept.y]).encode())
-  h.update(json.dumps({k: str(v) for k, v in sorted(cfg.ddb.items()) if k in ("gammas", "gen_fraction", "retrain")})
-           .encode())
-  return h.hexdigest()
-
-
-def _start_fresh_if_stale(cfg, kept: Table, workdir: str) -> None:
-  """A retrain folder made from other kept edits or settings is removed, so `fit` does not resume it."""
-  from spurjax import distributed
-  path = os.path.join(workdir, "inputs.json")
-  digest = _digest(cfg, kept)
-  if distributed.is_main():
-    stale = os.path.isdir(workdir) and (not os.path.isfile(path) or json.load(open(path)).get("digest") != digest)
-    if stale:
-      shutil.rmtree(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump({"digest": digest}, f)
-  distributed.barrier("retrain_inputs")
-
-
-def retrain(cfg, table: Table, kept: Table, erm_variables, workdir: str, hooks=()) -> dict:
-  """Core: fits on table's train split + `kept` (as generated rows); returns the report."""
-  _start_fresh_if_stale(cfg, kept, workdir)
+def retrain(cfg, table: Table, kept: Table, erm_variables, workdir: str, hooks=(), mesh=None) -> dict:
+  """Core: fits on table's train split + `kept` (as generated rows) from the ERM weights; returns the report."""
   both = concat(table, kept, second_split=GENERATED)
   ts = retrain_set(both, len(table), cfg.ddb.gammas, cfg.ddb.gen_fraction)
-  rcfg = retrain_config(cfg)
-  return fit(rcfg, both, workdir, train_set=ts, init_vars=erm_variables, hooks=hooks, name="retrain")
+  return fit(retrain_config(cfg), both, workdir, train_set=ts, init_vars=erm_variables, hooks=hooks, mesh=mesh,
+             name="retrain")
 
 
 def retrain_config(cfg):
@@ -87,5 +63,15 @@ def retrain_config(cfg):
   return rcfg
 
 
-def is_done(workdir: str) -> bool:
-  return os.path.isfile(os.path.join(workdir, "report.json"))
+def compute(ctx, inputs, folder: str) -> None:
+  retrain(ctx.cfg, ctx.table, inputs["prune"].table, inputs["erm"].variables, folder, hooks=ctx.hooks, mesh=ctx.mesh)
+
+
+def load(ctx, folder: str) -> dict:
+  with open(os.path.join(folder, "report.json")) as f:
+    return json.load(f)
+
+
+STAGE = Stage(name="retrain", upstream=("erm", "prune"),
+              keys=lambda cfg: erm_keys(cfg) + ["ddb.gammas", "ddb.gen_fraction", "ddb.retrain"],
+              compute=compute, load=load)

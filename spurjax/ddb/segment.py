@@ -17,10 +17,9 @@ hole filling, keeping connected components of at least `segment_keep_ratio` of t
 then an optional dilation by `segment_dilate` pixels. An empty result falls back to the raw
 Otsu mask.
 
-Artefacts: `segment/masks/<table index>.png` (at the base image size: the classifier's eval
-resize, before its center crop), `segment/iou.json` (mean IoU against the dataset's masks
-for the chosen method and those of `segment_compare`, when the dataset has masks),
-`segment/meta.json`. Written to `segment.tmp/` and moved into place when complete.
+Artefact `Masks`; on disk `segment/masks/<table index>.png` (at the base image size: the
+classifier's eval resize, before its center crop) and `segment/iou.json` (mean IoU against the
+dataset's masks for the chosen method and those of `segment_compare`, when the dataset has masks).
 """
 from __future__ import annotations
 
@@ -28,40 +27,25 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from spurjax import sharding
 from spurjax.ddb import inpaint as inpaint_lib
 from spurjax.diffusion import sampling, schedulers
+from spurjax.ddb.nouns import nouns_for
 from spurjax.errors import SpurjaxError
+from spurjax.stages import Stage
 
 STAGE = "segment"
 METHODS = ("attention", "gradcam", "given")
 _ALIASES = {"saliency": "gradcam", "cross_attention": "attention", "langsam": "attention"}
 
-
-def default_config() -> ml_collections.ConfigDict:
-  """The `cfg.ddb` keys this stage reads, with their defaults."""
-  c = ml_collections.ConfigDict()
-  c.mask = "attention"                      # attention | gradcam (alias saliency) | given
-  c.nouns = ()                              # class nouns; default: the dataset's class names
-  c.segment_template = "a photo of a {noun}"
-  c.segment_timesteps = (100, 300, 500)     # on a 1000-step scale
-  c.segment_batch_size = 8                  # images per compiled call (rounded up to the devices)
-  c.segment_radius = 1                      # opening / closing radius in pixels (0: none)
-  c.segment_keep_ratio = 0.25               # keep components >= this fraction of the largest
-  c.segment_dilate = 0                      # final dilation in pixels
-  c.segment_compare = ("attention", "gradcam")  # also scored in iou.json when true masks exist
-  return c
 
 
 def method_name(name: str) -> str:
@@ -185,7 +169,8 @@ def _layer_grid(q: int, h: int, w: int) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _AttentionProgram:
-  """The frozen pieces of the attention-map computation of one pipeline."""
+  """The frozen pieces of the attention-map computation of one pipeline; equal (and hashing
+  alike) when their values are, so equal programs share one compiled call."""
   unet: nn.Module  # with capture_cross_attention=True
   encode: object   # (params, images in [-1, 1]) -> scaled latents, or None (pixel space)
   sched: schedulers.Schedule
@@ -193,7 +178,18 @@ class _AttentionProgram:
   in_channels: int
   latent_channels: int
 
-  def __call__(self, params, images, context, weights, index, rng):
+  def _key(self):
+    unet = (json.dumps(dict(self.unet.config), sort_keys=True, default=str), str(self.unet.dtype),
+            self.unet.attention_implementation)
+    return (unet, self.encode, self.sched, self.timesteps, self.in_channels, self.latent_channels)
+
+  def __eq__(self, other):
+    return isinstance(other, _AttentionProgram) and self._key() == other._key()
+
+  def __hash__(self):
+    return hash(self._key())
+
+  def __call__(self, params, rng, images, context, weights, index):
     x = images * 2.0 - 1.0
     z0 = x if self.encode is None else self.encode(params, x).astype(jnp.float32)
     b, h0, w0, _ = z0.shape
@@ -227,33 +223,15 @@ class _AttentionProgram:
     return normalise_maps(maps)
 
 
-_PROGRAMS: dict = {}
-
-
-def _attention_program(pipeline, timesteps: tuple[int, ...]) -> tuple[_AttentionProgram, dict]:
-  """The program of `pipeline` (cached per UNet, codec, schedule, timesteps) and its cache of compiled calls."""
+def _attention_program(pipeline, timesteps: tuple[int, ...]) -> _AttentionProgram:
+  """The attention-map program of `pipeline` (it compares and hashes by value, so compiled calls are
+  shared by equal programs)."""
   fns = sampling.pipeline_fns(pipeline)
   sched = schedulers.make_schedule(getattr(pipeline, "scheduler_config", None))
   n = sched.num_train_timesteps
   ts = tuple(int(min(max(round(t * n / 1000), 0), n - 1)) for t in timesteps)
-  key = (id(pipeline.unet), fns.encode, sched, ts)
-  hit = _PROGRAMS.get(key)
-  if hit is None or hit[0] is not pipeline.unet:
-    unet = pipeline.unet.clone(parent=None, capture_cross_attention=True)
-    prog = _AttentionProgram(unet, fns.encode, sched, ts, fns.in_channels, fns.latent_channels)
-    hit = _PROGRAMS[key] = (pipeline.unet, prog, {})
-  return hit[1], hit[2]
-
-
-def _compiled(prog, mesh, compiled_cache: dict):
-  key = id(mesh)
-  if key not in compiled_cache:
-    if mesh is None:
-      compiled_cache[key] = jax.jit(prog)
-    else:
-      repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-      compiled_cache[key] = jax.jit(prog, in_shardings=(repl, data, data, data, data, repl), out_shardings=data)
-  return compiled_cache[key]
+  unet = pipeline.unet.clone(parent=None, capture_cross_attention=True)
+  return _AttentionProgram(unet, fns.encode, sched, ts, fns.in_channels, fns.latent_channels)
 
 
 def attention_maps(pipeline, images, nouns: Sequence[str], *, template: str = "a photo of a {noun}",
@@ -272,30 +250,15 @@ def attention_maps(pipeline, images, nouns: Sequence[str], *, template: str = "a
     raise SpurjaxError(f"config ddb.segment_template={template!r} must contain {{noun}}")
   if not timesteps:
     raise SpurjaxError("config ddb.segment_timesteps is empty")
-  prog, cache = _attention_program(pipeline, tuple(int(t) for t in timesteps))
-  fn = _compiled(prog, mesh, cache)
+  prog = _attention_program(pipeline, tuple(int(t) for t in timesteps))
   prompts = [template.format(noun=n) for n in nouns]
   weights = noun_token_weights(pipeline.tokenizer, prompts, nouns)
   contexts = np.asarray(sampling.encode_prompts(pipeline, prompts))
-  size = inpaint_lib.diffusion_size(pipeline)
-  small = inpaint_lib.resize_images(images, size)
-  devices = 1 if mesh is None else mesh.devices.size
-  chunk = -(-max(int(batch_size), 1) // devices) * devices
+  small = inpaint_lib.resize_images(images, inpaint_lib.diffusion_size(pipeline))
   params = sampling.pipeline_fns(pipeline).params
-  if mesh is not None:
-    params = sharding.replicate(params, mesh)
-  rng = jax.random.key(int(seed))
-  out = []
-  for start in tqdm(range(0, len(images), chunk), desc=desc, leave=False,
-                    disable=desc is None or jax.process_index() != 0):
-    rows = np.arange(start, min(start + chunk, len(images)))
-    pad = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows))])
-    args = (small[pad], contexts[pad], weights[pad], pad.astype(np.int32))
-    if mesh is not None:
-      args = tuple(sharding.put_global(a, sharding.batch_sharding(mesh)) for a in args)
-    maps = fn(params, *args, rng)
-    out.append(sharding.to_host(maps)[:len(rows)])
-  maps = np.concatenate(out)
+  rows = np.arange(len(images), dtype=np.int32)
+  maps = sharding.map_batches(prog, (params, jax.random.key(int(seed))),
+                              (small, contexts, weights, rows), mesh=mesh, batch_size=batch_size, desc=desc)
   back = inpaint_lib.resize_images(maps[..., None], images.shape[1:3])[..., 0]
   return np.asarray(normalise_maps(jnp.asarray(back)))
 
@@ -338,28 +301,30 @@ def _logits_with_delta(model, path, variables, x, delta):
   return logits, found["a"]
 
 
-def _gradcam_program(model, path, mean, std, feature_shape):
-  from spurjax.train.step import normalise
+@dataclasses.dataclass(frozen=True)
+class _GradCam:
+  """Grad-CAM of `model` on module `path` (hashes by value: one compiled program per equal setting)."""
+  model: nn.Module
+  path: tuple
+  mean: tuple
+  std: tuple
+  feature_shape: tuple
 
-  def fn(variables, images, classes):
-    x = normalise(images, mean, std)
+  def __call__(self, variables, images, classes):
+    from spurjax.train.step import normalise
+    x = normalise(images, self.mean, self.std)
 
     def score(delta):
-      logits, acts = _logits_with_delta(model, path, variables, x, delta)
+      logits, acts = _logits_with_delta(self.model, self.path, variables, x, delta)
       picked = jnp.take_along_axis(logits.astype(jnp.float32), classes[:, None], axis=1)
       return picked.sum(), acts
 
-    delta = jnp.zeros((images.shape[0],) + feature_shape, jnp.float32)
+    delta = jnp.zeros((images.shape[0],) + self.feature_shape, jnp.float32)
     grads, acts = jax.grad(score, has_aux=True)(delta)
     acts = jax.nn.relu(acts.astype(jnp.float32))
     alpha = grads.mean(axis=(1, 2))
     cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", acts, alpha))
     return jax.image.resize(cam, (images.shape[0],) + images.shape[1:3], method="linear")
-
-  return fn
-
-
-_GRADCAM: dict = {}
 
 
 def gradcam_maps(model: nn.Module, variables, images, classes, *, mean: Sequence[float], std: Sequence[float],
@@ -371,30 +336,10 @@ def gradcam_maps(model: nn.Module, variables, images, classes, *, mean: Sequence
   classes = np.asarray(classes, np.int32).reshape(-1)
   variables = {k: v for k, v in dict(variables).items()}
   path = feature_module_path(model, variables, images.shape[1:])
-  feature_shape = _feature_shape(model, path, variables, images.shape[1:])
-  key = (id(model), path, tuple(mean), tuple(std), feature_shape, id(mesh))
-  if key not in _GRADCAM or _GRADCAM[key][0] is not model:
-    fn = _gradcam_program(model, path, tuple(mean), tuple(std), feature_shape)
-    if mesh is not None:
-      repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-      fn = jax.jit(fn, in_shardings=(repl, data, data), out_shardings=data)
-    else:
-      fn = jax.jit(fn)
-    _GRADCAM[key] = (model, fn)
-  fn = _GRADCAM[key][1]
-  if mesh is not None:
-    variables = sharding.replicate(variables, mesh)
-  devices = 1 if mesh is None else mesh.devices.size
-  chunk = -(-max(int(batch_size), 1) // devices) * devices
-  out = []
-  for start in range(0, len(images), chunk):
-    rows = np.arange(start, min(start + chunk, len(images)))
-    pad = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows))])
-    args = (images[pad], classes[pad])
-    if mesh is not None:
-      args = tuple(sharding.put_global(a, sharding.batch_sharding(mesh)) for a in args)
-    out.append(sharding.to_host(fn(variables, *args))[:len(rows)])
-  return np.asarray(normalise_maps(jnp.asarray(np.concatenate(out))))
+  prog = _GradCam(model, path, tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                  _feature_shape(model, path, variables, images.shape[1:]))
+  maps = sharding.map_batches(prog, (variables,), (images, classes), mesh=mesh, batch_size=batch_size)
+  return np.asarray(normalise_maps(jnp.asarray(maps)))
 
 
 def _feature_shape(model, path, variables, image_shape) -> tuple[int, ...]:
@@ -446,102 +391,95 @@ def _true_masks(table, indices, cfg) -> list[np.ndarray | None]:
   return out
 
 
-def compute_masks(ctx, method: str, images: np.ndarray, indices, classes) -> np.ndarray:
+def compute_masks(ctx, method: str, images: np.ndarray, indices, classes, erm=None) -> np.ndarray:
   """Boolean (B, H, W) masks of uint8 base `images` (table rows `indices`, classes `classes`) by `method`."""
-  cfg = ctx.cfg
-  d = cfg.get("ddb", ml_collections.ConfigDict())
-  opt = {k: d.get(k, v) for k, v in default_config().items()}
+  cfg, d = ctx.cfg, ctx.cfg.ddb
   method = method_name(method)
   if method == "given":
     return given_masks(ctx.table, indices, cfg)
   if method == "attention":
-    nouns = inpaint_lib.nouns_for(cfg, ctx.table)
-    pipeline = ctx.pipeline if ctx.pipeline is not None else ctx.load_pipeline()
-    maps = attention_maps(pipeline, images, [nouns[c] for c in classes], template=str(opt["segment_template"]),
-                          timesteps=tuple(opt["segment_timesteps"]), seed=int(cfg.seed), mesh=ctx.mesh,
-                          batch_size=int(opt["segment_batch_size"]), desc="segment: attention")
+    nouns = nouns_for(cfg, ctx.table)
+    maps = attention_maps(ctx.load_pipeline(), images, [nouns[c] for c in classes],
+                          template=str(d.segment_template), timesteps=tuple(d.segment_timesteps), seed=int(cfg.seed),
+                          mesh=ctx.mesh, batch_size=int(d.segment_batch_size), desc="segment: attention")
   else:
-    if ctx.model is None or ctx.erm_variables is None:
+    if erm is None:
       raise SpurjaxError("config ddb.mask='gradcam' needs the ERM classifier (model and variables)")
-    maps = gradcam_maps(ctx.model, ctx.erm_variables, images, classes, mean=cfg.data.mean, std=cfg.data.std,
-                        mesh=ctx.mesh, batch_size=int(cfg.train.get("eval_batch_size", 32)))
+    maps = gradcam_maps(erm.model, erm.variables, images, classes, mean=cfg.data.mean, std=cfg.data.std,
+                        mesh=ctx.mesh, batch_size=int(cfg.train.eval_batch_size))
   raw = np.asarray(otsu_masks(jnp.asarray(maps)))
-  return clean_masks(raw, int(opt["segment_radius"]), float(opt["segment_keep_ratio"]), int(opt["segment_dilate"]))
+  return clean_masks(raw, int(d.segment_radius), float(d.segment_keep_ratio), int(d.segment_dilate))
 
 
 # ---------------------------------------------------------------- stage
 
 
-def _load_done(out_dir: str, meta: dict) -> dict[int, np.ndarray] | None:
-  from spurjax.data.images import read_mask
-  try:
-    with open(os.path.join(out_dir, "meta.json"), encoding="utf-8") as f:
-      if json.load(f) != meta:
-        return None
-  except (OSError, json.JSONDecodeError):
-    return None
-  files = {i: os.path.join(out_dir, "masks", f"{i}.png") for i in meta["indices"]}
-  if not all(os.path.isfile(p) for p in files.values()):
-    return None
-  return {i: read_mask(p) for i, p in files.items()}
+@dataclasses.dataclass
+class Masks:
+  """The stage's artefact: {table index: bool (H, W) mask} at the base image size, and the IoU summary."""
+  masks: dict[int, np.ndarray]
+  iou: dict
 
 
-def run_segment(ctx, selected) -> dict[int, np.ndarray]:
-  """Masks of the selected images (or reloads them); writes `segment/masks/*.png` and `segment/iou.json`.
+def _methods(cfg) -> list[str]:
+  """The chosen method first, then the comparison methods (each once)."""
+  out = [method_name(cfg.ddb.mask)]
+  for m in cfg.ddb.segment_compare:
+    m = method_name(m)
+    if m not in out and m != "given":
+      out.append(m)
+  return out
 
-  Returns {table index: bool (H, W) mask} at the base image size.
-  """
+
+def config_keys(cfg) -> list[str]:
+  keys = ["seed", "ddb.mask", "ddb.nouns", "ddb.segment_compare", "ddb.segment_radius", "ddb.segment_keep_ratio",
+          "ddb.segment_dilate"]
+  if "attention" in _methods(cfg):
+    keys += ["diffusion.path", "ddb.segment_template", "ddb.segment_timesteps", "ddb.segment_batch_size"]
+  return keys
+
+
+def compute(ctx, inputs, folder: str) -> None:
+  """Masks of the selected images by `ddb.mask` into `folder/masks/*.png`, and `iou.json` against the
+  dataset's masks for that method and those of `ddb.segment_compare`."""
   from spurjax.data.images import save_png
   from spurjax.ddb.select import selected_indices
-  from spurjax.train import loop
 
-  cfg, table = ctx.cfg, ctx.table
-  d = cfg.get("ddb", ml_collections.ConfigDict())
-  opt = {k: d.get(k, v) for k, v in default_config().items()}
-  method = method_name(opt["mask"])
-  sel = selected_indices(selected)
+  table = ctx.table
+  sel = selected_indices(inputs["select"])
   indices = [int(i) for c in sorted(sel) for i in sel[c]]
   classes = [int(table.y[i]) for i in indices]
-  meta = {"method": method, "indices": indices, "seed": int(cfg.seed),
-          "options": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in sorted(opt.items())
-                      if (k.startswith("segment_") and k != "segment_compare") or k == "nouns"}}
-  out_dir = ctx.stage_dir(STAGE)
-  from spurjax import distributed
-  done = _load_done(out_dir, meta)
-  if distributed.from_main(done is not None):
-    return done if done is not None else _load_done(out_dir, meta)
-  source = loop.make_sources(cfg, table)["eval"]
-  images = np.stack([source(i) for i in indices])
-  masks = compute_masks(ctx, method, images, indices, classes)
-  truth = _true_masks(table, indices, cfg)
+  methods = _methods(ctx.cfg)
+  images = np.stack([ctx.sources["eval"](i) for i in indices])
+  masks = compute_masks(ctx, methods[0], images, indices, classes, inputs["erm"])
+  truth = _true_masks(table, indices, ctx.cfg)
   have = [n for n, t in enumerate(truth) if t is not None]
-  iou = {"num_images": len(have), "method": method, "mean_iou": {}}
+  iou = {"num_images": len(have), "method": methods[0], "mean_iou": {}}
   if have:
-    scored = {method: masks}
-    for other in opt["segment_compare"]:
-      other = method_name(other)
-      if other in scored or other == "given":
-        continue
+    scored = {methods[0]: masks}
+    for other in methods[1:]:
       try:
-        scored[other] = compute_masks(ctx, other, images, indices, classes)
+        scored[other] = compute_masks(ctx, other, images, indices, classes, inputs["erm"])
       except SpurjaxError as e:  # a comparison needing a model that is not there is skipped
         iou.setdefault("skipped", {})[other] = str(e)
     for name, m in scored.items():
       iou["mean_iou"][name] = mean_iou([m[n] for n in have], [truth[n] for n in have])
     iou["per_image"] = {str(indices[n]): mask_iou(masks[n], truth[n]) for n in have}
   if jax.process_index() == 0:
-    tmp = out_dir + ".tmp"
-    if os.path.isdir(tmp):
-      shutil.rmtree(tmp)
-    os.makedirs(os.path.join(tmp, "masks"))
+    os.makedirs(os.path.join(folder, "masks"), exist_ok=True)
     for i, m in zip(indices, masks):
-      save_png(os.path.join(tmp, "masks", f"{i}.png"), m)
-    with open(os.path.join(tmp, "iou.json"), "w", encoding="utf-8") as f:
-      json.dump(iou, f, indent=1)
-    with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-      json.dump(meta, f, indent=1)
-    if os.path.isdir(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  distributed.barrier("segment")
-  return {i: m for i, m in zip(indices, masks)}
+      save_png(os.path.join(folder, "masks", f"{i}.png"), m)
+    with open(os.path.join(folder, "iou.json"), "w", encoding="utf-8") as f:
+      json.dump({**iou, "indices": indices}, f, indent=1)
+
+
+def load(ctx, folder: str) -> Masks:
+  from spurjax.data.images import read_mask
+  with open(os.path.join(folder, "iou.json"), encoding="utf-8") as f:
+    iou = json.load(f)
+  masks = {int(i): read_mask(os.path.join(folder, "masks", f"{i}.png")) for i in iou.pop("indices")}
+  return Masks(masks, iou)
+
+
+STAGE = Stage(name="segment", keys=config_keys, upstream=("erm", "select"), compute=compute, load=load,
+              identity=lambda ctx: ctx.diffusion_digest if "attention" in _methods(ctx.cfg) else None)

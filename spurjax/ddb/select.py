@@ -4,36 +4,30 @@ The majority images of a class are those the ERM classifier finds easiest: the K
 training examples with the lowest *per-sample* cross-entropy (the shortcut holds on
 them). Ties are broken by position, so the choice is deterministic.
 
-Artefact: `select/selected.json` =
+Artefact `Selection`, on disk `select/selected.json` =
   {"k": K, "selected": {"<class>": [table indices]}, "psi_ref": {"<class>": Psi_i},
    "loss": {"<class>": [per-sample loss of each selected index]}}
 where Psi_i is the mean ERM probability of class i over its selected images (the
 reference level of the pruning stage's probability criterion).
 
-Config keys (`cfg.ddb`): `k` (default 30, images per class).
+Config keys: `ddb.k` (images per class).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Mapping
 
 import jax
-import ml_collections
 import numpy as np
 
 from spurjax.data.table import TRAIN
 from spurjax.errors import SpurjaxError
+from spurjax.stages import Stage
 
-STAGE = "select"
 FILE = "selected.json"
 
-
-def default_config() -> ml_collections.ConfigDict:
-  """The `cfg.ddb` keys this stage reads, with their defaults."""
-  c = ml_collections.ConfigDict()
-  c.k = 30  # majority images selected per class (lowest per-sample ERM loss)
-  return c
 
 
 def select_majority(per_sample_loss, labels, k: int, num_classes: int | None = None) -> dict[int, np.ndarray]:
@@ -84,7 +78,29 @@ def per_sample_ce(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
   return lse - z[np.arange(len(z)), np.asarray(labels)]
 
 
-def selection_from_logits(logits, labels, indices, k: int, num_classes: int) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """The stage's artefact: per class the selected table indices, Psi_i and their losses."""
+  k: int
+  selected: dict[int, np.ndarray]
+  psi_ref: dict[int, float]
+  loss: dict[int, np.ndarray]
+
+  def to_json(self) -> dict:
+    return {"k": int(self.k),
+            "selected": {str(c): [int(i) for i in v] for c, v in self.selected.items()},
+            "psi_ref": {str(c): float(v) for c, v in self.psi_ref.items()},
+            "loss": {str(c): [float(x) for x in v] for c, v in self.loss.items()}}
+
+  @classmethod
+  def from_json(cls, data: Mapping) -> "Selection":
+    return cls(k=int(data["k"]),
+               selected={int(c): np.asarray(v, np.int64) for c, v in data["selected"].items()},
+               psi_ref={int(c): float(v) for c, v in data["psi_ref"].items()},
+               loss={int(c): np.asarray(v, np.float64) for c, v in data.get("loss", {}).items()})
+
+
+def selection_from_logits(logits, labels, indices, k: int, num_classes: int) -> Selection:
   """The stage's result from ERM logits of the examples `indices` (table rows) with `labels`."""
   logits = np.asarray(logits)
   labels = np.asarray(labels)
@@ -92,78 +108,45 @@ def selection_from_logits(logits, labels, indices, k: int, num_classes: int) -> 
   probs = softmax(logits)
   picked = select_majority(loss, labels, k, num_classes)
   indices = np.asarray(indices)
-  return {
-      "k": int(k),
-      "selected": {c: indices[p].astype(np.int64) for c, p in picked.items()},
-      "psi_ref": {c: float(probs[p, c].mean()) for c, p in picked.items()},
-      "loss": {c: loss[p] for c, p in picked.items()},
-  }
+  return Selection(k=int(k), selected={c: indices[p].astype(np.int64) for c, p in picked.items()},
+                   psi_ref={c: float(probs[p, c].mean()) for c, p in picked.items()},
+                   loss={c: loss[p] for c, p in picked.items()})
 
 
-def _to_json(result: Mapping) -> dict:
-  return {
-      "k": int(result["k"]),
-      "selected": {str(c): [int(i) for i in v] for c, v in result["selected"].items()},
-      "psi_ref": {str(c): float(v) for c, v in result["psi_ref"].items()},
-      "loss": {str(c): [float(x) for x in v] for c, v in result["loss"].items()},
-  }
-
-
-def _from_json(data: Mapping) -> dict:
-  return {
-      "k": int(data["k"]),
-      "selected": {int(c): np.asarray(v, np.int64) for c, v in data["selected"].items()},
-      "psi_ref": {int(c): float(v) for c, v in data["psi_ref"].items()},
-      "loss": {int(c): np.asarray(v, np.float64) for c, v in data.get("loss", {}).items()},
-  }
-
-
-def load_selected(stage_dir: str) -> dict | None:
-  """The saved result of the stage (keys as in `selection_from_logits`), or None if absent."""
-  path = os.path.join(stage_dir, FILE)
-  if not os.path.isfile(path):
-    return None
+def load(ctx, folder: str) -> Selection:
+  path = os.path.join(folder, FILE)
   try:
     with open(path, encoding="utf-8") as f:
-      return _from_json(json.load(f))
-  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+      return Selection.from_json(json.load(f))
+  except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
     raise SpurjaxError(f"{path}: unreadable selection ({type(e).__name__}: {e}); delete it to recompute") from None
 
 
-def run_select(ctx) -> dict:
-  """Computes (or reloads) the majority selection; writes `select/selected.json`.
-
-  Returns {"k", "selected": {class: table indices}, "psi_ref": {class: float}, "loss": {class: losses}}.
-  """
+def compute(ctx, inputs, folder: str) -> Selection:
+  """Per-sample ERM losses of the training split -> the K lowest per class; writes `selected.json`."""
   from spurjax.train import loop
 
-  k = int(ctx.cfg.get("ddb", {}).get("k", 30))
-  out_dir = ctx.stage_dir(STAGE)
-  done = load_selected(out_dir)
-  if done is not None and done["k"] == k:
-    return done
-  if ctx.model is None or ctx.erm_variables is None:
-    raise SpurjaxError("stage select: the ERM classifier (model and variables) is not loaded")
+  erm = inputs["erm"]
   table = ctx.table
   idx = table.indices(TRAIN)
   if len(idx) == 0:
     raise SpurjaxError(f"dataset {table.name}: no training examples (split 0)")
-  source = loop.make_sources(ctx.cfg, table)["eval"]
-  logits = loop.predict(ctx.cfg, ctx.model, ctx.erm_variables, source, table, idx, ctx.mesh, desc="select: ERM")
-  result = selection_from_logits(logits, table.y[idx], idx, k, table.num_classes)
+  logits = loop.predict(ctx.cfg, erm.model, erm.variables, ctx.sources["eval"], table, idx, ctx.mesh,
+                        desc="select: ERM")
+  result = selection_from_logits(logits, table.y[idx], idx, int(ctx.cfg.ddb.k), table.num_classes)
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(_to_json(result), f, indent=1)
-    os.replace(path + ".tmp", path)
+    with open(os.path.join(folder, FILE), "w", encoding="utf-8") as f:
+      json.dump(result.to_json(), f, indent=1)
   return result
 
 
+STAGE = Stage(name="select", keys=("ddb.k",), upstream=("erm",), compute=compute, load=load)
+
+
 def selected_indices(selected) -> dict[int, np.ndarray]:
-  """{class: table indices} from a `run_select` result or from such a mapping itself."""
-  if isinstance(selected, Mapping) and "selected" in selected:
-    selected = selected["selected"]
+  """{class: table indices} from a `Selection` or a {class: indices} mapping."""
+  if isinstance(selected, Selection):
+    selected = selected.selected
   if not isinstance(selected, Mapping):
     raise SpurjaxError("selection: expected {class: [table indices]}")
   return {int(c): np.asarray(v, np.int64).reshape(-1) for c, v in selected.items()}

@@ -10,7 +10,6 @@ classes) plus one single-token file per class that diffusers' `load_textual_inve
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -328,14 +327,7 @@ def run(cfg, workdir: str):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="spurjax invert")
-  p.add_argument("--config", required=True, help="config file[:arg] (e.g. configs/invert_synth.py)")
-  p.add_argument("--workdir", required=True)
-  args, rest = p.parse_known_args(list(argv or []))
-  bad = [r for r in rest if not r.startswith("--config.")]
-  if bad:
-    raise SpurjaxError(f"unknown argument(s): {' '.join(bad)}")
-  from spurjax.config_util import apply_overrides, load_config
-  cfg = apply_overrides(load_config(args.config), rest)
-  run(cfg, args.workdir)
+  from spurjax.config_util import config_from, parse_command
+  args, overrides = parse_command(argv, "spurjax invert")
+  run(config_from(args.config, overrides), args.workdir)
   return 0

@@ -1,31 +1,74 @@
-"""ERM: plain cross-entropy on the training split, through the one trainer."""
+"""ERM: plain cross-entropy on the training split, through the one trainer, as a stage.
+
+The ERM stage's fingerprint covers the seed, the model, optimiser and training settings, the
+data settings that change what the network sees, and the table's content hash; a finished
+folder (`report.json`, `ckpt/`) with that fingerprint is reused by `spurjax erm`, `spurjax run`,
+the baselines and `bench methods`.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from typing import Any
 
 from spurjax import distributed
+from spurjax import models
 from spurjax import report as R
-from spurjax.data import load_table
 from spurjax.metrics import format_split
-from spurjax.train.loop import fit
+from spurjax.stages import Runner, Stage
+from spurjax.train import loop
+
+# data.* keys that change where or how fast images are read, not what the network sees.
+_DATA_IO_KEYS = ("root", "cache_dir", "cache", "verify", "num_threads")
 
 
-def is_done(workdir: str) -> bool:
-  return os.path.isfile(os.path.join(workdir, "report.json"))
+def config_keys(cfg) -> list[str]:
+  """What an ERM run depends on (besides the table's content)."""
+  return (["seed", "model", "optim", "train", "method.loss"]
+          + [f"data.{k}" for k in cfg.data if k not in _DATA_IO_KEYS])
 
 
-def run(cfg, workdir: str, table=None, hooks=()) -> dict:
-  """Trains ERM in `workdir` (resuming if a checkpoint is there); writes report.json / report.md."""
+@dataclasses.dataclass
+class ErmResult:
+  """The ERM stage's artefact: its report, the classifier and its selected variables."""
+  report: dict
+  model: Any
+  variables: dict
+  folder: str
+
+
+def compute(ctx, inputs, folder: str) -> None:
+  rep = loop.fit(ctx.cfg, ctx.table, folder, hooks=getattr(ctx, "hooks", ()), mesh=ctx.mesh, sources=ctx.sources,
+                 name="erm")
+  if distributed.is_main():
+    R.write(folder, f"ERM on {ctx.table.name}", rep, ctx.table.class_names, ctx.table.place_names)
+
+
+def load(ctx, folder: str) -> ErmResult:
+  with open(os.path.join(folder, "report.json")) as f:
+    rep = json.load(f)
+  model = models.get_model(ctx.cfg.model.name, ctx.table.num_classes, loop.dtype_of(ctx.cfg))
+  return ErmResult(rep, model, loop.load_best_variables(ctx.cfg, ctx.table, folder), folder)
+
+
+STAGE = Stage(name="erm", keys=config_keys, upstream=(), compute=compute, load=load,
+              identity=lambda ctx: ctx.table_digest)
+
+
+def run(cfg, workdir: str, table=None, hooks=(), mesh=None) -> dict:
+  """Trains ERM into the stage folder `workdir` (reused when its fingerprint matches; a killed run
+  resumes from `workdir.tmp`); writes report.json / report.md and returns the report."""
+  from spurjax import sharding as shd
+  from spurjax.data import load_table
+  from spurjax.context import Context
   table = table if table is not None else load_table(cfg.data)  # validated before anything is written
-  if distributed.from_main(is_done(workdir)):  # every process takes the same branch
-    with open(os.path.join(workdir, "report.json")) as f:
-      rep = json.load(f)
-  else:
-    rep = fit(cfg, table, workdir, hooks=hooks, name="erm")
-    if distributed.is_main():
-      R.write(workdir, f"ERM on {table.name}", rep, table.class_names, table.place_names)
+  ctx = Context(cfg=cfg, workdir=os.path.dirname(os.path.abspath(workdir)), table=table,
+                mesh=mesh or shd.make_mesh(), dirs={"erm": workdir}, hooks=tuple(hooks))
+  runner = Runner(ctx)
+  res = runner.run(STAGE)
+  runner.report()
   for s in ("val", "test"):
-    if s in rep:
-      print(format_split(s, rep[s]))
-  return rep
+    if s in res.report:
+      print(format_split(s, res.report[s]))
+  return res.report

@@ -11,10 +11,8 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from spurjax import sharding as shd
-from spurjax.train.losses import per_sample_ce
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,7 +64,3 @@ def make_predict_fn(apply_fn, mesh, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, dty
 
 
 to_host = shd.to_host  # a global (possibly multi-process) array gathered to every host as numpy
-
-
-def per_sample_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-  return np.asarray(per_sample_ce(jnp.asarray(logits), jnp.asarray(labels)))

@@ -1,0 +1,68 @@
+"""The context every stage receives: config, workdir, dataset, mesh, decoded images, diffusion model."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from spurjax.data.table import Table
+
+
+@dataclasses.dataclass(eq=False)
+class Context:
+  """What a stage's `compute(ctx, inputs, folder)` needs.
+
+  Attributes:
+    cfg: the full config (`cfg.ddb.*` holds the DDB settings).
+    workdir: the run's directory; stage folders live below it.
+    table: the dataset.
+    mesh: the device mesh (`spurjax.sharding.make_mesh()`).
+    dirs: stage folders placed elsewhere than `workdir/<stage>` (e.g. a shared ERM run).
+    pipeline: the frozen diffusion model (`spurjax.diffusion.loading.Pipeline`), loaded lazily.
+    hooks: per-epoch callbacks of the training stages (`spurjax.train.loop.fit`).
+  """
+  cfg: ml_collections.ConfigDict
+  workdir: str
+  table: Table
+  mesh: jax.sharding.Mesh
+  dirs: dict = dataclasses.field(default_factory=dict)
+  pipeline: Any = None
+  hooks: tuple = ()
+  _sources: dict | None = None
+
+  def stage_dir(self, name: str) -> str:
+    return self.dirs.get(name) or os.path.join(self.workdir, name)
+
+  @property
+  def sources(self) -> dict:
+    """The dataset's image sources ({"train", "eval"}), made (and, with data.cache, decoded) once per run."""
+    if self._sources is None:
+      from spurjax.train.loop import make_sources
+      self._sources = make_sources(self.cfg, self.table)
+    return self._sources
+
+  @functools.cached_property
+  def table_digest(self) -> str:
+    from spurjax.stages import table_digest
+    return table_digest(self.table)
+
+  @functools.cached_property
+  def diffusion_dir(self) -> str:
+    from spurjax.diffusion.prior import resolve_diffusion_path
+    return resolve_diffusion_path(str(self.cfg.diffusion.path))
+
+  @functools.cached_property
+  def diffusion_digest(self) -> str:
+    from spurjax.stages import directory_digest
+    return directory_digest(self.diffusion_dir)
+
+  def load_pipeline(self):
+    """`pipeline`, loading it from `cfg.diffusion.path` ("builtin" or a diffusers directory) on first use."""
+    if self.pipeline is None:
+      from spurjax.diffusion import loading
+      self.pipeline = loading.load_pipeline(self.diffusion_dir)
+    return self.pipeline

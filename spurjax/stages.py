@@ -1,0 +1,242 @@
+"""The stage contract: named, fingerprinted steps whose results live in one folder each.
+
+A `Stage` has a name, the config keys it reads, its upstream stages, a `compute(ctx, inputs,
+folder)` that writes its files into the folder it is given, and a `load(ctx, folder)` that reads
+them back as the stage's typed artefact. Its fingerprint hashes the values of its config keys,
+the fingerprints of its upstream stages and the identity of its input data (`Stage.identity`:
+the table's content hash, the diffusion model's weights, ...).
+
+`Runner.run(stage)` computes a stage into `<folder>.tmp/` (with `stage.json` naming the
+fingerprint, so a killed run resumes there when nothing changed) and renames it into place; a
+folder whose `stage.json` holds the current fingerprint is reused, anything else is redone, and
+so is everything downstream (their fingerprints change with it). `Runner.summary()` is the one
+line saying which stages were reused and which were redone, and why.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from spurjax import distributed
+from spurjax.errors import SpurjaxError
+
+STAGE_FILE = "stage.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One step of a pipeline.
+
+  Attributes:
+    name: the stage's name (and its folder's, unless the context maps it elsewhere).
+    keys: the dotted config keys (or whole groups, e.g. "optim") whose values it depends on;
+      or a function cfg -> such keys, for a stage whose reads depend on a setting.
+    upstream: names of the stages whose artefacts it takes (`inputs[name]`).
+    compute: (ctx, inputs, folder) -> None; writes its files into `folder` (which may hold a
+      killed run's partial files with the same fingerprint, to resume from).
+    load: (ctx, folder) -> artefact; reads a finished folder.
+    identity: (ctx) -> JSON-able identity of input data not covered by config and upstream.
+  """
+  name: str
+  keys: Sequence[str] | Callable[[Any], Sequence[str]]
+  upstream: Sequence[str]
+  compute: Callable[[Any, Mapping[str, Any], str], Any]
+  load: Callable[[Any, str], Any]
+  identity: Callable[[Any], Any] | None = None
+
+  def config_keys(self, cfg) -> tuple[str, ...]:
+    keys = self.keys(cfg) if callable(self.keys) else self.keys
+    return tuple(sorted(set(keys)))
+
+
+def _plain(v):
+  """Config values as JSON: ConfigDicts as dicts, tuples as lists."""
+  if hasattr(v, "to_dict"):
+    v = v.to_dict()
+  if isinstance(v, Mapping):
+    return {str(k): _plain(x) for k, x in sorted(v.items())}
+  if isinstance(v, (tuple, list)):
+    return [_plain(x) for x in v]
+  if isinstance(v, (str, int, float, bool)) or v is None:
+    return v
+  return str(v)
+
+
+def config_values(cfg, keys: Sequence[str]) -> dict:
+  """{key: value} of dotted `keys` in `cfg`; a key the config lacks is a SpurjaxError."""
+  out = {}
+  for key in keys:
+    node = cfg
+    for part in key.split("."):
+      if part not in node:
+        raise SpurjaxError(f"config key '{key}' is missing (the base config defines every stage key)")
+      node = node[part]
+    out[key] = _plain(node)
+  return out
+
+
+def fingerprint(stage: Stage, ctx, upstream: Mapping[str, str]) -> tuple[str, dict]:
+  """(hex digest, the JSON record it hashes) of `stage` in `ctx` with upstream fingerprints."""
+  record = {
+      "stage": stage.name,
+      "config": config_values(ctx.cfg, stage.config_keys(ctx.cfg)),
+      "upstream": {u: upstream[u] for u in stage.upstream},
+      "data": _plain(stage.identity(ctx)) if stage.identity is not None else None,
+  }
+  digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+  return digest, record
+
+
+def read_stage_file(folder: str) -> dict | None:
+  try:
+    with open(os.path.join(folder, STAGE_FILE), encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def _why(old: dict | None, record: dict) -> str:
+  """Which part of the record changed, in a few words."""
+  if old is None:
+    return "new"
+  prev = old.get("record", {})
+  changed = [k for k, v in record["config"].items() if prev.get("config", {}).get(k) != v]
+  if changed:
+    return "changed " + ",".join(changed)
+  ups = [u for u, fp in record["upstream"].items() if prev.get("upstream", {}).get(u) != fp]
+  if ups:
+    return "upstream " + ",".join(ups)
+  if prev.get("data") != record["data"]:
+    return "input data changed"
+  return "changed"
+
+
+def _remove_own(folder: str) -> None:
+  """Removes a stage folder; refuses one spurjax did not write (no stage.json)."""
+  if not os.path.isdir(folder):
+    return
+  if read_stage_file(folder) is None and os.listdir(folder):
+    raise SpurjaxError(f"{folder}: exists and is not a spurjax stage folder (no {STAGE_FILE}); "
+                       "move it away or choose another workdir")
+  shutil.rmtree(folder)
+
+
+class Runner:
+  """Runs stages in the order asked, each at most once, reusing folders whose fingerprint matches.
+
+  `ctx` must have `cfg` and `stage_dir(name)`. Artefacts and fingerprints of the stages run so
+  far are in `artefacts` / `fingerprints`; `provide` adds an artefact made elsewhere.
+  """
+
+  def __init__(self, ctx, verbose: bool = True):
+    self.ctx = ctx
+    self.verbose = verbose
+    self.artefacts: dict[str, Any] = {}
+    self.fingerprints: dict[str, str] = {}
+    self.reused: list[str] = []
+    self.redone: list[tuple[str, str]] = []
+
+  def provide(self, name: str, artefact, fingerprint_: str) -> None:
+    """Uses `artefact` as stage `name`'s result (fingerprint given by the caller)."""
+    self.artefacts[name] = artefact
+    self.fingerprints[name] = str(fingerprint_)
+
+  def run(self, stage: Stage):
+    missing = [u for u in stage.upstream if u not in self.artefacts]
+    if missing:
+      raise SpurjaxError(f"stage {stage.name}: upstream stage(s) {', '.join(missing)} have not run")
+    fp, record = fingerprint(stage, self.ctx, self.fingerprints)
+    folder = self.ctx.stage_dir(stage.name)
+    tmp = folder + ".tmp"
+    old = read_stage_file(folder)
+    done = distributed.from_main(old is not None and old.get("fingerprint") == fp)
+    inputs = {u: self.artefacts[u] for u in stage.upstream}
+    if done:
+      self.reused.append(stage.name)
+      art = stage.load(self.ctx, folder)
+    else:
+      self.redone.append((stage.name, _why(old, record)))
+      if distributed.is_main():
+        if (read_stage_file(tmp) or {}).get("fingerprint") != fp:  # a killed run of other settings
+          _remove_own(tmp)
+        os.makedirs(tmp, exist_ok=True)
+        _write_json(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": False})
+      distributed.barrier(f"{stage.name}_start")
+      stage.compute(self.ctx, inputs, tmp)
+      if distributed.is_main():
+        _write_json(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": True})
+        _remove_own(folder)
+        os.replace(tmp, folder)
+      distributed.barrier(f"{stage.name}_done")
+      art = stage.load(self.ctx, folder)  # one way to an artefact: read from the final folder
+    self.artefacts[stage.name] = art
+    self.fingerprints[stage.name] = fp
+    return art
+
+  def summary(self) -> str:
+    parts = []
+    if self.reused:
+      parts.append("reused " + ", ".join(self.reused))
+    if self.redone:
+      parts.append("redid " + ", ".join(f"{n} ({why})" for n, why in self.redone))
+    return "stages: " + ("; ".join(parts) if parts else "none run")
+
+  def report(self) -> None:
+    if self.verbose and distributed.is_main():
+      print(self.summary(), flush=True)
+
+
+def _write_json(path: str, obj) -> None:
+  with open(path + ".part", "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + ".part", path)
+
+
+# ---------------------------------------------------------------- identities of input data
+
+
+def table_digest(table) -> str:
+  """Content hash of a dataset table: file references, labels, attributes, splits, masks."""
+  h = hashlib.sha256()
+  h.update(str(table.name).encode())
+  for arr in (table.y, table.place, table.split):
+    h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+  for refs in (table.refs, table.mask_refs or ()):
+    for r in refs:
+      h.update(_ref_identity(r).encode())
+      h.update(b"\0")
+  return h.hexdigest()[:16]
+
+
+def _ref_identity(ref) -> str:
+  """A file's base name and size (a path that moved keeps its identity), else the reference's text."""
+  if isinstance(ref, (str, os.PathLike)) and os.path.isfile(ref):
+    return f"{os.path.basename(ref)}:{os.path.getsize(ref)}"
+  return str(ref)
+
+
+def directory_digest(path: str, chunk: int = 1 << 20) -> str:
+  """Identity of a model directory: every JSON file's content and each weight file's size and
+  first / last MiB (whole multi-GB checkpoints are not read)."""
+  h = hashlib.sha256()
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for name in sorted(files):
+      p = os.path.join(root, name)
+      rel = os.path.relpath(p, path)
+      size = os.path.getsize(p)
+      h.update(f"{rel}:{size}".encode())
+      with open(p, "rb") as f:
+        if name.endswith((".json", ".txt")) or size <= 2 * chunk:
+          h.update(f.read())
+        else:
+          h.update(f.read(chunk))
+          f.seek(size - chunk)
+          h.update(f.read(chunk))
+  return h.hexdigest()[:16]
