@@ -57,7 +57,11 @@ class Context:
 
   @functools.cached_property
   def diffusion_digest(self) -> str:
-    from spurjax.stages import directory_digest
+    """Identity of the diffusion model: its directory's, or the weights' of one given in memory."""
+    from spurjax.stages import directory_digest, tree_digest
+    if self.pipeline is not None and not os.path.isdir(str(self.cfg.diffusion.path)) \
+        and str(self.cfg.diffusion.path) != "builtin":
+      return "in-memory:" + tree_digest((self.pipeline.unet_params, self.pipeline.text_params))
     return directory_digest(self.diffusion_dir)
 
   def load_pipeline(self):

@@ -106,7 +106,7 @@ def _why(old: dict | None, record: dict) -> str:
   if old is None:
     return "new"
   prev = old.get("record", {})
-  changed = [k for k, v in record["config"].items() if prev.get("config", {}).get(k) != v]
+  changed = _changed_leaves(prev.get("config", {}), record["config"])
   if changed:
     return "changed " + ",".join(changed)
   ups = [u for u, fp in record["upstream"].items() if prev.get("upstream", {}).get(u) != fp]
@@ -115,6 +115,18 @@ def _why(old: dict | None, record: dict) -> str:
   if prev.get("data") != record["data"]:
     return "input data changed"
   return "changed"
+
+
+def _changed_leaves(old, new, prefix: str = "") -> list[str]:
+  """Dotted paths of the values that differ between two JSON records (groups compared leaf by leaf)."""
+  out = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _changed_leaves(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}")
+  return out
 
 
 def _remove_own(folder: str) -> None:
@@ -239,4 +251,15 @@ def directory_digest(path: str, chunk: int = 1 << 20) -> str:
           h.update(f.read(chunk))
           f.seek(size - chunk)
           h.update(f.read(chunk))
+  return h.hexdigest()[:16]
+
+
+def tree_digest(tree) -> str:
+  """Content hash of a pytree of arrays (for models given in memory rather than as a directory)."""
+  import jax
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    a = np.asarray(leaf)
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
   return h.hexdigest()[:16]

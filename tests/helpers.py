@@ -41,3 +41,18 @@ def toy_config(**train):
   for k, v in train.items():
     c.train[k] = v
   return c
+
+
+def run_stage(ctx, stage, **upstream):
+  """Runs one stage through the stage contract with the given upstream artefacts; returns its artefact."""
+  from spurjax.stages import Runner
+  runner = Runner(ctx, verbose=False)
+  for name, art in upstream.items():
+    runner.provide(name, art, f"given-{name}")
+  return runner.run(stage), runner
+
+
+def erm_artefact(model, variables):
+  """An ERM stage artefact around a classifier made in a test."""
+  from spurjax.train.erm import ErmResult
+  return ErmResult(report={}, model=model, variables=variables, folder="")

@@ -157,11 +157,14 @@ def test_attribute_edits_on_linear_model(linear):
 
 
 def test_ig_settings_validate():
-  from ml_collections import ConfigDict
-  s = A.ig_settings(ConfigDict({"ddb": {"ig_steps": 16, "ig_chunk": 0}}))
+  from spurjax.config_base import base_config
+  cfg = base_config()
+  cfg.ddb.ig_steps, cfg.ddb.ig_chunk = 16, 0
+  s = A.ig_settings(cfg)
   assert s["n_steps"] == 16 and s["chunk"] is None and s["output"] == "logit"
+  cfg.ddb.ig_output = "softmax"
   with pytest.raises(SpurjaxError, match="ig_output"):
-    A.ig_settings(ConfigDict({"ddb": {"ig_output": "softmax"}}))
+    A.ig_settings(cfg)
 
 
 @pytest.fixture(scope="module")

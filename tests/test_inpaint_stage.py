@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import toy_config, toy_table
+from helpers import run_stage, toy_config, toy_table
 from spurjax import sharding
 from spurjax.data.images import read_image
-from spurjax.ddb import inpaint
+from spurjax.ddb import inpaint, invert, segment, select
 from spurjax.context import Context
 from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
 from spurjax.errors import SpurjaxError
@@ -147,24 +147,24 @@ def test_diffusion_size_uses_the_vae_factor(pipe3):
 
 def _stage_ctx(tmp_path, mesh, pipeline):
   cfg = toy_config()
-  with cfg.unlocked():
-    cfg.ddb = inpaint.default_config()
   cfg.ddb.nouns = ("bird", "bird")
   cfg.ddb.n_samples = 2
   cfg.ddb.num_steps = 2
   cfg.ddb.guidance_scale = 2.0
   cfg.ddb.inpaint_batch_size = 4
+  cfg.diffusion.path = str(tmp_path / "in-memory")
   return Context(cfg=cfg, workdir=str(tmp_path), table=toy_table(), mesh=mesh, pipeline=pipeline)
 
 
-def test_run_inpaint_writes_skips_and_resumes(tmp_path, mesh, pipe3):
+def test_inpaint_stage_writes_skips_and_resumes(tmp_path, mesh, pipe3):
   ctx = _stage_ctx(tmp_path, mesh, pipe3)
-  selected = {"selected": {0: [0, 1], 1: [30]}}
+  selected = select.Selection(k=2, selected={0: np.array([0, 1]), 1: np.array([30])}, psi_ref={}, loss={})
   square = np.zeros((16, 16), bool)
   square[4:12, 4:12] = True
-  masks = {0: square, 1: square, 30: np.roll(square, 2, axis=0)}
-  tokens = {0: "<c0>", 1: "<c1>"}
-  rows = inpaint.run_inpaint(ctx, selected, masks, tokens)
+  masks = segment.Masks({0: square, 1: square, 30: np.roll(square, 2, axis=0)}, {})
+  tokens = invert.Tokens({0: "<c0>", 1: "<c1>"}, pipe3)
+  up = dict(select=selected, segment=masks, invert=tokens)
+  rows = run_stage(ctx, inpaint.STAGE, **up)[0].rows
   out = tmp_path / "inpaint"
   assert len(rows) == 3 * 1 * 2 and not (tmp_path / "inpaint.tmp").exists()
   with open(out / "edits.csv", newline="") as f:
@@ -179,23 +179,23 @@ def test_run_inpaint_writes_skips_and_resumes(tmp_path, mesh, pipe3):
     assert int(r["source_class"]) == table.y[i]
     img = read_image(str(out / r["file"]))
     assert img.shape == (16, 16, 3)
-    keep = ~masks[i]
+    keep = ~masks.masks[i]
     np.testing.assert_array_equal(img[keep], table.read_image(i)[keep])  # background exactly the original
   first = {r["file"]: (out / r["file"]).read_bytes() for r in saved}
-
-  ctx.pipeline = object()  # complete: reloaded without touching the model
-  assert inpaint.run_inpaint(ctx, selected, masks, tokens) == rows
   assert inpaint.read_edits(str(out))[2]["path"] == str(out / saved[2]["file"])
 
-  # A run killed after its first chunk resumes: the missing chunk is regenerated identically.
+  # A run killed after its first chunk resumes: the missing chunk is regenerated identically, the
+  # finished chunk is not recomputed.
   shutil.move(str(out), str(tmp_path / "inpaint.tmp"))
   os.remove(tmp_path / "inpaint.tmp" / "edits.csv")
   for r in saved[4:]:
     os.remove(tmp_path / "inpaint.tmp" / r["file"])
-  ctx.pipeline = pipe3
-  again = inpaint.run_inpaint(ctx, selected, masks, tokens)
+  kept_mtime = os.path.getmtime(tmp_path / "inpaint.tmp" / saved[0]["file"])
+  again = run_stage(ctx, inpaint.STAGE, **up)[0].rows
   assert again == rows
   assert {f: (out / f).read_bytes() for f in first} == first
+  assert os.path.getmtime(out / saved[0]["file"]) == kept_mtime
 
+  up["select"] = select.Selection(k=2, selected={0: np.array([0, 2]), 1: np.array([30])}, psi_ref={}, loss={})
   with pytest.raises(SpurjaxError, match="no mask"):
-    inpaint.run_inpaint(ctx, {0: [0, 2], 1: [30]}, masks, tokens)
+    run_stage(_stage_ctx(tmp_path / "c", mesh, pipe3), inpaint.STAGE, **up)

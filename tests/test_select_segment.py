@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import toy_config, toy_table
+from helpers import erm_artefact, run_stage, toy_config, toy_table
 from spurjax import sharding
 from spurjax.data.table import Table
 from spurjax.ddb import inpaint, segment, select
@@ -93,34 +93,35 @@ def test_selection_uses_per_sample_loss_and_psi():
   labels = np.array([0, 0, 1, 1, 1])
   table_rows = np.array([10, 11, 12, 13, 14])
   got = select.selection_from_logits(logits, labels, table_rows, 1, 2)
-  assert {c: list(v) for c, v in got["selected"].items()} == {0: [10], 1: [13]}
-  np.testing.assert_allclose(got["psi_ref"][0], 1 / (1 + np.exp(-3.0)), rtol=1e-9)
-  np.testing.assert_allclose(got["psi_ref"][1], 1 / (1 + np.exp(-5.0)), rtol=1e-9)
+  assert {c: list(v) for c, v in got.selected.items()} == {0: [10], 1: [13]}
+  np.testing.assert_allclose(got.psi_ref[0], 1 / (1 + np.exp(-3.0)), rtol=1e-9)
+  np.testing.assert_allclose(got.psi_ref[1], 1 / (1 + np.exp(-5.0)), rtol=1e-9)
   np.testing.assert_allclose(select.per_sample_ce(logits, labels)[4], np.log(1 + np.exp(1.0)), rtol=1e-9)
 
 
-def test_run_select_writes_and_reloads(tmp_path, classifier, mesh):
+def test_select_stage_writes_and_reloads(tmp_path, classifier, mesh):
   model, variables = classifier
   cfg = toy_config()
   cfg.model.name = "cnn16"
-  with cfg.unlocked():
-    cfg.ddb = select.default_config()
   cfg.ddb.k = 3
   table = toy_table()
-  ctx = Context(cfg=cfg, workdir=str(tmp_path), table=table, mesh=mesh, erm_variables=variables, model=model)
-  got = select.run_select(ctx)
-  assert sorted(got["selected"]) == [0, 1]
-  for c, idx in got["selected"].items():
-    assert len(idx) == 3 and np.all(table.y[idx] == c) and np.all(table.split[idx] == 0)
-    assert 0 < got["psi_ref"][c] < 1
+  ctx = Context(cfg=cfg, workdir=str(tmp_path), table=table, mesh=mesh)
+  got, runner = run_stage(ctx, select.STAGE, erm=erm_artefact(model, variables))
+  assert runner.redone == [("select", "new")]
+  assert sorted(got.selected) == [0, 1]
+  # The K lowest per-sample losses of each class, checked against the classifier by hand.
+  x = (np.stack([table.image(i) for i in range(len(table))]) / 255.0 - np.array(cfg.data.mean)) / np.array(cfg.data.std)
+  x = jnp.asarray(x, jnp.float32)
+  logits = np.asarray(model.apply(variables, x, train=False))
+  loss = select.per_sample_ce(logits, table.y)
+  for c, idx in got.selected.items():
+    train_c = np.nonzero((table.y == c) & (table.split == 0))[0]
+    np.testing.assert_array_equal(np.sort(idx), np.sort(train_c[np.argsort(loss[train_c], kind="stable")[:3]]))
+    assert 0 < got.psi_ref[c] < 1
   saved = json.load(open(tmp_path / "select" / "selected.json"))
-  assert saved["selected"]["1"] == [int(i) for i in got["selected"][1]] and saved["k"] == 3
-  ctx.model = None  # a complete artefact is reused without the classifier
-  again = select.run_select(ctx)
-  np.testing.assert_array_equal(again["selected"][0], got["selected"][0])
-  ctx.cfg.ddb.k = 2  # a different K recomputes (and needs the model)
-  with pytest.raises(SpurjaxError, match="ERM classifier"):
-    select.run_select(ctx)
+  assert saved["selected"]["1"] == [int(i) for i in got.selected[1]] and saved["k"] == 3
+  again = select.load(ctx, str(tmp_path / "select"))
+  np.testing.assert_array_equal(again.selected[0], got.selected[0])
 
 
 # ---------------------------------------------------------------- thresholds and IoU
@@ -218,7 +219,7 @@ def test_attention_program_unet_inputs(tmp_path, kind):
     pipe = tiny_pipeline(tmp_path, in_channels=7)
     size, want = 8, (2, 8, 8, 7)
   assert inpaint.diffusion_size(pipe) == (size, size)
-  prog, _ = segment._attention_program(pipe, (300,))
+  prog = segment._attention_program(pipe, (300,))
   seen = {}
   unet_call = prog.unet.apply
 
@@ -228,8 +229,8 @@ def test_attention_program_unet_inputs(tmp_path, kind):
 
   prog = dataclasses.replace(prog, unet=types.SimpleNamespace(apply=spy))
   params = sampling.pipeline_fns(pipe).params
-  out = jax.eval_shape(prog, params, jnp.zeros((2, size, size, 3)), jnp.zeros((2, 77, 16)), jnp.zeros((2, 77)),
-                       jnp.arange(2, dtype=jnp.int32), jax.random.key(0))
+  out = jax.eval_shape(lambda *a: prog.__call__(*a), params, jax.random.key(0), jnp.zeros((2, size, size, 3)),
+                       jnp.zeros((2, 77, 16)), jnp.zeros((2, 77)), jnp.arange(2, dtype=jnp.int32))
   assert out.shape == (2, size, size) and seen["x"].shape == want
 
 
@@ -262,52 +263,52 @@ def test_gradcam_matches_manual_computation(classifier, mesh):
 # ---------------------------------------------------------------- the stage
 
 
-def _ctx(tmp_path, mesh, table, mask, classifier=None, pipeline=None):
+def _ctx(tmp_path, mesh, table, mask, pipeline=None):
   cfg = toy_config()
   cfg.model.name = "cnn16"
-  with cfg.unlocked():
-    cfg.ddb = segment.default_config()
   cfg.ddb.mask = mask
   cfg.ddb.nouns = ("bird", "dog")
   cfg.ddb.segment_timesteps = (100, 500)
   cfg.ddb.segment_batch_size = 4
-  cfg.diffusion.path = ""  # no diffusion model unless the test passes one
-  model, variables = classifier or (None, None)
-  return Context(cfg=cfg, workdir=str(tmp_path), table=table, mesh=mesh, erm_variables=variables, model=model,
-                 pipeline=pipeline)
+  cfg.diffusion.path = str(tmp_path / "no-model")
+  return Context(cfg=cfg, workdir=str(tmp_path), table=table, mesh=mesh, pipeline=pipeline)
 
 
-SELECTED = {"selected": {0: [0, 1], 1: [30, 31, 32]}}
+SELECTED = select.Selection(k=3, selected={0: np.array([0, 1]), 1: np.array([30, 31, 32])}, psi_ref={0: 0.9, 1: 0.9},
+                            loss={})
 
 
-def test_run_segment_given_masks(tmp_path, mesh):
+def test_segment_stage_given_masks(tmp_path, mesh):
   table = _masked_table()
   ctx = _ctx(tmp_path, mesh, table, "given")
-  masks = segment.run_segment(ctx, SELECTED)
+  ctx.cfg.ddb.segment_compare = ()
+  got, _ = run_stage(ctx, segment.STAGE, erm=None, select=SELECTED)
+  masks = got.masks
   assert sorted(masks) == [0, 1, 30, 31, 32]
   assert masks[30].dtype == bool and masks[30].shape == (16, 16) and masks[30][4:12, 4:12].all()
-  assert not masks[0].any()
-  iou = json.load(open(tmp_path / "segment" / "iou.json"))
-  assert iou["mean_iou"]["given"] == 1.0 and iou["num_images"] == 5
-  assert "attention" in iou["skipped"] and "gradcam" in iou["skipped"]  # no models in this context
+  assert masks[30].sum() == 64 and not masks[0].any()
+  assert got.iou["num_images"] == 5 and got.iou["method"] == "given"
   assert sorted(os.listdir(tmp_path / "segment" / "masks")) == [f"{i}.png" for i in (0, 1, 30, 31, 32)]
-  ctx.table = toy_table()  # a finished stage is reused as is
-  np.testing.assert_array_equal(segment.run_segment(ctx, SELECTED)[30], masks[30])
   ctx2 = _ctx(tmp_path / "b", mesh, toy_table(), "given")
+  ctx2.cfg.ddb.segment_compare = ()
   with pytest.raises(SpurjaxError, match="no mask column"):
-    segment.run_segment(ctx2, SELECTED)
+    run_stage(ctx2, segment.STAGE, erm=None, select=SELECTED)
+  assert not (tmp_path / "b" / "segment").exists()  # nothing half-written in place
   with pytest.raises(SpurjaxError, match="ddb.mask"):
     segment.method_name("sam")
 
 
-def test_run_segment_attention_scores_every_method(tmp_path, mesh, pipe, classifier):
-  ctx = _ctx(tmp_path, mesh, _masked_table(), "attention", classifier=classifier, pipeline=pipe)
-  masks = segment.run_segment(ctx, SELECTED)
+def test_segment_stage_attention_scores_every_method(tmp_path, mesh, pipe, classifier):
+  ctx = _ctx(tmp_path, mesh, _masked_table(), "attention", pipeline=pipe)
+  got, _ = run_stage(ctx, segment.STAGE, erm=erm_artefact(*classifier), select=SELECTED)
+  masks = got.masks
   assert sorted(masks) == [0, 1, 30, 31, 32]
   for m in masks.values():
     assert m.dtype == bool and m.shape == (16, 16) and m.any()
   iou = json.load(open(tmp_path / "segment" / "iou.json"))
   assert set(iou["mean_iou"]) == {"attention", "gradcam"} and iou["method"] == "attention"
-  for v in iou["mean_iou"].values():
-    assert 0.0 <= v <= 1.0
-  assert set(iou["per_image"]) == {"0", "1", "30", "31", "32"}
+  # Each image's score is the IoU of its saved mask with its true mask, and the mean is their mean.
+  truth = _masked_table().read_mask
+  per = {i: segment.mask_iou(masks[i], truth(i)) for i in masks}
+  assert iou["per_image"] == pytest.approx({str(i): v for i, v in per.items()})
+  assert iou["mean_iou"]["attention"] == pytest.approx(np.mean(list(per.values())))

@@ -1,0 +1,183 @@
+"""The stage contract: fingerprints, reuse and redo of `spurjax run`'s stages, config overrides."""
+import dataclasses
+import json
+import os
+import types
+
+import pytest
+
+from spurjax import cli, stages
+from spurjax.config_base import base_config
+from spurjax.config_util import config_from, parse_command
+from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
+from spurjax.ddb import report as ddb_report
+from spurjax.ddb import run as ddb_run
+from spurjax.errors import SpurjaxError
+from spurjax.train import erm
+
+ORDER = ("erm", "select", "invert", "segment", "inpaint", "prune", "retrain")
+MODULES = (erm, select, invert, segment, inpaint, prune_stage, retrain)
+
+
+@pytest.fixture
+def dry_pipeline(monkeypatch, tmp_path):
+  """`spurjax run` with every stage's real name, keys, upstream and identity but a compute that only
+  records that it ran (and what it was given): the reuse decisions are the real ones."""
+  calls = []
+  for mod in MODULES:
+    real = mod.STAGE
+
+    def compute(ctx, inputs, folder, name=real.name):
+      calls.append((name, sorted(inputs)))
+      with open(os.path.join(folder, "out.txt"), "w") as f:
+        f.write(name)
+
+    def load(ctx, folder, name=real.name):
+      assert open(os.path.join(folder, "out.txt")).read() == name
+      return types.SimpleNamespace(report={}, folder=folder)
+
+    monkeypatch.setattr(mod, "STAGE", dataclasses.replace(real, compute=compute, load=load))
+  monkeypatch.setattr(ddb_report, "build", lambda *a, **k: {})
+  for name in ("write_markdown", "plots", "print_summary"):
+    monkeypatch.setattr(ddb_report, name, lambda *a, **k: None)
+  for d in ("sd_a", "sd_b"):  # two "diffusion models" that differ in their weights
+    os.makedirs(tmp_path / d)
+    (tmp_path / d / "model_index.json").write_text("{}")
+    (tmp_path / d / "weights.safetensors").write_bytes(d.encode() * 100)
+  return calls
+
+
+def _run(tmp_path, capsys, *overrides):
+  args = ["run", "--config", "configs/synth.py:tiny", "--workdir", str(tmp_path / "w"),
+          f"--config.data.cache_dir={tmp_path / 'data'}", f"--config.diffusion.path={tmp_path / 'sd_a'}",
+          "--config.ddb.mask=given", *overrides]
+  capsys.readouterr()
+  assert cli.main(args) == 0
+  line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stages:")]
+  assert len(line) == 1
+  return line[0]
+
+
+def _redone(line):
+  redid = line.split("redid ")[1] if "redid " in line else ""
+  return [part.split(" (")[0] for part in redid.split(", ") if part]
+
+
+AFTER_INVERT = ["invert", "inpaint", "prune", "retrain"]  # segment does not use the learned tokens
+
+
+@pytest.mark.parametrize("override, want", [
+    ("train.num_epochs=3", list(ORDER)),
+    ("ddb.k=4", list(ORDER[1:])),
+    ("ddb.invert_steps=5", AFTER_INVERT),
+    ("ddb.mask=gradcam", ["segment", "inpaint", "prune", "retrain"]),
+    ("ddb.n_samples=3", ["inpaint", "prune", "retrain"]),
+    ("ddb.prune_threshold=0.5", ["prune", "retrain"]),
+    ("ddb.retrain.num_epochs=3", ["retrain"]),
+    # The masks use the diffusion model too: the attention masks are scored in segment/iou.json.
+    ("diffusion.path={sd_b}", ["invert", "segment", "inpaint", "prune", "retrain"]),
+])
+def test_a_change_redoes_its_stage_and_everything_downstream(tmp_path, capsys, dry_pipeline, override, want):
+  line = _run(tmp_path, capsys)
+  assert _redone(line) == list(ORDER) and "reused" not in line
+  assert dry_pipeline[0] == ("erm", []) and dry_pipeline[-1] == ("retrain", ["erm", "prune"])
+  # Nothing changed: everything reused, nothing computed.
+  del dry_pipeline[:]
+  line = _run(tmp_path, capsys)
+  assert line == "stages: reused " + ", ".join(ORDER) and dry_pipeline == []
+  # One change: exactly that stage and those downstream of it are redone, the others reused.
+  override = override.format(sd_b=tmp_path / "sd_b")
+  line = _run(tmp_path, capsys, f"--config.{override}")
+  assert _redone(line) == want, line
+  assert [c[0] for c in dry_pipeline] == want
+  assert "reused " + ", ".join(n for n in ORDER if n not in want) in line or want == list(ORDER)
+  first = want[0]
+  key = override.split("=")[0]
+  assert f"{first} (changed {key})" in line, line
+  # And the changed run is now the one reused.
+  del dry_pipeline[:]
+  assert _redone(_run(tmp_path, capsys, f"--config.{override}")) == [] and dry_pipeline == []
+
+
+def test_killed_stage_resumes_in_its_tmp_folder_and_other_settings_start_afresh(tmp_path):
+  log = []
+
+  def compute(ctx, inputs, folder):
+    log.append(sorted(os.listdir(folder)))
+    open(os.path.join(folder, "part1"), "w").close()
+    if ctx.cfg.ddb.k == 1:
+      raise KeyboardInterrupt  # killed half-way
+    open(os.path.join(folder, "part2"), "w").close()
+
+  stage = stages.Stage("s", keys=("ddb.k",), upstream=(), compute=compute, load=lambda ctx, d: sorted(os.listdir(d)))
+  cfg = base_config()
+  ctx = types.SimpleNamespace(cfg=cfg, stage_dir=lambda n: str(tmp_path / n))
+  cfg.ddb.k = 1
+  with pytest.raises(KeyboardInterrupt):
+    stages.Runner(ctx).run(stage)
+  assert not (tmp_path / "s").exists() and (tmp_path / "s.tmp" / "part1").exists()
+  cfg.ddb.k = 2  # other settings: the partial folder is discarded
+  assert stages.Runner(ctx).run(stage) == ["part1", "part2", "stage.json"]
+  assert log[-1] == ["stage.json"]
+  cfg.ddb.k = 1  # killed again, then resumed with the same settings: the partial files are still there
+  with pytest.raises(KeyboardInterrupt):
+    stages.Runner(ctx).run(stage)
+  assert (tmp_path / "s" / "part2").exists()  # the finished folder of k=2 is untouched until replaced
+  assert json.load(open(tmp_path / "s" / "stage.json"))["record"]["config"] == {"ddb.k": 2}
+
+
+def test_a_folder_spurjax_did_not_write_is_never_removed(tmp_path):
+  (tmp_path / "s").mkdir()
+  (tmp_path / "s" / "precious.txt").write_text("keep me")
+  stage = stages.Stage("s", keys=("seed",), upstream=(), compute=lambda ctx, i, d: None, load=lambda ctx, d: d)
+  ctx = types.SimpleNamespace(cfg=base_config(), stage_dir=lambda n: str(tmp_path / n))
+  with pytest.raises(SpurjaxError, match="not a spurjax stage folder"):
+    stages.Runner(ctx).run(stage)
+  assert (tmp_path / "s" / "precious.txt").read_text() == "keep me"
+
+
+def _flat(cfg, prefix=""):
+  for k, v in cfg.items():
+    if hasattr(v, "items"):
+      yield from _flat(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def _other_value(v):
+  if isinstance(v, bool):
+    return str(not v), (not v)
+  if isinstance(v, int):
+    return str(v + 1), v + 1
+  if isinstance(v, float):
+    return repr(v * 2 + 1), v * 2 + 1
+  if isinstance(v, tuple):
+    return "('x', 'y')", ("x", "y")
+  return "other", "other"
+
+
+def test_every_ddb_key_can_be_overridden_from_the_command_line():
+  keys = [(k, v) for k, v in _flat(base_config()) if k.startswith("ddb.")]
+  assert len(keys) > 30
+  overrides, want = [], {}
+  for k, v in keys:
+    raw, value = _other_value(v)
+    overrides.append(f"--config.{k}={raw}")
+    want[k] = value
+  args, rest = parse_command(["--config", "configs/synth.py", "--workdir", "w", *overrides], "spurjax run")
+  cfg = config_from(args.config, rest)
+  got = dict(_flat(cfg))
+  for k, v in want.items():
+    assert got[k] == v, k
+  with pytest.raises(SpurjaxError, match="unknown config key 'ddb.nope'"):
+    config_from("configs/synth.py", ["--config.ddb.nope=1"])
+  with pytest.raises(SpurjaxError, match="--frob"):
+    parse_command(["--config", "configs/synth.py", "--workdir", "w", "--frob"], "spurjax run")
+
+
+def test_every_key_a_stage_reads_is_in_the_base_config():
+  cfg = config_from("configs/synth.py")
+  for mod in MODULES:
+    stages.config_values(cfg, mod.STAGE.config_keys(cfg))  # raises on a missing key
+  with pytest.raises(SpurjaxError, match="missing"):
+    stages.config_values(cfg, ["ddb.not_a_key"])
