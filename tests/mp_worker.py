@@ -92,13 +92,22 @@ def inpaint(cfg, table, workdir: str, local_dir: str, mesh) -> dict:
   cfg.ddb.n_samples = 1
   cfg.ddb.inpaint_batch_size = 4
   cfg.ddb.nouns = NOUNS
-  sel = {0: [0, 1], 1: [30, 31]}
-  stage_masks = {i: np.pad(np.ones((8, 8), bool), 4) for c in sel for i in sel[c]}
+  from spurjax.ddb import invert as inv_stage, segment, select
+  from spurjax.stages import Runner
+  sel = select.Selection(k=2, selected={0: np.array([0, 1]), 1: np.array([30, 31])}, psi_ref={0: 1.0, 1: 1.0},
+                         loss={})
+  stage_masks = segment.Masks({i: np.pad(np.ones((8, 8), bool), 4) for c in sel.selected for i in sel.selected[c]},
+                              {})
+  cfg.diffusion.path = os.path.join(workdir, "in-memory")
   ctx = Context(cfg=cfg, workdir=os.path.join(workdir, "ddb"), table=table, mesh=mesh, pipeline=pipe)
-  rows = inp.run_inpaint(ctx, sel, stage_masks, TOKENS)
+  runner = Runner(ctx, verbose=False)
+  runner.provide("select", sel, "given")
+  runner.provide("segment", stage_masks, "given")
+  runner.provide("invert", inv_stage.Tokens(TOKENS, pipe), "given")
+  rows = runner.run(inp.STAGE).rows
   from spurjax.data.images import read_image
   stage = np.stack([read_image(r["path"]) for r in rows])
-  return {"images": out["images"], "target_class": out["target_class"], "stage": stage}, (ctx, sel, stage_masks, rows)
+  return {"images": out["images"], "target_class": out["target_class"], "stage": stage}, (ctx, runner)
 
 
 def invert(workdir: str, local_dir: str, mesh) -> dict:
@@ -112,15 +121,17 @@ def invert(workdir: str, local_dir: str, mesh) -> dict:
   return {t.strip("<>"): v for t, v in emb.items()}
 
 
-def prune(cfg, ctx, sel, masks, rows) -> dict:
+def prune(cfg, ctx, runner) -> dict:
   """The prune stage on the inpaint stage's edits (IG sharded over processes, process 0 writes)."""
   from spurjax.ddb import prune_stage
   from spurjax.train import loop
+  from spurjax.train.erm import ErmResult
   cfg.ddb.ig_steps, cfg.ddb.ig_chunk, cfg.ddb.ig_batch_size = 4, 0, 4
   cfg.ddb.prune_threshold = 0.0
-  ctx.model, ctx.erm_variables = loop.init_variables(cfg, ctx.table, jax.random.PRNGKey(1))
-  kept = prune_stage.run_prune(ctx, {"selected": sel, "psi_ref": {0: 1.0, 1: 1.0}}, masks, rows)
-  log = prune_stage.read_log(ctx.stage_dir("prune"))
+  model, variables = loop.init_variables(cfg, ctx.table, jax.random.PRNGKey(1))
+  runner.provide("erm", ErmResult({}, model, variables, ""), "given")
+  out = runner.run(prune_stage.STAGE)
+  kept, log = out.table, out.log
   return {"kept_y": kept.y, "kept_images": np.stack([kept.image(i) for i in range(len(kept))]) if len(kept) else
           np.zeros((0, 16, 16, 3), np.uint8),
           "rho": np.asarray([float(r["rho"]) for r in log]), "psi": np.asarray([float(r["psi"]) for r in log])}

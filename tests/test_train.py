@@ -108,10 +108,24 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path):
 
 
 def test_train_set_weights_and_repeats(tmp_path):
+  """Repeated rows add steps; a zero weight removes an example from the loss (so all-zero weights and no
+  weight decay leave the parameters exactly at their initial values)."""
   cfg = toy_config(num_epochs=1, select="last")
+  cfg.optim.weight_decay = 0.0
   table = toy_table()
   idx = table.indices("train")
+  steps = []
+  hook = lambda epoch, state, entry: steps.append(int(state.step))  # noqa: E731
   ts = TrainSet.from_table(table, np.concatenate([idx, idx[:8]]), np.ones(len(idx) + 8))
-  rep = fit(cfg, table, str(tmp_path / "w"), train_set=ts)
-  assert rep["selected_epoch"] == 1
-  assert set(rep["test"]) >= {"worst_group_accuracy", "average_accuracy_train_weighted", "average_accuracy", "groups"}
+  rep = fit(cfg, table, str(tmp_path / "w"), train_set=ts, hooks=[hook])
+  assert rep["selected_epoch"] == 1 and steps == [(len(idx) + 8) // cfg.train.batch_size]
+  zero = TrainSet.from_table(table, idx, np.zeros(len(idx)))
+  fit(cfg, table, str(tmp_path / "z"), train_set=zero)
+  from spurjax.train.loop import init_variables, load_best_variables
+  _, init = init_variables(cfg, table, jax.random.split(jax.random.PRNGKey(int(cfg.seed)))[0])
+  got = load_best_variables(cfg, table, str(tmp_path / "z"))
+  for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(init["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  moved = load_best_variables(cfg, table, str(tmp_path / "w"))
+  assert any(np.abs(np.asarray(a) - np.asarray(b)).max() > 0
+             for a, b in zip(jax.tree.leaves(moved["params"]), jax.tree.leaves(init["params"])))
