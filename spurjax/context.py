@@ -41,7 +41,7 @@ class Context:
   def sources(self) -> dict:
     """The dataset's image sources ({"train", "eval"}), made (and, with data.cache, decoded) once per run."""
     if self._sources is None:
-      from spurjax.train.loop import make_sources
+      from spurjax.data.pipeline import make_sources
       self._sources = make_sources(self.cfg, self.table)
     return self._sources
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spurjax import rng as rng_ids
 from spurjax import metrics as M
 from spurjax import sharding as shd
 from spurjax.baselines.sampling import balanced_subsample
@@ -131,7 +132,7 @@ def dfr(x, y, groups, num_classes: int, num_groups: int, c_grid: Sequence[float]
   x, y, groups = np.asarray(x, np.float32), np.asarray(y), np.asarray(groups)
   if len(c_grid) == 0:
     raise SpurjaxError("config method.dfr_reg: empty list of C values")
-  rng = np.random.default_rng([int(seed), 202])
+  rng = np.random.default_rng([int(seed), rng_ids.DFR_SUBSAMPLE])
   perm = rng.permutation(len(y))
   half1, half2 = np.sort(perm[:len(y) // 2]), np.sort(perm[len(y) // 2:])
   tune = {}

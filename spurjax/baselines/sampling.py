@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from spurjax import rng as rng_ids
 from spurjax.data.table import TRAIN, Table
 from spurjax.errors import SpurjaxError
 from spurjax.train.loop import TrainSet
@@ -66,7 +67,7 @@ def balanced_train_set(table: Table, method: str, seed: int) -> TrainSet:
   idx = table.indices(TRAIN)
   keys, num = _keys(table, idx, "class" if method.endswith("y") else "group")
   if method.startswith("sub"):
-    rng = np.random.default_rng([int(seed), 101])
+    rng = np.random.default_rng([int(seed), rng_ids.SUBSAMPLE])
     return TrainSet.from_table(table, idx[balanced_subsample(keys, num, rng)])
   return TrainSet.from_table(table, idx, balancing_weights(keys, num))
 
@@ -74,5 +75,5 @@ def balanced_train_set(table: Table, method: str, seed: int) -> TrainSet:
 def group_upsampled_train_set(table: Table, seed: int) -> TrainSet:
   """The training split with every group upsampled to the largest group (GroupDRO's balanced batches)."""
   idx = table.indices(TRAIN)
-  rng = np.random.default_rng([int(seed), 103])
+  rng = np.random.default_rng([int(seed), rng_ids.UPSAMPLE])
   return TrainSet.from_table(table, idx[balanced_upsample(table.group[idx], table.num_groups, rng)])

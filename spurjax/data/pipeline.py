@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from spurjax import rng as rng_ids
 from spurjax.data.table import Table
 
 
@@ -118,7 +119,7 @@ def _process_slice(n_global: int) -> tuple[int, int]:
 
 
 def epoch_order(num: int, seed: int, epoch: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch, 7]).permutation(num)
+  return np.random.default_rng([seed, epoch, rng_ids.EPOCH_ORDER]).permutation(num)
 
 
 def train_batches(source: ImageSource, indices: np.ndarray, *, labels: np.ndarray, groups: np.ndarray,
@@ -136,7 +137,7 @@ def train_batches(source: ImageSource, indices: np.ndarray, *, labels: np.ndarra
 
   def load(position):
     position = int(position)
-    rng = np.random.default_rng([seed, epoch, position, 11])
+    rng = np.random.default_rng([seed, epoch, position, rng_ids.AUGMENT])
     i = int(indices[position])
     return {
         "image": train_view(source(i), pp, rng),
@@ -175,3 +176,18 @@ def eval_batches(source: ImageSource, indices: np.ndarray, *, labels: np.ndarray
 
   ds = grain.MapDataset.source(pos).map(load).batch(local, drop_remainder=False)
   yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(local, 1)))
+
+
+def preprocess_from_config(cfg) -> Preprocess:
+  d = cfg.data
+  return Preprocess(image_size=int(d.image_size), resize=d.get("resize") or None,
+                    center_crop=d.get("center_crop") or None, scale=tuple(d.get("crop_scale", (0.7, 1.0))),
+                    flip=float(d.get("flip", 0.5)), augment=bool(d.get("augment", True)))
+
+
+def make_sources(cfg, table) -> dict:
+  """The image sources ({"train", "eval"}) of `table` with the config's preprocessing (and cache)."""
+  pp = preprocess_from_config(cfg)
+  cache = bool(cfg.data.get("cache", False))
+  src = ImageSource(table, pp, cache=cache)
+  return {"train": src, "eval": src}

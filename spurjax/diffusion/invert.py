@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
+from spurjax import rng as rng_ids
 from spurjax import sharding as shd
 from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, train as dtrain
 from spurjax.errors import SpurjaxError
@@ -198,7 +199,7 @@ def learn_tokens(pipeline, images_by_class: Mapping[int, np.ndarray], nouns, *, 
 
   def batch_fn(i: int) -> dict:
     idx = dtrain.sample_batch_indices(len(images), batch, seed, i)
-    t = np.random.default_rng([seed, 2, i]).integers(len(templates), size=batch)
+    t = np.random.default_rng([seed, rng_ids.INVERT_TEMPLATE, i]).integers(len(templates), size=batch)
     return {"pixels": images[idx], "ids": prompt_ids[t, labels[idx]]}
 
   if workdir:

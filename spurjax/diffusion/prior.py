@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from spurjax import rng as rng_ids
 from spurjax import sharding as shd
 from spurjax.diffusion import clip_text, loading, sampling, schedulers, tokenizer as tok_lib, train as dtrain
 from spurjax.diffusion import unet as unet_lib
@@ -243,7 +244,7 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
     idx = dtrain.sample_batch_indices(len(images), bs, seed, i)
     px = images[idx]
     if flip:
-      f = np.random.default_rng([seed, 1, i]).random(bs) < 0.5
+      f = np.random.default_rng([seed, rng_ids.PRIOR_FLIP, i]).random(bs) < 0.5
       px = np.where(f[:, None, None, None], px[:, :, ::-1], px)
     return {"pixels": px, "ids": ids[idx]}
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from spurjax import rng as rng_ids
 from spurjax import sharding
 from spurjax.diffusion import schedulers
 from spurjax.errors import SpurjaxError
@@ -116,7 +117,7 @@ def _prepare(st: _Static, d: dict):
     x = noise
   eta_keys = None
   if st.eta > 0:
-    eta_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(_example_keys(d["rng"], d["index"]))
+    eta_keys = jax.vmap(lambda k: jax.random.fold_in(k, rng_ids.DDIM_ETA))(_example_keys(d["rng"], d["index"]))
   state = schedulers.get_sampler(st.sampler).init(st.sched, len(ts), x, eta=st.eta, noise_keys=eta_keys)
   ctx = d["context"]
   aux["context"] = _interleave(d["uncond"], ctx) if st.cfg else ctx

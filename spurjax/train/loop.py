@@ -23,7 +23,7 @@ from spurjax import distributed
 from spurjax import metrics as M
 from spurjax import models
 from spurjax import sharding as shd
-from spurjax.data.pipeline import ImageSource, Preprocess, eval_batches, train_batches
+from spurjax.data.pipeline import ImageSource, eval_batches, make_sources, preprocess_from_config, train_batches  # noqa: F401
 from spurjax.data.table import Table, TRAIN, VAL, TEST
 from spurjax.errors import SpurjaxError
 from spurjax.train import losses
@@ -58,13 +58,6 @@ class TrainSet:
 
   def __len__(self):
     return len(self.indices)
-
-
-def preprocess_from_config(cfg) -> Preprocess:
-  d = cfg.data
-  return Preprocess(image_size=int(d.image_size), resize=d.get("resize") or None,
-                    center_crop=d.get("center_crop") or None, scale=tuple(d.get("crop_scale", (0.7, 1.0))),
-                    flip=float(d.get("flip", 0.5)), augment=bool(d.get("augment", True)))
 
 
 def dtype_of(cfg):
@@ -134,13 +127,6 @@ def evaluate(cfg, model, variables, table: Table, sources: dict, mesh, splits=("
   return out
 
 
-def make_sources(cfg, table: Table, train_set: Optional[TrainSet] = None) -> dict:
-  pp = preprocess_from_config(cfg)
-  cache = bool(cfg.data.get("cache", False))
-  src = ImageSource(table, pp, cache=cache)
-  return {"train": src, "eval": src}
-
-
 def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None, init_vars=None,
         hooks: Sequence[Callable] = (), mesh=None, sources: Optional[dict] = None, name: str = "train") -> dict:
   """Trains, evaluates each epoch, selects by `cfg.train.select`, resumes from `workdir`.
@@ -151,7 +137,7 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh or shd.make_mesh()
   train_set = train_set or TrainSet.from_table(table)
-  sources = sources or make_sources(cfg, table, train_set)
+  sources = sources or make_sources(cfg, table)
   select = cfg.train.get("select", "val_wga")
   if select not in CRITERIA:
     raise SpurjaxError(f"config train.select: unknown criterion '{select}' ({', '.join(CRITERIA)})")
