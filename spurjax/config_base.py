@@ -91,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.segment_dilate = 0        # final dilation in pixels
   c.ddb.segment_compare = ("attention", "gradcam")  # also scored in segment/iou.json when true masks exist
   # inpaint: the other classes' tokens painted into each selected image's mask
+  c.ddb.generator = "diffusion"   # diffusion | paste (another selected image's object cut by its mask and pasted)
   c.ddb.template = "a photo of a {token} {noun}"
   c.ddb.inpaint_mode = "blended"  # blended (4-channel UNet) | channels (9-channel inpainting UNet) | auto
   c.ddb.n_samples = 2             # edits per (image, target class)

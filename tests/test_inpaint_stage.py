@@ -10,7 +10,7 @@ import pytest
 
 from helpers import run_stage, toy_config, toy_table
 from spurjax import sharding
-from spurjax.data.images import read_image
+from spurjax.data.images import read_image, read_mask
 from spurjax.ddb import inpaint, invert, segment, select
 from spurjax.context import Context
 from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
@@ -199,3 +199,29 @@ def test_inpaint_stage_writes_skips_and_resumes(tmp_path, mesh, pipe3):
   up["select"] = select.Selection(k=2, selected={0: np.array([0, 2]), 1: np.array([30])}, psi_ref={}, loss={})
   with pytest.raises(SpurjaxError, match="no mask"):
     run_stage(_stage_ctx(tmp_path / "c", mesh, pipe3), inpaint.STAGE, **up)
+
+
+def test_paste_generator_through_the_stage(tmp_path, mesh):
+  """`ddb.generator=paste`: a class-0 image gets a class-1 donor's object (toy class 1: a bright green
+  square) inside its changed region, the rest of the image is untouched, and the region is saved."""
+  ctx = _stage_ctx(tmp_path, mesh, None)
+  ctx.cfg.ddb.generator = "paste"
+  ctx.cfg.ddb.n_samples = 1
+  table = toy_table()
+  square = np.zeros((16, 16), bool)
+  square[4:12, 4:12] = True
+  blob = np.zeros((16, 16), bool)
+  blob[6:10, 5:11] = True
+  selected = select.Selection(k=2, selected={0: np.array([0, 1]), 1: np.array([30, 31])}, psi_ref={}, loss={})
+  masks = segment.Masks({0: blob, 1: blob, 30: square, 31: square}, {})
+  edits, runner = run_stage(ctx, inpaint.STAGE, select=selected, segment=masks,
+                            invert=invert.Tokens({0: "", 1: ""}, None))
+  assert len(edits) == 4 and [r["target_class"] for r in edits.rows] == [1, 1, 0, 0]
+  for r in edits.rows:
+    img, changed = read_image(r["path"]), read_mask(r["mask_path"])
+    src = table.read_image(r["source_index"])
+    np.testing.assert_array_equal(img[~changed], src[~changed])
+    assert changed.any() and (img[changed] != src[changed]).any()
+    if r["target_class"] == 1:
+      assert (img[changed][:, 1] >= 250).mean() > 0.3 and (src[:, :, 1] < 250).all()
+  assert "diffusion.path" not in runner.summary()

@@ -43,7 +43,8 @@ from spurjax.errors import SpurjaxError
 from spurjax.stages import Stage
 
 STAGE = "inpaint"
-CSV_COLUMNS = ("source_index", "source_file", "source_class", "target_class", "sample", "file")
+CSV_COLUMNS = ("source_index", "source_file", "source_class", "target_class", "sample", "file", "mask_file")
+GENERATORS = ("diffusion", "paste")
 MODES = ("blended", "channels", "auto")
 
 
@@ -344,7 +345,7 @@ def read_edits(stage_dir: str) -> list[dict]:
   rows = []
   with open(path, newline="", encoding="utf-8") as f:
     reader = csv.DictReader(f)
-    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or []) and c != "mask_file"]
     if missing:
       raise SpurjaxError(f"{path}: missing columns {missing}")
     for n, row in enumerate(reader, start=2):
@@ -354,6 +355,7 @@ def read_edits(stage_dir: str) -> list[dict]:
       except ValueError:
         raise SpurjaxError(f"{path}: row {n}: non-integer value") from None
       row["path"] = os.path.join(stage_dir, row["file"])
+      row["mask_path"] = os.path.join(stage_dir, row["mask_file"]) if row.get("mask_file") else None
       rows.append(row)
   return rows
 
@@ -392,7 +394,9 @@ def compute(ctx, inputs, folder: str) -> None:
   killed run with the same fingerprint are kept)."""
   from spurjax.ddb.select import selected_indices
 
-  cfg, table, d = ctx.cfg, ctx.table, ctx.cfg.ddb
+  generator = str(ctx.cfg.ddb.generator)
+  if generator not in GENERATORS:
+    raise SpurjaxError(f"config ddb.generator={generator!r} must be one of {', '.join(GENERATORS)}")
   sel = selected_indices(inputs["select"])
   classes = sorted(sel)
   indices = [int(i) for c in classes for i in sel[c]]
@@ -404,14 +408,34 @@ def compute(ctx, inputs, folder: str) -> None:
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
   images = np.stack([ctx.sources["eval"](i) for i in indices])
   stage_masks = _stage_masks(inputs["segment"].masks, indices, images.shape[1:3])
-  tokens = inputs["invert"]
+  if generator == "paste":
+    rows = _paste_all(ctx, folder, images, stage_masks, indices, source_classes)
+  else:
+    rows = _diffuse_all(ctx, folder, inputs["invert"], images, stage_masks, indices, source_classes)
+  if main:
+    with open(os.path.join(folder, "edits.csv.tmp"), "w", newline="", encoding="utf-8") as f:
+      writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+      writer.writeheader()
+      writer.writerows(rows)
+    os.replace(os.path.join(folder, "edits.csv.tmp"), os.path.join(folder, "edits.csv"))
+
+
+def _row(table, i: int, e: Edit, name: str, mask_name: str = "") -> dict:
+  return {"source_index": i, "source_file": str(table.refs[i]), "source_class": e.source_class,
+          "target_class": e.target_class, "sample": e.sample, "file": name, "mask_file": mask_name}
+
+
+def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) -> list[dict]:
+  """The diffusion generator: each edit inpainted with its target class's prompt, chunk by chunk."""
+  cfg, table, d = ctx.cfg, ctx.table, ctx.cfg.ddb
+  main = jax.process_index() == 0
 
   def done(c, edits):
     return all(os.path.isfile(os.path.join(folder, edit_file(indices[e.source], e))) for e in edits)
 
   rows = []
   for _, edits, imgs in iter_counterfactuals(
-      tokens.pipeline, images, stage_masks, source_classes, tokens.tokens, nouns_for(cfg, table),
+      tokens.pipeline, images, masks, source_classes, tokens.tokens, nouns_for(cfg, table),
       n_samples=int(d.n_samples), mode=str(d.inpaint_mode), num_steps=int(d.num_steps),
       guidance_scale=float(d.guidance_scale), seed=int(cfg.seed), mesh=ctx.mesh, template=str(d.template),
       sampler=str(d.inpaint_sampler), batch_size=int(d.inpaint_batch_size), num_classes=int(table.num_classes),
@@ -421,22 +445,47 @@ def compute(ctx, inputs, folder: str) -> None:
       name = edit_file(i, e)
       if imgs is not None and main:
         _write_png(os.path.join(folder, name), np.round(imgs[n] * 255.0).astype(np.uint8))
-      rows.append({"source_index": i, "source_file": str(table.refs[i]), "source_class": e.source_class,
-                   "target_class": e.target_class, "sample": e.sample, "file": name})
-  if main:
-    with open(os.path.join(folder, "edits.csv.tmp"), "w", newline="", encoding="utf-8") as f:
-      writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-      writer.writeheader()
-      writer.writerows(rows)
-    os.replace(os.path.join(folder, "edits.csv.tmp"), os.path.join(folder, "edits.csv"))
+      rows.append(_row(table, i, e, name))
+  return rows
+
+
+def _paste_all(ctx, folder, images, masks, indices, source_classes) -> list[dict]:
+  """The paste generator: each edit is the source with its object erased and the object of another
+  selected image of the target class, cut by that image's mask, pasted in its place. The changed
+  region (erased | pasted) is saved as the edit's mask."""
+  from spurjax.data.images import save_png
+  from spurjax.ddb import paste
+  table = ctx.table
+  source_classes = np.asarray(source_classes)
+  donors = {c: [(images[n], masks[n]) for n in np.nonzero(source_classes == c)[0]] for c in set(source_classes)}
+  edits = plan_edits(source_classes, int(table.num_classes), int(ctx.cfg.ddb.n_samples))
+  rows = []
+  os.makedirs(os.path.join(folder, "masks"), exist_ok=True)
+  for k, e in enumerate(edits):
+    i = indices[e.source]
+    name = edit_file(i, e)
+    mask_name = name.replace("images/", "masks/")
+    if jax.process_index() == 0 and not os.path.isfile(os.path.join(folder, mask_name)):
+      out = paste.paste_edit(images[e.source], masks[e.source], donors.get(e.target_class, []),
+                             seed=int(np.random.SeedSequence([int(ctx.cfg.seed), i, e.target_class, e.sample])
+                                      .generate_state(1)[0]))
+      _write_png(os.path.join(folder, name), out.image)
+      save_png(os.path.join(folder, mask_name), out.mask)
+    rows.append(_row(table, i, e, name, mask_name))
+  return rows
+
+
+def config_keys(cfg) -> list[str]:
+  if str(cfg.ddb.generator) == "paste":
+    return ["seed", "ddb.generator", "ddb.n_samples"]
+  return ["seed", "diffusion.path", "ddb.generator", "ddb.nouns", "ddb.template", "ddb.inpaint_mode",
+          "ddb.n_samples", "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler", "ddb.inpaint_batch_size",
+          "ddb.inpaint_paste"]
 
 
 def load(ctx, folder: str) -> Edits:
   return Edits(read_edits(folder))
 
 
-STAGE = Stage(name="inpaint", upstream=("select", "invert", "segment"),
-              keys=("seed", "diffusion.path", "ddb.nouns", "ddb.template", "ddb.inpaint_mode", "ddb.n_samples",
-                    "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler", "ddb.inpaint_batch_size",
-                    "ddb.inpaint_paste"),
-              compute=compute, load=load, identity=lambda ctx: ctx.diffusion_digest)
+STAGE = Stage(name="inpaint", upstream=("select", "invert", "segment"), keys=config_keys, compute=compute, load=load,
+              identity=lambda ctx: None if str(ctx.cfg.ddb.generator) == "paste" else ctx.diffusion_digest)

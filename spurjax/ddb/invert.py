@@ -3,7 +3,8 @@
 Core: `spurjax.diffusion.invert.learn_tokens` (its checkpoints resume a killed run inside the
 stage's `.tmp` folder). Artefact `Tokens`: {class: token} and the pipeline with the learned rows;
 on disk `learned_embeds.safetensors` and `tokens.json`. `ddb.invert_steps = 0` learns no token:
-prompts then use the class noun alone (the initialiser-token ablation).
+prompts then use the class noun alone (the initialiser-token ablation); the paste generator
+(`ddb.generator=paste`) needs none either.
 """
 from __future__ import annotations
 
@@ -37,10 +38,15 @@ def device_batch(batch: int, accum: int, devices: int) -> tuple[int, int]:
   return b, max(1, total // b)
 
 
+def _learns(cfg) -> bool:
+  """Whether tokens are learned: not for the paste generator, nor with ddb.invert_steps = 0."""
+  return str(cfg.ddb.generator) != "paste" and int(cfg.ddb.invert_steps) > 0
+
+
 def compute(ctx, inputs, folder: str) -> None:
   d = ctx.cfg.ddb
   steps = int(d.invert_steps)
-  if steps <= 0:
+  if not _learns(ctx.cfg):
     if jax.process_index() == 0:
       with open(os.path.join(folder, INFO_FILE), "w") as f:
         json.dump({"tokens": {}, "steps": 0}, f)
@@ -55,14 +61,19 @@ def compute(ctx, inputs, folder: str) -> None:
 def load(ctx, folder: str) -> Tokens:
   with open(os.path.join(folder, INFO_FILE)) as f:
     info = json.load(f)["tokens"]
-  pipeline = ctx.load_pipeline()
+  pipeline = None if str(ctx.cfg.ddb.generator) == "paste" else ctx.load_pipeline()
   if not info:
     return Tokens({c: "" for c in range(ctx.table.num_classes)}, pipeline)
   pipeline = inv.load_learned_embeds(pipeline, os.path.join(folder, inv.EMBEDS_FILE))
   return Tokens({int(v["class"]): t for t, v in info.items()}, pipeline)
 
 
-STAGE = Stage(name="invert", upstream=("select",),
-              keys=("seed", "diffusion.path", "ddb.nouns", "ddb.invert_steps", "ddb.invert_lr", "ddb.invert_batch",
-                    "ddb.invert_accum"),
-              compute=compute, load=load, identity=lambda ctx: ctx.diffusion_digest)
+def config_keys(cfg) -> list[str]:
+  if not _learns(cfg):
+    return ["ddb.generator", "ddb.invert_steps"]
+  return ["seed", "diffusion.path", "ddb.generator", "ddb.nouns", "ddb.invert_steps", "ddb.invert_lr",
+          "ddb.invert_batch", "ddb.invert_accum"]
+
+
+STAGE = Stage(name="invert", upstream=("select",), keys=config_keys, compute=compute, load=load,
+              identity=lambda ctx: ctx.diffusion_digest if _learns(ctx.cfg) else None)

@@ -31,6 +31,14 @@ def classifier_view_mask(mask: np.ndarray, pp) -> np.ndarray:
   return eval_view(m, pp)[..., 0] > 127
 
 
+def edit_mask(row, masks) -> np.ndarray:
+  """The region an edit changed: its own mask when the generator saved one (paste), else its source's."""
+  if row.get("mask_path"):
+    from spurjax.data.images import read_mask
+    return read_mask(row["mask_path"])
+  return masks[int(row["source_index"])]
+
+
 def score_edits(ctx, erm, masks, edits) -> dict:
   """psi, rho (and IG maps) for every edit row of the inpaint stage."""
   cfg = ctx.cfg
@@ -38,7 +46,7 @@ def score_edits(ctx, erm, masks, edits) -> dict:
   src = ctx.sources["eval"]
   orig = np.stack([eval_view(src(int(r["source_index"])), pp) for r in edits])
   edit = np.stack([eval_view(read_image(r["path"]), pp) for r in edits])
-  m = np.stack([classifier_view_mask(masks[int(r["source_index"])], pp) for r in edits])
+  m = np.stack([classifier_view_mask(edit_mask(r, masks), pp) for r in edits])
   target = np.asarray([int(r["target_class"]) for r in edits])
   source = np.asarray([int(r["source_class"]) for r in edits])
   s = attribute.ig_settings(cfg)
@@ -71,7 +79,7 @@ def compute(ctx, inputs, folder: str) -> None:
       psi=sc["psi"], rho=sc["rho"], rho_norm=sc["rho_norm"], Psi=Psi, threshold=threshold, score=score)
   if distributed.is_main():
     edit_base = [read_image(r["path"]) for r in edits]
-    mask_base = [masks[int(r["source_index"])] for r in edits]
+    mask_base = [edit_mask(r, masks) for r in edits]
     np.savez_compressed(os.path.join(folder, "ig_maps.npz"), maps=sc["maps"], orig=sc["orig"], edit=sc["edit"],
                         mask=sc["mask"])
     prune.write_prune_outputs(folder, recs, edit_base, mask_base)
