@@ -16,7 +16,14 @@ import numpy as np
 
 from spurjax.errors import SpurjaxError
 
-DEFAULT_METHODS = "erm,suby,subg,groupdro,jtt,dfr"
+DEFAULT_METHODS = "erm,suby,subg,groupdro,jtt,dfr,ddb"
+# DDB rows: the pipeline with these settings on top of the config (each its own `spurjax run`).
+DDB_VARIANTS = {
+    "ddb": {},                                                          # the diffusion generator
+    "ddb_paste_true": {"ddb.generator": "paste", "ddb.mask": "given",   # ceiling: a perfect object swap
+                       "ddb.segment_compare": ()},
+    "ddb_paste": {"ddb.generator": "paste"},                            # DaC-style, with predicted masks
+}
 METRICS = (("worst_group_accuracy", "worst-group acc"),
            ("average_accuracy_train_weighted", "avg acc (train-weighted)"),
            ("average_accuracy", "avg acc (plain)"))
@@ -28,8 +35,8 @@ def parse_methods(text: str) -> list[str]:
   if not methods:
     raise SpurjaxError("--methods: no method given")
   for m in methods:
-    if m != "ddb" and m not in METHODS:
-      raise SpurjaxError(f"--methods: unknown method '{m}' (known: {', '.join(METHODS)}, ddb)")
+    if m not in DDB_VARIANTS and m not in METHODS:
+      raise SpurjaxError(f"--methods: unknown method '{m}' (known: {', '.join(METHODS + tuple(DDB_VARIANTS))})")
   if len(set(methods)) != len(methods):
     raise SpurjaxError(f"--methods: a method is listed twice in '{text}'")
   return methods
@@ -126,10 +133,12 @@ def run(base_cfg, methods, seeds: int, workdir: str, overrides=(), table=None) -
       run_dir = os.path.join(workdir, m, f"seed{k}")
       erm_dir = os.path.join(workdir, "erm", f"seed{k}")
       erm_cfg = _seeded(hparams.method_config(base_cfg, "erm", overrides), k)
-      if m == "ddb":  # its ERM stage is the ERM row's run (same settings, so the same fingerprint)
+      if m in DDB_VARIANTS:  # its ERM stage is the ERM row's run (same settings, so the same fingerprint)
         from spurjax.ddb.run import run as run_ddb
-        full = run_ddb(erm_cfg, run_dir, erm_dir=erm_dir, table=table)
-        rep = {**full["ddb"], "method": "ddb", "group_labels": {"train": "no", "val": "yes"}}
+        cfg = _with(erm_cfg, DDB_VARIANTS[m])
+        full = run_ddb(cfg, run_dir, erm_dir=erm_dir, table=table)
+        val = "yes" if cfg.ddb.retrain.select == "val_wga" else "no"
+        rep = {**full["ddb"], "method": m, "group_labels": {"train": "no", "val": val}}
       else:
         cfg = _seeded(hparams.method_config(base_cfg, m, overrides), k)
         rep = runner.run_method(cfg, m, run_dir, erm_workdir=erm_dir, table=table, erm_cfg=erm_cfg)
@@ -138,6 +147,18 @@ def run(base_cfg, methods, seeds: int, workdir: str, overrides=(), table=None) -
   rows = summarise(reports)
   print(write_outputs(rows, workdir, f"Methods on {table.name}"))
   return rows
+
+
+def _with(cfg, settings: dict):
+  c = cfg.copy_and_resolve_references()
+  with c.unlocked():
+    for key, value in settings.items():
+      node = c
+      *path, last = key.split(".")
+      for p in path:
+        node = node[p]
+      node[last] = value
+  return c
 
 
 def _seeded(cfg, seed: int):
