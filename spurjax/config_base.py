@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet50"
   c.model.pretrained = ""         # torchvision state dict (.pth / .safetensors)
+  c.model.init_from = ""          # spurjax weights (.npz from `spurjax pretrain`) or "builtin"; fc re-initialised
   c.model.dtype = "float32"
 
   c.optim = ml_collections.ConfigDict()
