@@ -18,6 +18,7 @@ def get_config(arg=None):
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.25, 0.25, 0.25)
   c.model.name = "cnn3"           # 32-64-128 CNN, started from the shipped pretrained backbone
+  c.model.init_from = "builtin"   # spurjax/assets/backbone/cnn3.npz (the ImageNet stand-in)
   # Backbone pretraining (`spurjax pretrain --data DIR --out FILE`) on the broad corpus that
   # `spurjax data broad` writes: 10 object families x 6 scenes, none of this benchmark's classes.
   c.pretrain = ml_collections.ConfigDict()
