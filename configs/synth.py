@@ -30,14 +30,16 @@ def get_config(arg=None):
   c.pretrain.batch_size = 128
   c.pretrain.num_epochs = 12
   c.pretrain.seed = 0
-  c.optim.name = "sgd"
-  c.optim.lr = 0.02
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 1e-4
+  # ERM fine-tuning of the pretrained backbone, chosen on validation worst-group / average
+  # accuracy (seed 0): SGD at lr 0.02 or 1e-3 learns only the background (val WGA 0.0);
+  # Adam at 1e-3 for 8 epochs gives a Waterbirds-like ERM (val WGA 0.44, train-weighted 0.98).
+  c.optim.name = "adam"
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 0.0
   c.optim.schedule = "cosine"
   c.train.batch_size = 64
   c.train.eval_batch_size = 256
-  c.train.num_epochs = 10
+  c.train.num_epochs = 8
   # DDB on a 2-core CPU in minutes, with the prior spurjax ships (32-px pixel space).
   c.diffusion.path = "builtin"
   c.ddb.k = 30
