@@ -1,11 +1,11 @@
 """The paste generator's core: erase an object, paste another class's object in its place.
 
 For a class-i image with its object mask, `paste_edit` removes the object (the masked
-pixels, grown by `dilate` pixels to take the antialiased outline along, are filled by
+pixels, grown by `dilate_px` pixels to take the antialiased outline along, are filled by
 diffusing the surrounding background colours inward: iterated neighbour averaging, i.e. a
 discrete Laplace solve with the border as boundary condition), cuts the object of a class-j
-donor image out by its mask, scales it (aspect kept) to fit the erased region's bounding box,
-and pastes it there. With the true masks this is what a perfect object-replacing generator
+donor image out by its mask, scales it (aspect kept) to fit the erased region's bounding box
+(`fit="box"`) or to the erased object's area (`fit="area"`), and pastes it there. With the true masks this is what a perfect object-replacing generator
 would produce; with predicted masks it is a compositional (DaC-style) baseline.
 
 Everything here is a pure function of numpy arrays (uint8 HWC images, bool HW masks) and a
