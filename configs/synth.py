@@ -15,15 +15,21 @@ def get_config(arg=None):
   c.data.cache = True
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.25, 0.25, 0.25)
-  c.model.name = "cnn16"
-  c.optim.name = "sgd"
-  c.optim.lr = 0.02
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 1e-4
+  c.model.name = "cnn3"           # 32-64-128 CNN, started from the shipped pretrained backbone
+  c.model.init_from = "builtin"   # spurjax/assets/backbone/cnn3.npz (the ImageNet stand-in)
+  # Backbone pretraining (`spurjax pretrain --data DIR --out FILE`) on the broad corpus that
+  # `spurjax data broad` writes (10 object families x 6 scenes, none of this benchmark's classes)
+  # uses the base config's `pretrain` section.
+  # ERM fine-tuning of the pretrained backbone, chosen on validation worst-group / average
+  # accuracy (seed 0): SGD at lr 0.02 or 1e-3 learns only the background (val WGA 0.0);
+  # Adam at 1e-3 for 8 epochs gives a Waterbirds-like ERM (val WGA 0.44, train-weighted 0.98).
+  c.optim.name = "adam"
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 0.0
   c.optim.schedule = "cosine"
   c.train.batch_size = 64
   c.train.eval_batch_size = 256
-  c.train.num_epochs = 10
+  c.train.num_epochs = 8
   # DDB on a 2-core CPU in minutes, with the prior spurjax ships (32-px pixel space).
   c.diffusion.path = "builtin"
   c.ddb.k = 30

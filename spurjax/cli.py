@@ -21,13 +21,15 @@ commands:
   baseline --method NAME --config FILE --workdir DIR [...]           a baseline (suby rwy subg rwg groupdro jtt dfr)
   invert  --config FILE --workdir DIR [...]                            learn one textual-inversion token per class
   prior   train --data DIR --out PRIOR_DIR [...]                      train a small text-to-image prior
+  pretrain --data DIR --out FILE.npz [--config FILE] [...]            pretrain the classifier backbone
   data    synth --out DIR [--image-size N] [--scale F] [--seed N]       write the built-in benchmark
+  data    broad --out DIR [--train-per-combo N]                          write the backbone pretraining corpus
   bench   erm | unet | ig | prior | methods [options]                   speed figures, the methods table
 """
 
 BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet", "methods": "spurjax.bench.methods",
            "prior": "spurjax.bench.prior", "ig": "spurjax.bench.ig"}
-DATA = {"synth": "spurjax.data.synth"}
+DATA = {"synth": "spurjax.data.synth", "broad": "spurjax.data.broad"}
 
 
 def _dispatch(argv):
@@ -52,6 +54,9 @@ def _dispatch(argv):
   if cmd == "prior":
     from spurjax.diffusion import prior
     return prior.main(rest) or 0
+  if cmd == "pretrain":
+    from spurjax.train import pretrain
+    return pretrain.main(rest) or 0
   if cmd == "baseline":
     from spurjax.baselines import cli as baseline_cli
     return baseline_cli.main(rest) or 0

@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet50"
   c.model.pretrained = ""         # torchvision state dict (.pth / .safetensors)
+  c.model.init_from = ""          # spurjax weights (.npz from `spurjax pretrain`) or "builtin"; fc re-initialised
   c.model.dtype = "float32"
 
   c.optim = ml_collections.ConfigDict()
@@ -56,6 +57,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 256
   c.train.num_epochs = 300
   c.train.select = "val_wga"      # val_wga | val_avg | val_worst_class | last
+
+  # `spurjax pretrain`: the backbone's optimiser and schedule on the broad corpus (the ImageNet
+  # stand-in of the built-in benchmark); model and input settings are the task's.
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.name = "adam"
+  c.pretrain.lr = 2e-3
+  c.pretrain.momentum = 0.9
+  c.pretrain.weight_decay = 5e-5
+  c.pretrain.schedule = "cosine"
+  c.pretrain.warmup_epochs = 1.0
+  c.pretrain.batch_size = 128
+  c.pretrain.num_epochs = 12
+  c.pretrain.seed = 0
 
   c.method = ml_collections.ConfigDict()
   c.method.name = "erm"          # erm | suby | rwy | subg | rwg | groupdro | jtt | dfr

@@ -84,12 +84,12 @@ class _null:
     return False
 
 
-def parse_command(argv, prog: str, *, config_default: str | None = None, workdir: str | bool = True,
+def parse_command(argv, prog: str, *, config_default: str | None = None, workdir: str | bool | None = True,
                   add_arguments=None):
   """The one command-line parser of every config-taking subcommand.
 
   Takes `--config FILE[:arg]` (required unless `config_default`), `--workdir` (required when
-  `workdir` is True, defaulting to it when a string, absent when False), the options that
+  `workdir` is True, defaulting to it when a string, optional when None, absent when False), the options that
   `add_arguments(parser)` adds, and any number of `--config.key=value` overrides. Anything else
   is a SpurjaxError.
 
@@ -103,6 +103,8 @@ def parse_command(argv, prog: str, *, config_default: str | None = None, workdir
                  help="config file, optionally with :arg (e.g. configs/synth.py:tiny)")
   if workdir is True:
     p.add_argument("--workdir", required=True)
+  elif workdir is None:
+    p.add_argument("--workdir", default=None)
   elif workdir:
     p.add_argument("--workdir", default=str(workdir))
   if add_arguments is not None:

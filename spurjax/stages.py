@@ -233,6 +233,17 @@ def _ref_identity(ref) -> str:
   return str(ref)
 
 
+def file_digest(path: str) -> str:
+  """Content hash of one file (a missing file is a SpurjaxError naming it)."""
+  if not os.path.isfile(path):
+    raise SpurjaxError(f"{path}: file not found")
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()[:16]
+
+
 def directory_digest(path: str, chunk: int = 1 << 20) -> str:
   """Identity of a model directory: every JSON file's content and each weight file's size and
   first / last MiB (whole multi-GB checkpoints are not read)."""

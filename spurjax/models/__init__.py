@@ -13,8 +13,8 @@ from spurjax.errors import SpurjaxError
 from spurjax.models.cnn import SmallCNN
 from spurjax.models.resnet import ResNet, resnet18, resnet50
 
-MODEL_NAMES = ("resnet18", "resnet50", "cnn", "cnn16")
-_FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048, "cnn": 256, "cnn16": 128}
+MODEL_NAMES = ("resnet18", "resnet50", "cnn", "cnn16", "cnn3")
+_FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048, "cnn": 256, "cnn16": 128, "cnn3": 128}
 
 
 def _check(name: str, num_classes: int) -> None:
@@ -33,6 +33,8 @@ def get_model(name: str, num_classes: int, dtype=jnp.float32) -> nn.Module:
     return resnet50(int(num_classes), dtype)
   if name == "cnn16":  # a quarter of the cnn's compute: the built-in benchmark's CPU default
     return SmallCNN(int(num_classes), widths=(16, 32, 64, 128), dtype=dtype)
+  if name == "cnn3":  # three stages 32-64-128: the built-in benchmark's classifier (pretrained, see assets)
+    return SmallCNN(int(num_classes), widths=(32, 64, 128), dtype=dtype)
   return SmallCNN(int(num_classes), dtype=dtype)
 
 

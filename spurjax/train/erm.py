@@ -52,8 +52,20 @@ def load(ctx, folder: str) -> ErmResult:
   return ErmResult(rep, model, loop.load_best_variables(ctx.cfg, ctx.table, folder), folder)
 
 
-STAGE = Stage(name="erm", keys=config_keys, upstream=(), compute=compute, load=load,
-              identity=lambda ctx: ctx.table_digest)
+def identity(ctx) -> dict:
+  """The table's content and the initial weights' files (the shipped backbone may change)."""
+  from spurjax.stages import file_digest
+  m = ctx.cfg.model
+  out = {"table": ctx.table_digest}
+  if m.init_from:
+    from spurjax.train import pretrain
+    out["init_from"] = file_digest(pretrain.resolve(m.init_from, m.name))
+  if m.pretrained:
+    out["pretrained"] = file_digest(m.pretrained)
+  return out
+
+
+STAGE = Stage(name="erm", keys=config_keys, upstream=(), compute=compute, load=load, identity=identity)
 
 
 def run(cfg, workdir: str, table=None, hooks=(), mesh=None) -> dict:

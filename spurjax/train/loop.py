@@ -65,7 +65,7 @@ def dtype_of(cfg):
 
 
 def init_variables(cfg, table: Table, rng):
-  """Fresh (or torchvision-initialised) model variables."""
+  """Fresh (or torchvision- / `model.init_from`-initialised) model variables."""
   model = models.get_model(cfg.model.name, table.num_classes, dtype_of(cfg))
   variables = _init(model, int(cfg.data.image_size), rng)
   variables = jax.tree.map(np.asarray, dict(variables))
@@ -75,6 +75,10 @@ def init_variables(cfg, table: Table, rng):
     sd = torchvision_io.load_state_dict(path)
     variables = torchvision_io.variables_from_torchvision(sd, cfg.model.name, table.num_classes,
                                                           init_variables=variables, what=path)
+  init_from = cfg.model.get("init_from", "")
+  if init_from:
+    from spurjax.train import pretrain
+    variables = pretrain.apply_weights(pretrain.resolve(init_from, cfg.model.name), cfg.model.name, variables)
   return model, variables
 
 
