@@ -254,3 +254,19 @@ def test_inpainting_loss_feeds_mask_and_masked_image():
   snr = dtrain.diffusion_loss(model, {"unet": {}, "text": {}}, pixels, ids, jax.random.key(0), masks=masks,
                               min_snr_gamma=5.0)
   assert float(snr) < float(loss)
+
+
+def test_bench_prior_runs_on_a_tiny_prior(trained, data, tmp_path, capsys):
+  from spurjax.bench import prior as bench_prior
+  rc = bench_prior.main(["--prior", str(trained), "--data", str(data), "--n-per-combo", "1", "--n-inpaint", "2",
+                         "--steps", "2", "--clf-epochs", "1", "--clf-batch-size", "4", "--ti-steps", "1", "--ti-images", "2",
+                         "--diffedit-draws", "2", "--workdir", str(tmp_path / "b")])
+  assert rc == 0
+  rec = json.loads((tmp_path / "b" / "bench_prior.json").read_text())
+  for label in ("learned token", "initialiser token", "class word", "same class, class word"):
+    assert 0.0 <= rec["inpaint"][f"all ({label})"] <= 1.0
+  assert rec["inpaint_mask"]["kind"] == "square" and rec["prior_train_images_per_s"] > 0
+  assert 0.0 <= rec["diffedit"]["iou_mask"] <= 1.0 and 0.0 <= rec["diffedit"]["iou_box"] <= 1.0
+  out = capsys.readouterr().out
+  assert "a photo of a <c1> flower" in out and "'a photo of a flower' (class word)" in out
+  assert "'a photo of a bird' (same class, class word)" in out
