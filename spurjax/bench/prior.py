@@ -251,7 +251,8 @@ def run(args) -> dict:
   speed = None
   if os.path.isfile(info_path):
     with open(info_path) as f:
-      speed = json.load(f).get("images_per_s_this_run")
+      info = json.load(f)
+    speed = (info.get("training_run") or {}).get("images_per_s") or info.get("images_per_s_this_run")
   record["prior_train_images_per_s"] = speed
   rows.append(["prior training speed (images/s, from its training.json)", "-", "-",
                speed if speed is not None else "unknown"])
