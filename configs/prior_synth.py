@@ -1,8 +1,11 @@
-"""A small text-to-image prior for the built-in benchmark (`spurjax prior train`).
+"""A small inpainting prior for the built-in benchmark (`spurjax prior train`).
 
-Pixel space at 32 px (the 64-px corpus is box-downsampled), a 3-level UNet with
-cross-attention at 16 and 8 px, and a 2-layer CLIP text encoder over the first 8000
-entries of the CLIP BPE vocabulary (bird, flower, land, water, photo and the colour
+Pixel space at 32 px (the 64-px corpus is box-downsampled). The UNet takes the SD-2-inpainting
+input [noisy image, mask, masked image] (3 + 1 + 3 channels); training masks mix the whole
+image (text-to-image, textual inversion), the object's grown box, the square around it, boxes
+of other aspect ratios around it and random boxes. 3 levels (16, 32, 64 channels) with
+cross-attention at 8 px, v-prediction, cosine schedule; a 2-layer CLIP text encoder over the
+first 8000 entries of the CLIP BPE vocabulary (bird, flower, land, water, photo and the colour
 words are single tokens). `:tiny` is a seconds-long test variant.
 """
 import ml_collections
@@ -12,6 +15,20 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.resolution = 32
+  c.inpaint = True                # UNet input [noisy image, mask, masked image] (SD-2-inpainting layout)
+
+  # Training masks: weights of each kind (normalised). full = text-to-image / textual inversion;
+  # box = object box grown by `grow` px; square = the square around it; aspect = a box around it
+  # of aspect ratio in [1/max_aspect, max_aspect]; random = a random box (sides random_side x size).
+  c.masks = ml_collections.ConfigDict()
+  c.masks.full = 0.15
+  c.masks.box = 0.15
+  c.masks.square = 0.35
+  c.masks.aspect = 0.15
+  c.masks.random = 0.20
+  c.masks.grow = (1, 3)
+  c.masks.max_aspect = 2.0
+  c.masks.random_side = (0.25, 0.75)
 
   c.text = ml_collections.ConfigDict()
   c.text.vocab_size = 8000
@@ -23,10 +40,12 @@ def get_config(arg=None):
   c.text.train = True             # train jointly with the UNet (False: random frozen CLIP)
 
   c.unet = ml_collections.ConfigDict()
-  c.unet.block_out_channels = (32, 64, 64)
+  # Narrow outer levels and cross-attention only at 8 px (and the middle block): on the CPU this
+  # runs a batch of 64 in 1.55 s against 4.6 s for (32, 64, 64) with attention at 16 and 8 px.
+  c.unet.block_out_channels = (16, 32, 64)
   c.unet.layers_per_block = 1
-  c.unet.down_block_types = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
-  c.unet.up_block_types = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+  c.unet.down_block_types = ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
+  c.unet.up_block_types = ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
   c.unet.attention_heads = (2, 2, 2)
   c.unet.norm_num_groups = 8
 
@@ -40,18 +59,20 @@ def get_config(arg=None):
   c.scheduler.timestep_spacing = "trailing"
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 6000            # optimizer steps
-  c.train.batch_size = 32
+  c.train.steps = 1500            # optimizer steps (about 50 minutes on a shared 2-core CPU)
+  c.train.batch_size = 64
   c.train.grad_accum = 1
   c.train.lr = 1e-3
-  c.train.warmup_steps = 200
+  c.train.warmup_steps = 100
   c.train.weight_decay = 0.0
   c.train.clip_norm = 1.0
-  c.train.ema_decay = 0.999
+  c.train.ema_decay = 0.998       # a short run: the EMA should not reach back to its first half
   c.train.cond_drop = 0.1         # caption dropout, for classifier-free guidance
+  c.train.mask_weight = 1.0       # loss weight inside the mask (1: plain mean)
+  c.train.min_snr_gamma = 0.0     # > 0: min-SNR-gamma loss weighting
   c.train.flip = True
-  c.train.ckpt_every = 500
-  c.train.log_every = 50
+  c.train.ckpt_every = 100
+  c.train.log_every = 25
 
   if arg == "tiny":
     c.resolution = 16

@@ -144,6 +144,18 @@ def test_inpainting_unet_and_pixel_space_pipeline(tmp_path):
   assert all(np.array_equal(a, b) for a, b in leaves)
 
 
+@pytest.mark.parametrize("in_channels,out_channels,inpaint", [(7, 3, True), (3, 3, False), (9, 4, True), (4, 4, False),
+                                                              (9, 3, False)])
+def test_inpainting_unet_is_two_c_plus_one_channels(tmp_path, in_channels, out_channels, inpaint):
+  config = {**UNET_CFG, "in_channels": in_channels, "out_channels": out_channels}
+  params = unet_lib.init_unet_params(config, jax.random.key(0))
+  out = loading.save_pipeline({"unet": config, "unet_params": params,
+                               "scheduler_config": {"_class_name": "DDIMScheduler"}}, tmp_path / "u")
+  index = json.loads((out / "model_index.json").read_text())
+  assert (index["_class_name"] == "StableDiffusionInpaintPipeline") == inpaint
+  assert loading.load_pipeline(out, components=["unet", "vae", "scheduler"]).is_inpaint == inpaint
+
+
 def test_sharded_weights_load(torch_pipe, loaded, tmp_path):
   d = _copy(torch_pipe, tmp_path)
   pipe = torch_pipe["pipe"]

@@ -33,7 +33,7 @@ def trained(data, tmp_path_factory):
 
 def test_trained_prior_loads_and_samples(trained):
   p = loading.load_pipeline(trained)
-  assert p.vae is None and p.unet.config["sample_size"] == 16 and p.unet.config["in_channels"] == 3
+  assert p.vae is None and p.unet.config["sample_size"] == 16 and p.unet.config["in_channels"] == 7 and p.is_inpaint
   assert p.text_encoder.config["max_position_embeddings"] == 16 == p.tokenizer.model_max_length
   info = json.loads((trained / "training.json").read_text())
   assert info["steps"] == 3 and info["images"] == 12 and np.isfinite(info["final_loss"])
@@ -136,3 +136,137 @@ def test_shipped_prior():
   p = loading.load_pipeline(path)
   assert p.vae is None and len(p.tokenizer) == p.text_encoder.config["vocab_size"]
   assert os.path.isfile(os.path.join(path, "README.md"))
+
+
+# ----------------------------------------------------------------------------- inpainting prior
+
+
+def test_trained_prior_is_inpainting_and_used_object_masks(trained, data):
+  info = json.loads((trained / "training.json").read_text())
+  assert info["object_masks"] is True and info["steps_this_run"] == 3 and info["images_per_s_this_run"] > 0
+  p = loading.load_pipeline(trained)
+  img = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  m = np.zeros((2, 16, 16), np.float32)
+  m[:, 4:12, 4:12] = 1
+  out = prior.inpaint_images(p, img, m, ["a photo of a bird", "a photo of a flower"], num_steps=3)
+  assert out.shape == img.shape
+  np.testing.assert_allclose(out[:, m[0] < 0.5], img[:, m[0] < 0.5], atol=1e-6)  # the known region is kept
+  assert np.abs(out[:, m[0] > 0.5] - img[:, m[0] > 0.5]).max() > 0.05
+
+
+def test_mask_paths_are_read_and_checked(tmp_path):
+  root = _folder(tmp_path, "file_name,text\nimages/0.png,a bird\nimages/1.png,a flower\n")
+  assert prior.read_mask_paths(str(root)) is None
+  (root / "metadata.csv").write_text("file_name,text,mask_file_name\nimages/0.png,a bird,images/1.png\n"
+                                     "images/1.png,a flower,masks/9.png\n")
+  with pytest.raises(SpurjaxError, match=r"row 3: mask not found: .*9.png"):
+    prior.read_mask_paths(str(root))
+
+
+def test_boxes_squares_and_inference_masks():
+  m = np.zeros((1, 16, 16), bool)
+  m[0, 3:6, 2:12] = True          # a wide object: rows 3..5, cols 2..11
+  box = prior.object_boxes(m)[0]
+  assert tuple(box) == (3, 2, 6, 12)
+  assert tuple(prior.object_boxes(np.zeros((1, 16, 16), bool))[0]) == (0, 0, 16, 16)
+  assert prior.grow_box(box, 2, 16) == (1, 0, 8, 14)
+  sq = prior.square_box(prior.grow_box(box, 2, 16), 16)
+  assert sq[2] - sq[0] == sq[3] - sq[1] == 14 and sq[0] >= 0 and sq[2] <= 16
+  assert prior.square_box((0, 0, 2, 16), 16) == (0, 0, 16, 16)     # shifted into the image
+  assert prior.inference_mask(m[0], "object").sum() == m.sum()
+  assert prior.inference_mask(m[0], "box", grow=2).sum() == 7 * 14
+  assert prior.inference_mask(m[0], "square", grow=2).sum() == 14 * 14
+  with pytest.raises(SpurjaxError, match="mask kind"):
+    prior.inference_mask(m[0], "blob")
+
+
+def test_training_masks_mix():
+  rng = np.random.default_rng(0)
+  size, n = 32, 400
+  boxes = np.tile(np.asarray([[10, 4, 18, 24]]), (n, 1))   # a wide 8 x 20 object box
+  for kind in prior.MASK_KINDS:
+    probs = np.asarray([k == kind for k in prior.MASK_KINDS], float)
+    masks = prior.training_masks(n, boxes, size, rng, probs, grow=(1, 3))
+    assert masks.shape == (n, size, size) and set(np.unique(masks)) <= {0.0, 1.0}
+    got = prior.object_boxes(masks > 0.5)
+    h, w = got[:, 2] - got[:, 0], got[:, 3] - got[:, 1]
+    assert np.all(masks.sum((1, 2)) == h * w)                      # every mask is one box
+    inside = (got[:, 0] <= 10) & (got[:, 1] <= 4) & (got[:, 2] >= 18) & (got[:, 3] >= 24)
+    if kind == "full":
+      assert np.all(masks == 1)
+    elif kind == "box":
+      assert inside.all() and set(h - 8) <= {2, 4, 6} and set(w - 20) <= {2, 4, 6}
+    elif kind == "square":
+      assert inside.all() and np.all(h == w)
+    elif kind == "aspect":
+      r = h / w
+      assert inside.all() and r.min() < 0.6 and r.max() > 1.3 and r.min() >= 0.4 and r.max() <= 2.1
+    else:
+      assert not inside.all() and h.min() >= 8 and h.max() <= 24
+  probs = prior.mask_mix({"full": 1, "box": 1, "square": 2, "aspect": 0, "random": 0})
+  np.testing.assert_allclose(probs, [0.25, 0.25, 0.5, 0, 0])
+  kinds = prior.training_masks(4000, boxes[:1].repeat(4000, 0), size, rng, probs)
+  assert abs((kinds.sum((1, 2)) == size * size).mean() - 0.25) < 0.03
+  with pytest.raises(SpurjaxError, match="box masks need object masks"):
+    prior.training_masks(4, None, size, rng, [0, 1, 0, 0, 0])
+  assert prior.training_masks(4, None, size, rng, [1, 1, 0, 0, 0]).sum() == 4 * size * size
+  with pytest.raises(SpurjaxError, match="must be >= 0"):
+    prior.mask_mix({"full": -1, "box": 1})
+
+
+def test_inpainting_loss_feeds_mask_and_masked_image():
+  import jax
+  import jax.numpy as jnp
+  from spurjax.diffusion import schedulers, train as dtrain
+
+  seen = {}
+
+  class Unet:
+    config = {"in_channels": 7, "out_channels": 3}
+
+    def apply(self, variables, x, t, ctx):
+      seen["x"] = x
+      return jnp.zeros(x.shape[:3] + (3,))
+
+  class Text:
+    def apply(self, variables, ids):
+      return jnp.zeros(ids.shape + (4,))
+
+  model = dtrain.Model(Unet(), Text(), None, 1.0, schedulers.make_schedule({"prediction_type": "epsilon"}))
+  assert model.inpaint
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+  masks = np.zeros((2, 8, 8), np.float32)
+  masks[:, 2:5, 3:7] = 1
+  ids = np.zeros((2, 5), np.int32)
+  loss = dtrain.diffusion_loss(model, {"unet": {}, "text": {}}, pixels, ids, jax.random.key(0), masks=masks)
+  x = np.asarray(seen["x"])
+  assert x.shape == (2, 8, 8, 7)
+  np.testing.assert_array_equal(x[..., 3], masks)
+  img = pixels / 127.5 - 1
+  np.testing.assert_allclose(x[..., 4:], img * (1 - masks[..., None]), atol=1e-6)
+  # Without masks the whole image is masked (text-to-image, textual inversion).
+  dtrain.diffusion_loss(model, {"unet": {}, "text": {}}, pixels, ids, jax.random.key(0))
+  assert np.all(np.asarray(seen["x"])[..., 3] == 1) and np.all(np.asarray(seen["x"])[..., 4:] == 0)
+  # The zero prediction's loss is the noise's second moment; weighting the mask changes it.
+  w = dtrain.diffusion_loss(model, {"unet": {}, "text": {}}, pixels, ids, jax.random.key(0), masks=masks,
+                            mask_weight=5.0)
+  assert np.isfinite(float(loss)) and abs(float(w) - float(loss)) > 1e-4
+  snr = dtrain.diffusion_loss(model, {"unet": {}, "text": {}}, pixels, ids, jax.random.key(0), masks=masks,
+                              min_snr_gamma=5.0)
+  assert float(snr) < float(loss)
+
+
+def test_bench_prior_runs_on_a_tiny_prior(trained, data, tmp_path, capsys):
+  from spurjax.bench import prior as bench_prior
+  rc = bench_prior.main(["--prior", str(trained), "--data", str(data), "--n-per-combo", "1", "--n-inpaint", "2",
+                         "--steps", "2", "--clf-epochs", "1", "--clf-batch-size", "4", "--ti-steps", "1", "--ti-images", "2",
+                         "--diffedit-draws", "2", "--workdir", str(tmp_path / "b")])
+  assert rc == 0
+  rec = json.loads((tmp_path / "b" / "bench_prior.json").read_text())
+  for label in ("learned token", "initialiser token", "class word", "same class, class word"):
+    assert 0.0 <= rec["inpaint"][f"all ({label})"] <= 1.0
+  assert rec["inpaint_mask"]["kind"] == "square" and rec["prior_train_images_per_s"] > 0
+  assert 0.0 <= rec["diffedit"]["iou_mask"] <= 1.0 and 0.0 <= rec["diffedit"]["iou_box"] <= 1.0
+  out = capsys.readouterr().out
+  assert "a photo of a <c1> flower" in out and "'a photo of a flower' (class word)" in out
+  assert "'a photo of a bird' (same class, class word)" in out

@@ -85,11 +85,23 @@ def test_corpus_balanced_and_disjoint(ds):
     y, place = int(r["y"]), int(r["place"])
     assert f"{synth.CLASS_NAMES[y]} on {synth.PLACE_NAMES[place]}" in r["text"]
     assert synth.CLASS_NAMES[1 - y] not in r["text"]
-  assert not (ds / "corpus" / "masks").exists()
   corpus = {_digest(ds / "corpus" / r["file_name"]) for r in rows}
   bench = {_digest(ds / r["img_filename"]) for r in _rows(ds / "metadata.csv")}
   assert len(corpus) == len(rows)
   assert not corpus & bench
+
+
+def test_corpus_object_masks(ds):
+  rows = _rows(ds / "corpus" / "metadata.csv")
+  assert list(rows[0]) == ["file_name", "text", "y", "place", synth.CORPUS_MASK_COLUMN]
+  for index, r in enumerate(rows):
+    mask = np.asarray(Image.open(ds / "corpus" / r[synth.CORPUS_MASK_COLUMN]))
+    chex.assert_shape(mask, (SIZE, SIZE))
+    assert set(np.unique(mask).tolist()) <= {0, 255}
+    # The mask is the one drawn with this image (same random stream).
+    image, expected = synth.render(int(r["y"]), int(r["place"]), synth._image_rng(0, synth._CORPUS_STREAM, index), SIZE)
+    np.testing.assert_array_equal(np.asarray(Image.open(ds / "corpus" / r["file_name"])), image)
+    np.testing.assert_array_equal(mask > 0, expected)
 
 
 def test_deterministic_per_seed(ds, tmp_path):

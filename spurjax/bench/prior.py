@@ -4,11 +4,15 @@
    the balanced captioned corpus (90/5/5 split by position).
 2. Text-to-image: N samples per (object, scene) for "a photo of a {object} on {scene}";
    the share the classifier assigns to the prompted object.
-3. Inpainting: benchmark majority training images, their true object masks, repainted by
-   blended latents with the *other* class's textual-inversion token ("a photo of a <c1>
-   flower") vs the same prompt with the token's row left at its initialiser (the noun);
-   the share assigned to the other class. Tokens are learned here (`--ti-steps`) unless
-   `--embeds` gives a learned_embeds file.
+3. Inpainting: benchmark majority training images, the region around their true object
+   masks (`--mask`: by default the square around the mask's box grown by `--grow` px)
+   repainted (through the mask channels of an inpainting UNet, by blended latents
+   otherwise) with the *other* class's prompt: its textual-inversion token ("a photo of a
+   <c1> flower"), the same prompt with the token's row left at its initialiser (the noun),
+   and the class word alone ("a photo of a flower"); the share assigned to the other class.
+   The same images repainted with their own class word give the same-class share. Tokens are
+   learned here (`--ti-steps`) unless `--embeds` gives a learned_embeds file.
+4. The prior's training speed, read from its `training.json` (images/s of its training run).
 
 Prints a labelled table and writes sample grids (PNG) and `bench_prior.json` to --workdir.
 """
@@ -27,8 +31,7 @@ import numpy as np
 
 from spurjax.bench.common import print_table
 from spurjax.data.table import TRAIN, Table
-from spurjax.diffusion import invert, loading, prior, sampling
-from spurjax.diffusion import schedulers
+from spurjax.diffusion import invert, loading, prior
 from spurjax.errors import SpurjaxError
 
 TXT2IMG_TEMPLATE = "a photo of a {obj} on {place}"
@@ -69,7 +72,7 @@ def memory_table(images: np.ndarray, y: np.ndarray, place: np.ndarray, num_class
                read_image=lambda i: images[i])
 
 
-def classifier_config(epochs: int, image_size: int):
+def classifier_config(epochs: int, image_size: int, batch_size: int = 64):
   from spurjax.config_base import base_config
   c = base_config()
   c.data.image_size = image_size
@@ -82,7 +85,7 @@ def classifier_config(epochs: int, image_size: int):
   c.model.name = "cnn16"
   c.optim.lr = 0.02
   c.optim.schedule = "cosine"
-  c.train.batch_size = 64
+  c.train.batch_size = batch_size
   c.train.eval_batch_size = 128
   c.train.num_epochs = epochs
   c.train.select = "val_avg"
@@ -144,7 +147,7 @@ def run(args) -> dict:
 
   # 1. The judge: a classifier of object class trained on the corpus.
   from spurjax.train import loop
-  ccfg = classifier_config(args.clf_epochs, res)
+  ccfg = classifier_config(args.clf_epochs, res, args.clf_batch_size)
   ccfg.seed = args.seed
   report = loop.fit(ccfg, corpus, os.path.join(workdir, "classifier"), name="classifier")
   variables = loop.load_best_variables(ccfg, corpus, os.path.join(workdir, "classifier"))
@@ -202,37 +205,57 @@ def run(args) -> dict:
                                          workdir=os.path.join(workdir, "ti"), log_every=25, ckpt_every=10**9)
     tokens = [args.placeholder_fmt.format(c) for c in range(bench.num_classes)]
   init_pipe, _ = invert.add_tokens(pipe, tokens, invert.initial_vectors(pipe, nouns[:bench.num_classes]))
-  src_imgs, src_masks, src_y, src_place = [], [], [], []
+  src_imgs, src_masks, true_masks, src_y, src_place = [], [], [], [], []
   for c, idx in sources.items():
     for i in idx:
       src_imgs.append(prior.resize_image(bench.image(int(i)), res))
       m = bench.mask(int(i))
       if m is None:
         raise SpurjaxError(f"{bench.name}: image {bench.refs[int(i)]} has no object mask")
-      src_masks.append(_shrink_mask(m, res, args.dilate))
+      true_masks.append(_shrink_mask(m, res, 0))
+      src_masks.append(prior.inference_mask(true_masks[-1], args.mask, args.grow))
       src_y.append(c)
       src_place.append(int(bench.place[int(i)]))
   src_imgs, src_masks = np.stack(src_imgs), np.stack(src_masks).astype(np.float32)
   src_y, src_place = np.asarray(src_y), np.asarray(src_place)
+  record["inpaint_mask"] = {"kind": args.mask, "grow": args.grow, "mean_area": float(src_masks.mean())}
   target = (src_y + 1) % bench.num_classes
-  prompts = [INPAINT_TEMPLATE.format(token=tokens[t], noun=nouns[t]) for t in target]
   record["inpaint"] = {}
   t0 = time.time()
-  for label, p in (("learned token", tokens_pipe), ("initialiser token", init_pipe)):
-    out = to_uint8(_inpaint(p, src_imgs, src_masks, prompts, args))
-    save_grid(os.path.join(workdir, f"inpaint_{label.split()[0]}.png"), np.concatenate([src_imgs, out]),
-              cols=len(src_imgs))
-    pred = classify(out, target, src_place)
+  runs = (("learned token", tokens_pipe, target, tokens), ("initialiser token", init_pipe, target, tokens),
+          ("class word", pipe, target, None), ("same class, class word", pipe, src_y, None))
+  for label, p, goal, toks in runs:
+    prompts = [INPAINT_TEMPLATE.format(token=toks[t] if toks else "", noun=nouns[t]).replace("  ", " ")
+               for t in goal]
+    out = to_uint8(prior.inpaint_images(p, src_imgs.astype(np.float32) / 255.0, src_masks, prompts,
+                                        num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed + 7))
+    save_grid(os.path.join(workdir, f"inpaint_{label.replace(',', '').replace(' ', '_')}.png"),
+              np.concatenate([src_imgs, out]), cols=len(src_imgs))
+    pred = classify(out, goal, src_place)
     for c in range(bench.num_classes):
       sel = src_y == c
-      t = (c + 1) % bench.num_classes
+      t = int(goal[sel][0])
       share = float(np.mean(pred[sel] == t))
       record["inpaint"][f"{nouns[c]}->{nouns[t]} ({label})"] = share
-      rows.append([f"inpaint {nouns[c]} -> '{INPAINT_TEMPLATE.format(token=tokens[t], noun=nouns[t])}' "
-                   f"({label})", nouns[t], int(sel.sum()), share])
+      rows.append([f"inpaint {nouns[c]} -> '{prompts[int(np.flatnonzero(sel)[0])]}' ({label})", nouns[t],
+                   int(sel.sum()), share])
+    share = float(np.mean(pred == goal))
+    record["inpaint"][f"all ({label})"] = share
+    rows.append([f"inpaint, all sources ({label})", "prompted", len(goal), share])
   t_inp = time.time() - t0
   source_pred = classify(src_imgs, src_y, src_place)
   rows.append(["unedited inpainting sources (sanity)", "own class", len(src_y), float(np.mean(source_pred == src_y))])
+  if args.diffedit_draws > 0:
+    rows += _diffedit_rows(pipe, src_imgs, np.stack(true_masks), src_y, nouns, args, record, workdir)
+  info_path = os.path.join(path, "training.json")
+  speed = None
+  if os.path.isfile(info_path):
+    with open(info_path) as f:
+      info = json.load(f)
+    speed = (info.get("training_run") or {}).get("images_per_s") or info.get("images_per_s_this_run")
+  record["prior_train_images_per_s"] = speed
+  rows.append(["prior training speed (images/s, from its training.json)", "-", "-",
+               speed if speed is not None else "unknown"])
 
   title = (f"bench prior: {path} ({res} px) | {args.n_per_combo} samples per combo, {args.n_inpaint} inpaints per "
            f"class, {args.steps} DDIM steps, guidance {args.guidance} | txt2img {t_txt:.0f} s, inpaint {t_inp:.0f} s, "
@@ -243,6 +266,34 @@ def run(args) -> dict:
     json.dump(record, f, indent=1, default=float)
   print(f"grids and bench_prior.json in {workdir}")
   return record
+
+
+def _diffedit_rows(pipe, images_u8, true_masks, src_y, nouns, args, record, workdir: str) -> list[list]:
+  """IoU of DiffEdit contrast masks (own class word vs the other's) against the true masks."""
+  from spurjax.ddb import diffedit
+  k = len(nouns)
+  src = [f"a photo of a {nouns[c]}" for c in src_y]
+  tgt = [f"a photo of a {nouns[(c + 1) % k]}" for c in src_y]
+  images = images_u8.astype(np.float32) / 255.0
+  t0 = time.time()
+  _, masks = diffedit.pipeline_contrast_masks(pipe, images, src, tgt, seed=args.seed + 11,
+                                              n_draws=args.diffedit_draws, strength=args.diffedit_strength,
+                                              threshold=args.diffedit_threshold)
+  _, boxes = diffedit.pipeline_contrast_masks(pipe, images, src, tgt, seed=args.seed + 11,
+                                              n_draws=args.diffedit_draws, strength=args.diffedit_strength,
+                                              threshold=args.diffedit_threshold, box="box", box_grow=args.grow)
+  true_boxes = np.stack([prior.inference_mask(m, "box", args.grow) > 0.5 for m in true_masks])
+  iou_mask = float(diffedit.iou(masks, true_masks).mean())
+  iou_box = float(diffedit.iou(boxes, true_boxes).mean())
+  record["diffedit"] = {"iou_mask": iou_mask, "iou_box": iou_box, "draws": args.diffedit_draws,
+                        "strength": args.diffedit_strength, "threshold": args.diffedit_threshold,
+                        "seconds": round(time.time() - t0, 1)}
+  save_grid(os.path.join(workdir, "diffedit_masks.png"),
+            np.concatenate([images_u8, np.repeat(true_masks[..., None] * 255, 3, -1).astype(np.uint8),
+                            np.repeat(masks[..., None] * 255, 3, -1).astype(np.uint8)]), cols=len(images_u8))
+  label = f"{args.diffedit_draws} draws, strength {args.diffedit_strength}, > {args.diffedit_threshold} x mean"
+  return [[f"DiffEdit mask IoU vs the true mask ({label})", "-", len(src_y), iou_mask],
+          [f"DiffEdit grown box IoU vs the true grown box", "-", len(src_y), iou_box]]
 
 
 def _majority_split(table: Table, n_sources: int, n_learn: int, seed: int):
@@ -260,18 +311,6 @@ def _majority_split(table: Table, n_sources: int, n_learn: int, seed: int):
   return sources, learn
 
 
-def _inpaint(pipe, images_u8: np.ndarray, masks: np.ndarray, prompts: Sequence[str], args) -> np.ndarray:
-  fns = sampling.pipeline_fns(pipe)
-  ctx = sampling.encode_prompts(pipe, list(prompts))
-  uncond = sampling.empty_context(pipe) if args.guidance != 1.0 else None
-  out = sampling.inpaint_blended(fns.denoise, schedulers.make_schedule(pipe.scheduler_config),
-                                 images=images_u8.astype(np.float32) / 255.0, masks=masks, context=ctx,
-                                 uncond_context=uncond, guidance_scale=args.guidance, num_steps=args.steps,
-                                 rng=jax.random.key(args.seed + 7), params=fns.params, encode_fn=fns.encode,
-                                 decode_fn=fns.decode)
-  return np.asarray(out)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="spurjax bench prior", description=__doc__.splitlines()[0])
   p.add_argument("--prior", default="builtin", help="diffusers directory, or 'builtin'")
@@ -283,8 +322,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--n-inpaint", type=int, default=16, help="inpainted images per source class")
   p.add_argument("--steps", type=int, default=30, help="DDIM steps")
   p.add_argument("--guidance", type=float, default=3.0)
-  p.add_argument("--dilate", type=int, default=1, help="mask dilation in pixels at the prior's resolution")
+  p.add_argument("--mask", default="square", choices=("square", "box", "object"),
+                 help="inpainted region: the square around the object's grown box, the box, or the mask itself")
+  p.add_argument("--grow", type=int, default=2, help="pixels the object's box is grown by, at the prior's resolution")
   p.add_argument("--clf-epochs", type=int, default=60)
+  p.add_argument("--clf-batch-size", type=int, default=64)
+  p.add_argument("--diffedit-draws", type=int, default=10, help="DiffEdit noise draws (0: skip the mask IoU)")
+  p.add_argument("--diffedit-strength", type=float, default=0.5)
+  p.add_argument("--diffedit-threshold", type=float, default=1.5, help="in units of the map's mean")
   p.add_argument("--embeds", default="", help="learned_embeds.safetensors (default: learn tokens here)")
   p.add_argument("--placeholder-fmt", default="<c{}>")
   p.add_argument("--ti-steps", type=int, default=150)

@@ -8,7 +8,8 @@
   images/<split>/<group>/<id>.png   RGB, image_size x image_size
   masks/<split>/<group>/<id>.png    the true object mask, 0/255
   corpus/        a balanced captioned corpus (HF imagefolder layout:
-                 metadata.csv with file_name, text, y, place; images/*.png)
+                 metadata.csv with file_name, text, y, place, mask_file_name;
+                 images/*.png, and masks/*.png the object masks, 0/255)
 
 Classes are shape families (0 "bird": ellipse body, head, beak, tail fan, wing;
 1 "flower": star-shaped petal ring, centre disc, stem and leaf); both draw their
@@ -52,6 +53,7 @@ DEFAULT_VAL_PER_GROUP = 150
 DEFAULT_TEST_PER_GROUP = 300
 DEFAULT_CORPUS_PER_COMBO = 250
 SPLITS = ("train", "val", "test")
+CORPUS_MASK_COLUMN = "mask_file_name"  # the corpus's object-mask column (path relative to corpus/)
 _BENCH_STREAM, _CORPUS_STREAM = 0, 1
 _CORPUS_TEMPLATES = (
     "a photo of a {obj} on {place}",
@@ -394,18 +396,19 @@ def _write_benchmark(tmp: str, counts: dict, image_size: int, seed: int, workers
 def _write_corpus(tmp: str, per_combo: int, image_size: int, seed: int, workers: int) -> None:
   root = os.path.join(tmp, "corpus")
   os.makedirs(os.path.join(root, "images"))
+  os.makedirs(os.path.join(root, "masks"))
   jobs = []
   for g in range(4):
     y, place = divmod(g, 2)
     for _ in range(per_combo):
       index = len(jobs)
-      jobs.append((index, y, place, f"images/{index:06d}.png", None))
+      jobs.append((index, y, place, f"images/{index:06d}.png", f"masks/{index:06d}.png"))
   captions = _run_jobs(root, image_size, seed, _CORPUS_STREAM, jobs, workers)
   with open(os.path.join(root, "metadata.csv"), "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["file_name", "text", "y", "place"])
-    for (_, y, place, rel, _), cap in zip(jobs, captions):
-      w.writerow([rel, cap, y, place])
+    w.writerow(["file_name", "text", "y", "place", CORPUS_MASK_COLUMN])
+    for (_, y, place, rel, mask_rel), cap in zip(jobs, captions):
+      w.writerow([rel, cap, y, place, mask_rel])
 
 
 def generate(out_dir: str, *, image_size: int = 64, scale: float = 1.0, seed: int = 0,

@@ -53,8 +53,9 @@ class Pipeline:
 
   @property
   def is_inpaint(self) -> bool:
-    """True for a 9-channel (latents + mask + masked-image latents) inpainting UNet."""
-    return self.unet is not None and int(_config_of(self.unet).get("in_channels", 4)) == 9
+    """True for an inpainting UNet: [latents, mask, masked-image latents], 2C + 1 input channels
+    (9 for SD-2-inpainting, 7 for a pixel-space RGB model)."""
+    return self.unet is not None and is_inpaint_config(_config_of(self.unet))
 
   @property
   def vae_scale_factor(self) -> int:
@@ -65,6 +66,11 @@ class Pipeline:
   def latent_scale(self) -> float:
     """The VAE's scaling_factor (latents fed to the UNet are mean * latent_scale); 1.0 without a VAE."""
     return 1.0 if self.vae is None else float(vae_lib.vae_config(_config_of(self.vae))["scaling_factor"])
+
+
+def is_inpaint_config(unet_config: Mapping) -> bool:
+  """Whether a UNet config takes [sample, mask, masked sample]: in_channels == 2 * out_channels + 1."""
+  return int(unet_config.get("in_channels", 4)) == 2 * int(unet_config.get("out_channels", 4)) + 1
 
 
 # ----------------------------------------------------------------------------- reading
@@ -337,11 +343,11 @@ def save_pipeline(pipeline_or_parts, path) -> Path:
       "requires_safety_checker": False,
       "safety_checker": [None, None],
   }
-  in_channels = 4
+  inpaint = False
   if parts["unet"] is not None:
     from spurjax.diffusion import unet as unet_lib
     config = _config_of(parts["unet"])
-    in_channels = int(config.get("in_channels", 4))
+    inpaint = is_inpaint_config(config)
     tensors = unet_lib.unet_to_diffusers(parts["unet_params"], config)
     _write_component(root / "unet", {**config, "_class_name": "UNet2DConditionModel",
                                       "_diffusers_version": config.get("_diffusers_version", _DIFFUSERS_VERSION)},
@@ -372,7 +378,7 @@ def save_pipeline(pipeline_or_parts, path) -> Path:
     index["scheduler"] = ["diffusers", sched.get("_class_name", "DDIMScheduler")]
   else:
     index["scheduler"] = [None, None]
-  index["_class_name"] = "StableDiffusionInpaintPipeline" if in_channels == 9 else "StableDiffusionPipeline"
+  index["_class_name"] = "StableDiffusionInpaintPipeline" if inpaint else "StableDiffusionPipeline"
   _write_json(index, root / "model_index.json")
   return root
 

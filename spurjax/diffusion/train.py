@@ -15,8 +15,9 @@ Pieces:
   `fold_in(rng, micro_step)`.
 - `train`: the loop with Orbax checkpoints, automatic resume and a tqdm bar.
 
-Batches are dicts of numpy arrays: `pixels` uint8 NHWC at the model's resolution and
-`ids` int32 (B, L) token ids.
+Batches are dicts of numpy arrays: `pixels` uint8 NHWC at the model's resolution,
+`ids` int32 (B, L) token ids and, for an inpainting UNet, optionally `masks` float32
+(B, H, W), 1 = repaint (without them the whole image is masked).
 """
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ class Model:
   vae: Any
   latent_scale: float
   sched: schedulers.Schedule
+
+  @property
+  def inpaint(self) -> bool:
+    """True for an inpainting UNet: its input is [x_t, mask, masked x0] (2C + 1 channels)."""
+    cfg = dict(getattr(self.unet, "config", {}) or {})
+    return int(cfg.get("in_channels", 4)) == 2 * int(cfg.get("out_channels", 4)) + 1
 
   @classmethod
   def from_pipeline(cls, pipeline) -> "Model":
@@ -194,11 +201,38 @@ def encode_images(model: Model, params, images: jax.Array, rng: jax.Array) -> ja
   return sample_latent(rng, mean, logvar) * model.latent_scale
 
 
+def _mask_to_grid(masks: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """(B, H, W) masks -> (B, h, w, 1) on the latent grid (top-left pixel of each cell, as sampling does)."""
+  f = masks.shape[1] // size[0]
+  return masks[:, ::f, ::f][..., None] if f > 1 else masks[..., None]
+
+
+def min_snr_weight(sched: schedulers.Schedule, t: jax.Array, gamma: float) -> jax.Array:
+  """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's prediction target, per example."""
+  abar = jnp.asarray(sched.alphas_cumprod, jnp.float32)[t]
+  snr = abar / (1.0 - abar)
+  clipped = jnp.minimum(snr, gamma)
+  if sched.prediction_type == "epsilon":
+    return clipped / snr
+  if sched.prediction_type == "v_prediction":
+    return clipped / (snr + 1.0)
+  return clipped
+
+
 def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng: jax.Array,
-                   cond_drop: float = 0.0, uncond_ids: jax.Array | None = None) -> jax.Array:
-  """Mean squared error of the UNet's prediction against the scheduler's training target."""
-  k_vae, k_t, k_noise, k_drop = jax.random.split(rng, 4)
-  x0 = jax.lax.stop_gradient(encode_images(model, params, to_model_input(pixels), k_vae))
+                   cond_drop: float = 0.0, uncond_ids: jax.Array | None = None, masks: jax.Array | None = None,
+                   mask_weight: float = 1.0, min_snr_gamma: float = 0.0) -> jax.Array:
+  """Mean squared error of the UNet's prediction against the scheduler's training target.
+
+  An inpainting UNet (`model.inpaint`) gets [x_t, mask, masked x0] as in SD-2-inpainting, the
+  masked x0 being the encoding of image * (1 - mask); `masks` (B, H, W) float, 1 = repaint, at
+  the pixel resolution; None means the full image is masked (plain text-to-image training, also
+  what textual inversion uses). `mask_weight` multiplies the loss inside the mask (the loss is
+  normalised by the mean weight); `min_snr_gamma` > 0 applies min-SNR-gamma weighting.
+  """
+  k_vae, k_t, k_noise, k_drop, k_vae2 = jax.random.split(rng, 5)
+  images = to_model_input(pixels)
+  x0 = jax.lax.stop_gradient(encode_images(model, params, images, k_vae))
   b = x0.shape[0]
   if cond_drop > 0 and uncond_ids is not None:
     drop = jax.random.bernoulli(k_drop, cond_drop, (b, 1))
@@ -207,20 +241,41 @@ def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng:
   t = schedulers.random_timesteps(model.sched, k_t, b)
   noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
   x_t = schedulers.add_noise(model.sched, x0, noise, t)
-  out = model.unet.apply({"params": params["unet"]}, x_t, t, context)
+  grid = None
+  if model.inpaint:
+    pix_mask = jnp.ones(images.shape[:3], jnp.float32) if masks is None else masks.astype(jnp.float32)
+    grid = _mask_to_grid(pix_mask, x0.shape[1:3])
+    if model.vae is None:
+      masked = images * (1.0 - pix_mask[..., None])
+    else:
+      masked = encode_images(model, params, images * (1.0 - pix_mask[..., None]), k_vae2)
+    x_in = jnp.concatenate([x_t, grid, jax.lax.stop_gradient(masked)], axis=-1)
+  else:
+    x_in = x_t
+  out = model.unet.apply({"params": params["unet"]}, x_in, t, context)
   target = schedulers.training_target(model.sched, x0, noise, t)
-  return jnp.mean(jnp.square(out.astype(jnp.float32) - target))
+  err = jnp.square(out.astype(jnp.float32) - target)
+  if grid is not None and mask_weight != 1.0:
+    w = 1.0 + (mask_weight - 1.0) * grid
+    per_example = jnp.mean(err * w, axis=(1, 2, 3)) / jnp.mean(w, axis=(1, 2, 3))
+  else:
+    per_example = jnp.mean(err, axis=(1, 2, 3))
+  if min_snr_gamma > 0:
+    per_example = per_example * min_snr_weight(model.sched, t, float(min_snr_gamma))
+  return jnp.mean(per_example)
 
 
 def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh, *, cond_drop: float = 0.0,
                     uncond_ids: np.ndarray | None = None, ema_decay: float = 0.0, grad_accum: int = 1,
-                    row_masks: Mapping[str, np.ndarray] | None = None) -> Callable:
+                    row_masks: Mapping[str, np.ndarray] | None = None, mask_weight: float = 1.0,
+                    min_snr_gamma: float = 0.0) -> Callable:
   """`step(state, batch, rng) -> (state, {"loss"})`, jitted: state replicated and donated, batch sharded.
 
   Only the leaves in `paths` are differentiated and updated; leaves named in `row_masks`
   keep their masked-out rows exactly (copied, never re-added). The EMA (if the state has
   one) moves once per optimizer update, with decay min(ema_decay, (1 + n) / (10 + n))
-  after n updates.
+  after n updates. A batch may carry `masks` (B, H, W) for an inpainting UNet (see
+  `diffusion_loss`, with `mask_weight` and `min_snr_gamma`).
   """
   paths = tuple(paths)
   masks = {k: jnp.asarray(np.asarray(m, bool)) for k, m in (row_masks or {}).items()}
@@ -233,7 +288,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh,
 
     def loss_fn(flat_params):
       full = merge({p: flat_params[_key(p)] for p in paths}, frozen)
-      return diffusion_loss(model, full, batch["pixels"], batch["ids"], rng, cond_drop, uncond)
+      return diffusion_loss(model, full, batch["pixels"], batch["ids"], rng, cond_drop, uncond,
+                            masks=batch.get("masks"), mask_weight=mask_weight, min_snr_gamma=min_snr_gamma)
 
     loss, grads = jax.value_and_grad(loss_fn)(flat)
     updates, opt_state = tx.update(grads, state.opt_state, flat)
