@@ -96,14 +96,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.invert_batch = 1
   c.ddb.invert_accum = 4
   # segment: object masks
-  c.ddb.mask = "attention"        # attention (language-guided) | gradcam (alias saliency) | given
+  c.ddb.mask = "attention"        # attention (language-guided) | diffedit | gradcam (alias saliency) | given
   c.ddb.segment_template = "a photo of a {noun}"
   c.ddb.segment_timesteps = (100, 300, 500)   # attention: noise levels on a 1000-step scale
   c.ddb.segment_batch_size = 8    # images per compiled call (rounded up to the devices)
   c.ddb.segment_radius = 1        # opening / closing radius in pixels (0: none)
   c.ddb.segment_keep_ratio = 0.25  # keep components >= this fraction of the largest
   c.ddb.segment_dilate = 0        # final dilation in pixels
-  c.ddb.segment_compare = ("attention", "gradcam")  # also scored in segment/iou.json when true masks exist
+  c.ddb.segment_compare = ("attention", "diffedit", "gradcam")  # also scored in segment/iou.json (true masks)
+  c.ddb.diffedit_strength = 0.5   # diffedit: noise level (fraction of the training timesteps)
+  c.ddb.diffedit_draws = 10       # diffedit: noise draws averaged
+  c.ddb.diffedit_threshold = 1.5  # diffedit: keep pixels above this x the map's mean
+  c.ddb.mask_box = "none"         # diffedit: none | box (the mask's bounding box) | square (the square around it)
+  c.ddb.mask_box_grow = 0         # diffedit: pixels added on every side of that box
   # inpaint: the other classes' tokens painted into each selected image's mask
   c.ddb.generator = "diffusion"   # diffusion | paste (another selected image's object cut by its mask and pasted)
   c.ddb.template = "a photo of a {token} {noun}"

@@ -6,6 +6,9 @@ Methods (`cfg.ddb.mask`):
   and the cross-attention probabilities toward the noun's token(s) are averaged over heads,
   layers (each resized to the latent grid) and timesteps, upsampled, normalised to [0, 1],
   thresholded by Otsu and cleaned. One jitted program per batch shape, sharded over the mesh.
+- "diffedit": DiffEdit contrast masks (`spurjax.ddb.diffedit`): where the diffusion model's
+  prediction on the noised image changes between the image's class prompt and another class's;
+  optionally the mask's grown bounding box or the square around it (`ddb.mask_box`).
 - "gradcam" (alias "saliency"): Grad-CAM of the ERM classifier toward the image's class on
   the last module with a 4-D (NHWC) output, found by intercepting module calls (no change to
   the models is needed; for ResNets that is the last residual block, for SmallCNN its last
@@ -35,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from spurjax import rng as rng_ids
 from spurjax import sharding
 from spurjax.ddb import inpaint as inpaint_lib
 from spurjax.diffusion import sampling, schedulers
@@ -43,7 +47,8 @@ from spurjax.errors import SpurjaxError
 from spurjax.stages import Stage
 
 STAGE = "segment"
-METHODS = ("attention", "gradcam", "given")
+METHODS = ("attention", "diffedit", "gradcam", "given")
+DIFFUSION_METHODS = ("attention", "diffedit")
 _ALIASES = {"saliency": "gradcam", "cross_attention": "attention", "langsam": "attention"}
 
 
@@ -397,6 +402,8 @@ def compute_masks(ctx, method: str, images: np.ndarray, indices, classes, erm=No
   method = method_name(method)
   if method == "given":
     return given_masks(ctx.table, indices, cfg)
+  if method == "diffedit":
+    return diffedit_masks(ctx, images, classes)
   if method == "attention":
     nouns = nouns_for(cfg, ctx.table)
     maps = attention_maps(ctx.load_pipeline(), images, [nouns[c] for c in classes],
@@ -409,6 +416,32 @@ def compute_masks(ctx, method: str, images: np.ndarray, indices, classes, erm=No
                         mesh=ctx.mesh, batch_size=int(cfg.train.eval_batch_size))
   raw = np.asarray(otsu_masks(jnp.asarray(maps)))
   return clean_masks(raw, int(d.segment_radius), float(d.segment_keep_ratio), int(d.segment_dilate))
+
+
+def diffedit_masks(ctx, images: np.ndarray, classes) -> np.ndarray:
+  """DiffEdit contrast masks (`spurjax.ddb.diffedit`) of uint8 base `images` at their own size: the
+  prompt of each image's class against that of the next class ((c + 1) mod K), chunk c of
+  `ddb.segment_batch_size` images noised from its own seed (stream `rng.DIFFEDIT`)."""
+  from spurjax.ddb import diffedit
+  cfg, d = ctx.cfg, ctx.cfg.ddb
+  pipeline = ctx.load_pipeline()
+  nouns = nouns_for(cfg, ctx.table)
+  k = ctx.table.num_classes
+  source = [str(d.segment_template).format(noun=nouns[c]) for c in classes]
+  target = [str(d.segment_template).format(noun=nouns[(c + 1) % k]) for c in classes]
+  small = inpaint_lib.resize_images(inpaint_lib.to_float_images(images), inpaint_lib.diffusion_size(pipeline))
+  settings = diffedit.Settings(strength=float(d.diffedit_strength), n_draws=int(d.diffedit_draws),
+                               threshold=float(d.diffedit_threshold), box=str(d.mask_box),
+                               box_grow=int(d.mask_box_grow))
+  bs = max(1, int(d.segment_batch_size))
+  out = []
+  for c, start in enumerate(range(0, len(small), bs)):
+    rows = slice(start, start + bs)
+    seed = int(np.random.SeedSequence([int(cfg.seed), rng_ids.DIFFEDIT, c]).generate_state(1)[0] >> 1)
+    _, m = diffedit.pipeline_contrast_masks(pipeline, small[rows], source[rows], target[rows], seed=seed,
+                                            settings=settings)
+    out.append(np.asarray(m))
+  return inpaint_lib.resize_masks(np.concatenate(out), images.shape[1:3])
 
 
 # ---------------------------------------------------------------- stage
@@ -434,8 +467,14 @@ def _methods(cfg) -> list[str]:
 def config_keys(cfg) -> list[str]:
   keys = ["seed", "ddb.mask", "ddb.nouns", "ddb.segment_compare", "ddb.segment_radius", "ddb.segment_keep_ratio",
           "ddb.segment_dilate"]
-  if "attention" in _methods(cfg):
-    keys += ["diffusion.path", "ddb.segment_template", "ddb.segment_timesteps", "ddb.segment_batch_size"]
+  methods = _methods(cfg)
+  if set(methods) & set(DIFFUSION_METHODS):
+    keys += ["diffusion.path", "ddb.segment_template", "ddb.segment_batch_size"]
+  if "attention" in methods:
+    keys += ["ddb.segment_timesteps"]
+  if "diffedit" in methods:
+    keys += ["ddb.diffedit_strength", "ddb.diffedit_draws", "ddb.diffedit_threshold", "ddb.mask_box",
+             "ddb.mask_box_grow"]
   return keys
 
 
@@ -482,4 +521,4 @@ def load(ctx, folder: str) -> Masks:
 
 
 STAGE = Stage(name="segment", keys=config_keys, upstream=("erm", "select"), compute=compute, load=load,
-              identity=lambda ctx: ctx.diffusion_digest if "attention" in _methods(ctx.cfg) else None)
+              identity=lambda ctx: ctx.diffusion_digest if set(_methods(ctx.cfg)) & set(DIFFUSION_METHODS) else None)
