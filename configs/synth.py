@@ -33,6 +33,7 @@ def get_config(arg=None):
   c.ddb.invert_batch = 4
   c.ddb.invert_accum = 1
   c.ddb.mask = "attention"        # language-guided; given (true masks) and saliency are selectable
+  c.ddb.inpaint_mode = "channels"  # the shipped prior is an inpainting UNet ([noisy, mask, masked] input)
   c.ddb.n_samples = 2
   c.ddb.num_steps = 25
   c.ddb.guidance_scale = 3.0
