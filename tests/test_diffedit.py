@@ -121,3 +121,11 @@ def test_bad_settings(change, match):
                             settings=diffedit.Settings(**change))
   with pytest.raises(SpurjaxError, match="contexts"):
     diffedit.contrast_masks(region_denoise, SCHED, params, images, src[:2], tgt, jax.random.key(0))
+
+
+def test_smoothing_is_a_border_aware_box_mean():
+  x = np.random.default_rng(0).uniform(size=(2, 5, 6)).astype(np.float32)
+  got = np.asarray(diffedit._pool(jnp.asarray(x), 1, "mean"))
+  p = np.pad(x, ((0, 0), (1, 1), (1, 1)), constant_values=np.nan)
+  want = np.nanmean(np.stack([p[:, i:i + 5, j:j + 6] for i in range(3) for j in range(3)]), axis=0)
+  np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -312,3 +312,19 @@ def test_segment_stage_attention_scores_every_method(tmp_path, mesh, pipe, class
   per = {i: segment.mask_iou(masks[i], truth(i)) for i in masks}
   assert iou["per_image"] == pytest.approx({str(i): v for i, v in per.items()})
   assert iou["mean_iou"]["attention"] == pytest.approx(np.mean(list(per.values())))
+
+
+def test_box_masks_grow_and_square():
+  m = np.zeros((1, 12, 12), bool)
+  m[0, 4:6, 3:9] = True                                    # 2 x 6
+  box = segment.box_masks(m, "box", grow=1)[0]
+  assert box[3:7, 2:10].all() and box.sum() == 4 * 8
+  sq = segment.box_masks(m, "square", grow=1)[0]
+  ys, xs = np.nonzero(sq)
+  assert ys.max() - ys.min() + 1 == 8 and xs.max() - xs.min() + 1 == 8 and sq.sum() == 64 and sq[3:7, 2:10].all()
+  edge = np.zeros((1, 12, 12), bool)
+  edge[0, 0:2, 0:10] = True                                # a square of side 10 is moved inside the image
+  assert segment.box_masks(edge, "square")[0].sum() == 100
+  assert not segment.box_masks(np.zeros((1, 4, 4), bool), "square").any()
+  with pytest.raises(SpurjaxError, match="mask_box"):
+    segment.box_masks(m, "circle")

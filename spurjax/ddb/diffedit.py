@@ -68,8 +68,10 @@ def _pool(x: jax.Array, radius: int, op: str) -> jax.Array:
   if op == "min":
     return jax.lax.reduce_window(x, jnp.inf, jax.lax.min, (1, k, k), (1, 1, 1), "SAME")
   total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, k, k), (1, 1, 1), "SAME")
-  count = jax.lax.reduce_window(jnp.ones_like(x), 0.0, jax.lax.add, (1, k, k), (1, 1, 1), "SAME")
-  return total / count
+  h, w = x.shape[1:]
+  cy = jnp.minimum(jnp.arange(h) + radius, h - 1) - jnp.maximum(jnp.arange(h) - radius, 0) + 1
+  cx = jnp.minimum(jnp.arange(w) + radius, w - 1) - jnp.maximum(jnp.arange(w) - radius, 0) + 1
+  return total / (cy[:, None] * cx[None, :]).astype(x.dtype)  # window sizes, cut at the border
 
 
 def _box_of(mask: jax.Array, grow: int, square: bool) -> jax.Array:

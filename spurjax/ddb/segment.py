@@ -396,10 +396,43 @@ def _true_masks(table, indices, cfg) -> list[np.ndarray | None]:
   return out
 
 
+def box_masks(masks, kind: str, grow: int = 0) -> np.ndarray:
+  """Each mask replaced by its bounding box grown by `grow` px ("box") or the square around that box
+  ("square", clipped to the image); "none" leaves them as they are; an empty mask stays empty."""
+  masks = np.asarray(masks, bool)
+  if kind == "none":
+    return masks
+  if kind not in ("box", "square"):
+    raise SpurjaxError(f"config ddb.mask_box={kind!r} must be none, box or square")
+  out = np.zeros_like(masks)
+  h, w = masks.shape[1:]
+  for n, m in enumerate(masks):
+    ys, xs = np.nonzero(m)
+    if not len(ys):
+      continue
+    y0, y1, x0, x1 = ys.min() - grow, ys.max() + 1 + grow, xs.min() - grow, xs.max() + 1 + grow
+    if kind == "square":
+      side = max(y1 - y0, x1 - x0)
+      cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+      y0, x0 = int(round(cy - side / 2)), int(round(cx - side / 2))
+      y0, x0 = min(max(y0, 0), max(h - side, 0)), min(max(x0, 0), max(w - side, 0))
+      y1, x1 = y0 + side, x0 + side
+    out[n, max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)] = True
+  return out
+
+
 def compute_masks(ctx, method: str, images: np.ndarray, indices, classes, erm=None) -> np.ndarray:
-  """Boolean (B, H, W) masks of uint8 base `images` (table rows `indices`, classes `classes`) by `method`."""
-  cfg, d = ctx.cfg, ctx.cfg.ddb
+  """Boolean (B, H, W) masks of uint8 base `images` (table rows `indices`, classes `classes`) by `method`,
+  each replaced by its grown box or square when `ddb.mask_box` says so (not the dataset's own masks)."""
   method = method_name(method)
+  masks = _method_masks(ctx, method, images, indices, classes, erm)
+  if method == "given":
+    return masks
+  return box_masks(masks, str(ctx.cfg.ddb.mask_box), int(ctx.cfg.ddb.mask_box_grow))
+
+
+def _method_masks(ctx, method: str, images: np.ndarray, indices, classes, erm=None) -> np.ndarray:
+  cfg, d = ctx.cfg, ctx.cfg.ddb
   if method == "given":
     return given_masks(ctx.table, indices, cfg)
   if method == "diffedit":
@@ -431,8 +464,7 @@ def diffedit_masks(ctx, images: np.ndarray, classes) -> np.ndarray:
   target = [str(d.segment_template).format(noun=nouns[(c + 1) % k]) for c in classes]
   small = inpaint_lib.resize_images(inpaint_lib.to_float_images(images), inpaint_lib.diffusion_size(pipeline))
   settings = diffedit.Settings(strength=float(d.diffedit_strength), n_draws=int(d.diffedit_draws),
-                               threshold=float(d.diffedit_threshold), box=str(d.mask_box),
-                               box_grow=int(d.mask_box_grow))
+                               threshold=float(d.diffedit_threshold))
   bs = max(1, int(d.segment_batch_size))
   out = []
   for c, start in enumerate(range(0, len(small), bs)):
@@ -473,8 +505,9 @@ def config_keys(cfg) -> list[str]:
   if "attention" in methods:
     keys += ["ddb.segment_timesteps"]
   if "diffedit" in methods:
-    keys += ["ddb.diffedit_strength", "ddb.diffedit_draws", "ddb.diffedit_threshold", "ddb.mask_box",
-             "ddb.mask_box_grow"]
+    keys += ["ddb.diffedit_strength", "ddb.diffedit_draws", "ddb.diffedit_threshold"]
+  if set(methods) - {"given"}:
+    keys += ["ddb.mask_box", "ddb.mask_box_grow"]
   return keys
 
 
