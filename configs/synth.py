@@ -34,11 +34,20 @@ def get_config(arg=None):
   c.diffusion.path = "builtin"
   c.ddb.k = 30
   c.ddb.nouns = ("bird", "flower")
-  c.ddb.invert_steps = 300
+  # Textual inversion is off by default here: on the shipped prior a learned token (trained with the
+  # whole image masked on majority images) pulls inpaintings toward the source scene (bench prior:
+  # 41 % of other-class inpaintings judged as the prompted class, against 76 % with the class word;
+  # DDB val WGA 0.01 with tokens, 0.93 without). `--config.ddb.invert_steps=300` turns it on.
+  c.ddb.invert_steps = 0
   c.ddb.invert_lr = 5e-3
   c.ddb.invert_batch = 4
   c.ddb.invert_accum = 1
-  c.ddb.mask = "attention"        # language-guided; diffedit, given (true masks) and gradcam are selectable
+  # Masks: DiffEdit contrast (bird vs flower prompt), replaced by the square around the mask's box grown
+  # by 2 px: the prior was trained to inpaint such squares, and a square does not give the old object's
+  # shape away (val WGA 0.93). attention, given (true masks) and gradcam are selectable.
+  c.ddb.mask = "diffedit"
+  c.ddb.mask_box = "square"
+  c.ddb.mask_box_grow = 2
   c.ddb.inpaint_mode = "channels"  # the shipped prior is an inpainting UNet ([noisy, mask, masked] input)
   c.ddb.n_samples = 2
   c.ddb.num_steps = 25

@@ -106,7 +106,10 @@ def _why(old: dict | None, record: dict) -> str:
   if old is None:
     return "new"
   prev = old.get("record", {})
-  changed = _changed_leaves(prev.get("config", {}), record["config"])
+  old_cfg, new_cfg = prev.get("config", {}), record["config"]
+  both = set(old_cfg) & set(new_cfg)
+  changed = _changed_leaves({k: old_cfg[k] for k in both}, {k: new_cfg[k] for k in both}) \
+      or _changed_leaves(old_cfg, new_cfg)  # else the keys read changed with a setting
   if changed:
     return "changed " + ",".join(changed)
   ups = [u for u, fp in record["upstream"].items() if prev.get("upstream", {}).get(u) != fp]

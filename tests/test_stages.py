@@ -50,7 +50,7 @@ def dry_pipeline(monkeypatch, tmp_path):
 def _run(tmp_path, capsys, *overrides):
   args = ["run", "--config", "configs/synth.py:tiny", "--workdir", str(tmp_path / "w"),
           f"--config.data.cache_dir={tmp_path / 'data'}", f"--config.diffusion.path={tmp_path / 'sd_a'}",
-          "--config.ddb.mask=given", *overrides]
+          "--config.ddb.mask=given", "--config.ddb.invert_steps=2", *overrides]
   capsys.readouterr()
   assert cli.main(args) == 0
   line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stages:")]
