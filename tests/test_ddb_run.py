@@ -42,10 +42,12 @@ class Killed(Exception):
   pass
 
 
-def test_run_end_to_end_and_resume(tmp_path, prior_dir, monkeypatch):
+def test_run_end_to_end_and_resume(tmp_path, prior_dir, monkeypatch, capsys):
   data = tmp_path / "data"
   rc = cli.main(_args(tmp_path / "a", data, prior_dir))
   assert rc == 0
+  stages = "erm, select, invert, segment, inpaint, prune, retrain"
+  assert "stages: redid " in capsys.readouterr().out
   rep = json.load(open(tmp_path / "a" / "report.json"))
   for section in ("erm", "ddb"):
     for key in ("worst_group_accuracy", "average_accuracy_train_weighted", "average_accuracy", "groups"):
@@ -54,6 +56,14 @@ def test_run_end_to_end_and_resume(tmp_path, prior_dir, monkeypatch):
   assert os.path.isfile(tmp_path / "a" / "prune" / "prune_log.csv")
   assert os.path.isfile(tmp_path / "a" / "plots" / "group_accuracy.png")
   assert "DDB" in open(tmp_path / "a" / "report.md").read()
+  # The real stages reused as a whole, then a pruning setting redoes pruning and retraining only.
+  assert cli.main(_args(tmp_path / "a", data, prior_dir)) == 0
+  assert f"stages: reused {stages}\n" in capsys.readouterr().out
+  mtime = os.path.getmtime(tmp_path / "a" / "inpaint" / "edits.csv")
+  assert cli.main(_args(tmp_path / "a", data, prior_dir) + ["--config.ddb.prune_threshold=1e9"]) == 0
+  assert "redid prune (changed ddb.prune_threshold), retrain (upstream prune)" in capsys.readouterr().out
+  assert json.load(open(tmp_path / "a" / "report.json"))["kept_per_class"] == [0, 0]
+  assert os.path.getmtime(tmp_path / "a" / "inpaint" / "edits.csv") == mtime
 
   # Killed during the pruning stage, then rerun: the same report.
   from spurjax.ddb import prune_stage
