@@ -1,6 +1,7 @@
 """Loading `ml_collections` config files with `--config.key=value` overrides."""
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
 import os
@@ -84,6 +85,13 @@ class _null:
     return False
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse, with bad arguments as a one-line SpurjaxError (exit status 2 from the CLI)."""
+
+  def error(self, message):
+    raise SpurjaxError(f"{self.prog}: {message}")
+
+
 def parse_command(argv, prog: str, *, config_default: str | None = None, workdir: str | bool | None = True,
                   add_arguments=None):
   """The one command-line parser of every config-taking subcommand.
@@ -97,8 +105,7 @@ def parse_command(argv, prog: str, *, config_default: str | None = None, workdir
     (parsed arguments, overrides): apply them with `config_from(args.config, overrides)`, or
     later, when a method's settings come first (baselines).
   """
-  import argparse
-  p = argparse.ArgumentParser(prog=prog)
+  p = _Parser(prog=prog)
   p.add_argument("--config", required=config_default is None, default=config_default,
                  help="config file, optionally with :arg (e.g. configs/synth.py:tiny)")
   if workdir is True:

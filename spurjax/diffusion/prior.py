@@ -20,7 +20,6 @@ mask's shape does not tell the class), or a random box. Box masks need the objec
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -511,26 +510,18 @@ def inpaint_images(pipeline, images: np.ndarray, masks: np.ndarray, prompts: Seq
 # ----------------------------------------------------------------------------- CLI
 
 
-def _load_cfg(spec: str | None, overrides: list[str]):
-  from spurjax.config_util import apply_overrides, load_config
-  spec = spec or str(_DEFAULT_CONFIG)
-  return apply_overrides(load_config(spec), overrides)
+def _arguments(p) -> None:
+  p.add_argument("--data", required=True, help="imagefolder with metadata.csv/.jsonl (file_name, text)")
+  p.add_argument("--out", required=True, help="output diffusers directory")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """`spurjax prior train ...` (argv starts after `prior`)."""
+  from spurjax.config_util import config_from, parse_command
   argv = list(argv or [])
   if not argv or argv[0] != "train":
     raise SpurjaxError("spurjax prior: expected 'train' (spurjax prior train --data DIR --out PRIOR_DIR)")
-  p = argparse.ArgumentParser(prog="spurjax prior train")
-  p.add_argument("--data", required=True, help="imagefolder with metadata.csv/.jsonl (file_name, text)")
-  p.add_argument("--out", required=True, help="output diffusers directory")
-  p.add_argument("--config", default=None, help=f"config file[:arg] (default {_DEFAULT_CONFIG.name})")
-  p.add_argument("--workdir", default=None, help="checkpoints and logs (default OUT.work); reruns resume")
-  args, rest = p.parse_known_args(argv[1:])
-  bad = [r for r in rest if not r.startswith("--config.")]
-  if bad:
-    raise SpurjaxError(f"unknown argument(s): {' '.join(bad)}")
-  cfg = _load_cfg(args.config, rest)
-  train_prior(cfg, args.data, args.out, args.workdir)
+  args, overrides = parse_command(argv[1:], "spurjax prior train", config_default=str(_DEFAULT_CONFIG),
+                                  workdir=None, add_arguments=_arguments)
+  train_prior(config_from(args.config, overrides), args.data, args.out, args.workdir)
   return 0
