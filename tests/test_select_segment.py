@@ -300,6 +300,7 @@ def test_segment_stage_given_masks(tmp_path, mesh):
 
 def test_segment_stage_attention_scores_every_method(tmp_path, mesh, pipe, classifier):
   ctx = _ctx(tmp_path, mesh, _masked_table(), "attention", pipeline=pipe)
+  ctx.cfg.ddb.segment_compare = ("attention", "gradcam")
   got, _ = run_stage(ctx, segment.STAGE, erm=erm_artefact(*classifier), select=SELECTED)
   masks = got.masks
   assert sorted(masks) == [0, 1, 30, 31, 32]
