@@ -34,3 +34,33 @@ def print_table(title: str, header: list[str], rows: list[list]) -> str:
   out = "\n".join(lines)
   print(out, flush=True)
   return out
+
+
+def add_speed_args(p) -> None:
+  """--conv (spurjax's convolution path) and --torch-threads, shared by the speed benchmarks."""
+  from spurjax.models.conv import IMPLEMENTATIONS
+  p.add_argument("--conv", default="auto", choices=IMPLEMENTATIONS,
+                 help="convolution path: auto (patches on the CPU), xla (lax.conv everywhere), patches")
+  p.add_argument("--torch-threads", type=int, default=None,
+                 help="torch intra-op threads (default: the machine's cores, as XLA uses)")
+
+
+def speed_setup(args):
+  """Applies --torch-threads; returns the context manager that selects --conv while tracing."""
+  import os
+
+  from spurjax.models import conv
+  try:
+    import torch
+    torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+  except ImportError:
+    pass
+  return conv.implementation(args.conv)
+
+
+def ratio_text(ours: float, theirs: float, higher_is_better: bool = True, name: str = "the reference") -> str:
+  """'1.24x: spurjax faster' style words for a speed ratio (ours over theirs, >1 = spurjax faster)."""
+  r = ours / theirs if higher_is_better else theirs / ours
+  if abs(r - 1.0) < 0.02:
+    return f"{r:.2f}x: as fast as {name}"
+  return f"{r:.2f}x: spurjax {'faster' if r > 1 else 'slower'}"

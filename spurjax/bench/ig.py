@@ -2,7 +2,7 @@
 
 Each image costs `steps` forward+backward passes of the classifier. On a GPU: ResNet-50,
 batch 32 at 224 px, 50 steps, bf16 activations for JAX (captum runs fp32, on CUDA when
-torch sees one). On a CPU: ResNet-18, batch 2 at 64 px, 8 steps, fp32, so the table
+torch sees one). On a CPU: ResNet-18, batch 8 at 64 px, 8 steps, fp32, so the table
 prints in a minute or two. Both sides evaluate `chunk` path points per image per pass.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from spurjax import models
 from spurjax import sharding as shd
-from spurjax.bench.common import device_name, print_table, time_call
+from spurjax.bench.common import add_speed_args, device_name, print_table, ratio_text, speed_setup, time_call
 from spurjax.ddb import attribute as A
 
 NUM_CLASSES = 2
@@ -74,10 +74,16 @@ def main(argv=None) -> int:
   p.add_argument("--method", default="gausslegendre", choices=list(A.METHODS))
   p.add_argument("--iters", type=int, default=None)
   p.add_argument("--no-torch", action="store_true")
+  add_speed_args(p)
   a = p.parse_args(argv)
+  with speed_setup(a):
+    return _run(a)
+
+
+def _run(a) -> int:
   gpu = jax.devices()[0].platform == "gpu"
   model_name = a.model or ("resnet50" if gpu else "resnet18")
-  batch = shd.pad_to_multiple(a.batch or (32 if gpu else 2), jax.local_device_count())
+  batch = shd.pad_to_multiple(a.batch or (32 if gpu else 8), jax.local_device_count())
   size = a.size or (224 if gpu else 64)
   steps = a.steps or (50 if gpu else 8)
   chunk = min(a.chunk or (10 if gpu else steps), steps)
@@ -87,12 +93,12 @@ def main(argv=None) -> int:
   variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False))(jax.random.PRNGKey(0))
   rows = []
   ours = jax_images_per_s(model_name, variables, batch, size, steps, chunk, a.method, dtype, iters)
-  rows.append([f"spurjax IG {model_name} ({jnp.dtype(dtype).name})", ours, None])
+  rows.append([f"spurjax IG {model_name} ({jnp.dtype(dtype).name}, conv {a.conv})", ours, None])
   if not a.no_torch:
     try:
       theirs, dev = captum_images_per_s(model_name, variables, batch, size, steps, chunk, a.method, iters)
-      rows.append([f"captum IG {model_name} (fp32, {dev})", theirs, 1.0])
-      rows[0][2] = ours / theirs
+      rows.append([f"captum IG {model_name} (fp32, {dev})", theirs, "1.00x"])
+      rows[0][2] = ratio_text(ours, theirs, name="captum")
     except ImportError:
       print("(torch / torchvision / captum not installed: reference row skipped)")
   print_table(f"Integrated Gradients ({a.method}, {steps} steps, {chunk} per pass), batch {batch}, {size}x{size}, "

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+
+from spurjax.models.conv import Conv
 _HALF_DTYPES = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
 _GPU_PLATFORMS = ("gpu", "cuda")
 # cuDNN's fused (flash) attention handles head dims that are multiples of 8 up to
@@ -49,6 +51,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str |
   """
   if implementation is None:
     implementation = select_implementation(q.dtype, q.shape[-1], platform)
+    if implementation is None and (platform or default_platform()).lower() == "cpu":
+      return _heads_major_attention(q, k, v)
   if implementation == "cudnn":
     try:
       return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
@@ -57,10 +61,24 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str |
   return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
 
 
+def _heads_major_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Attention with heads moved next to batch before the two matmuls.
+
+  On the CPU XLA runs (B, H)-batched matmuls over contiguous (T, D) blocks several
+  times faster than the (B, T, H, D) contraction `jax.nn.dot_product_attention`
+  emits (the shipped prior's 16x16 self-attention: 16 vs 68 ms per UNet call).
+  """
+  probs = attention_probs(q, k)
+  vh = jnp.transpose(v, (0, 2, 1, 3))
+  out = jnp.einsum("bhts,bhsd->bhtd", probs.astype(v.dtype), vh)
+  return jnp.transpose(out, (0, 2, 1, 3))
+
+
 def attention_probs(q: jax.Array, k: jax.Array) -> jax.Array:
   """Softmax attention probabilities (B, H, T, S) computed in float32."""
   scale = 1.0 / np.sqrt(q.shape[-1])
-  logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
+  qh, kh = jnp.transpose(q, (0, 2, 1, 3)), jnp.transpose(k, (0, 2, 1, 3))
+  logits = jnp.einsum("bhtd,bhsd->bhts", qh, kh, preferred_element_type=jnp.float32) * scale
   return jax.nn.softmax(logits, axis=-1)
 
 
@@ -90,7 +108,8 @@ class Attention(nn.Module):
     if self.capture:
       probs = attention_probs(q, k)
       self.sow("intermediates", "cross_attn", probs)
-      out = jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)
+      out = jnp.transpose(jnp.einsum("bhts,bhsd->bhtd", probs.astype(v.dtype), jnp.transpose(v, (0, 2, 1, 3))),
+                          (0, 2, 1, 3))
     else:
       out = attention(q, k, v, implementation=self.implementation)
     out = out.reshape(b, t, inner)
@@ -162,7 +181,7 @@ class Transformer2DModel(nn.Module):
     if self.use_linear_projection:
       h = nn.Dense(inner, dtype=self.dtype, name="proj_in")(h.reshape(b, hgt * wid, c))
     else:
-      h = nn.Conv(inner, (1, 1), dtype=self.dtype, name="proj_in")(h).reshape(b, hgt * wid, inner)
+      h = Conv(inner, (1, 1), dtype=self.dtype, name="proj_in")(h).reshape(b, hgt * wid, inner)
     for i in range(self.num_layers):
       h = BasicTransformerBlock(self.heads, self.dim_head, dtype=self.dtype,
                                 capture_cross_attention=self.capture_cross_attention,
@@ -170,5 +189,5 @@ class Transformer2DModel(nn.Module):
     if self.use_linear_projection:
       h = nn.Dense(c, dtype=self.dtype, name="proj_out")(h).reshape(b, hgt, wid, c)
     else:
-      h = nn.Conv(c, (1, 1), dtype=self.dtype, name="proj_out")(h.reshape(b, hgt, wid, inner))
+      h = Conv(c, (1, 1), dtype=self.dtype, name="proj_out")(h.reshape(b, hgt, wid, inner))
     return h + x

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spurjax.diffusion import convert
+from spurjax.models.conv import Conv
 from spurjax.diffusion.attention import Transformer2DModel
 from spurjax.errors import SpurjaxError
 
@@ -224,12 +225,12 @@ class ResnetBlock2D(nn.Module):
   def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
     norm = lambda name: nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, use_fast_variance=False,
                                      name=name)
-    conv = lambda name: nn.Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)
+    conv = lambda name: Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)
     h = conv("conv1")(nn.silu(norm("norm1")(x)))
     h = h + nn.Dense(self.out_channels, dtype=self.dtype, name="time_emb_proj")(nn.silu(temb))[:, None, None, :]
     h = conv("conv2")(nn.silu(norm("norm2")(h)))
     if x.shape[-1] != self.out_channels:
-      x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="conv_shortcut")(x)
+      x = Conv(self.out_channels, (1, 1), dtype=self.dtype, name="conv_shortcut")(x)
     out = x + h
     return out if self.output_scale_factor == 1.0 else out / self.output_scale_factor
 
@@ -241,7 +242,7 @@ class Downsample2D(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.Conv(self.channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
+    return Conv(self.channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
                    name="conv")(x)
 
 
@@ -253,7 +254,7 @@ class Upsample2D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, size: tuple[int, int] | None = None) -> jax.Array:
     x = upsample_nearest(x, size)
-    return nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name="conv")(x)
+    return Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name="conv")(x)
 
 
 class TimestepEmbedding(nn.Module):
@@ -392,7 +393,7 @@ class UNet2DConditionModel(nn.Module):
     temb = TimestepEmbedding(s.time_embed_dim, dtype=self.dtype, name="time_embedding")(t_emb)
 
     pad = (s.conv_in_kernel - 1) // 2
-    x = nn.Conv(s.block_out_channels[0], (s.conv_in_kernel,) * 2, padding=((pad, pad), (pad, pad)),
+    x = Conv(s.block_out_channels[0], (s.conv_in_kernel,) * 2, padding=((pad, pad), (pad, pad)),
                 dtype=self.dtype, name="conv_in")(x)
     skips = [x]
     for i in range(n):
@@ -411,7 +412,7 @@ class UNet2DConditionModel(nn.Module):
     x = nn.GroupNorm(s.norm_num_groups, epsilon=s.norm_eps, dtype=self.dtype, use_fast_variance=False,
                      name="conv_norm_out")(x)
     pad = (s.conv_out_kernel - 1) // 2
-    x = nn.Conv(s.out_channels, (s.conv_out_kernel,) * 2, padding=((pad, pad), (pad, pad)), dtype=self.dtype,
+    x = Conv(s.out_channels, (s.conv_out_kernel,) * 2, padding=((pad, pad), (pad, pad)), dtype=self.dtype,
                 name="conv_out")(nn.silu(x))
     return x.astype(jnp.float32)
 

@@ -18,6 +18,7 @@ from flax import traverse_util
 
 from spurjax.diffusion import convert
 from spurjax.errors import SpurjaxError
+from spurjax.models.conv import Conv
 
 _DEFAULTS = {
     "in_channels": 3,
@@ -84,9 +85,9 @@ def vae_config(config: Mapping[str, Any], what: str = "vae/config.json") -> dict
   return cfg
 
 
-def _conv(features: int, kernel: int, name: str, dtype, stride: int = 1, padding=None) -> nn.Conv:
+def _conv(features: int, kernel: int, name: str, dtype, stride: int = 1, padding=None) -> Conv:
   pad = ((kernel // 2, kernel // 2),) * 2 if padding is None else padding
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad, dtype=dtype,
+  return Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad, dtype=dtype,
                  param_dtype=jnp.float32, name=name)
 
 

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from spurjax.models.resnet import BN_EPS, BN_MOMENTUM, CONV_INIT, FC_KERNEL_INIT
+from spurjax.models.conv import Conv
 
 
 class SmallCNN(nn.Module):
@@ -20,7 +21,7 @@ class SmallCNN(nn.Module):
     x = jnp.asarray(x, self.dtype)
     for i, width in enumerate(self.widths):
       stride = 1 if i == 0 else 2
-      x = nn.Conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
+      x = Conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
                   kernel_init=CONV_INIT, dtype=self.dtype, param_dtype=jnp.float32, name=f"conv_{i}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
                        dtype=self.dtype, param_dtype=jnp.float32, name=f"bn_{i}")(x)

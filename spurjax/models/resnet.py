@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from spurjax.models.conv import Conv, max_pool
+
 # Initialisers as torchvision: kaiming-normal (fan_out, relu) convs, uniform(+-1/sqrt(fan_in)) fc.
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 FC_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -26,9 +28,9 @@ BN_MOMENTUM = 0.9
 BN_EPS = 1e-5
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> Conv:
   pad = (kernel - 1) // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+  return Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                  use_bias=False, kernel_init=CONV_INIT, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
@@ -90,7 +92,7 @@ class ResNet(nn.Module):
     x = jnp.asarray(x, self.dtype)
     x = _conv(64, 7, 2, "conv1", self.dtype)(x)
     x = nn.relu(_bn(train, "bn1", self.dtype)(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     in_planes = 64
     for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), self.layers)):
       for j in range(blocks):
