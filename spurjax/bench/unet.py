@@ -169,11 +169,93 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--iters", type=int, help="timed calls (default 20 on GPU, 2 on CPU)")
   p.add_argument("--torch-threads", type=int, help="torch.set_num_threads on CPU (default: torch's choice)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--prior-train", action="store_true",
+                 help="time a training step of the shipped prior's UNet (batch 64) against diffusers + torch AdamW")
+  p.add_argument("--conv", default="auto", choices=["auto", "xla", "patches"],
+                 help="spurjax's convolution path (auto: patches on the CPU)")
   return p.parse_args(argv)
+
+
+def _prior_train(args) -> int:
+  """One AdamW step on the v-prediction MSE of the shipped prior's UNet, spurjax vs diffusers, same weights."""
+  import optax
+
+  from spurjax.bench.common import ratio_text
+  from pathlib import Path
+
+  from spurjax.diffusion import loading
+  from spurjax.diffusion.prior import builtin_prior_path
+  folder = Path(builtin_prior_path()) / "unet"
+  config = loading.read_json(folder / "config.json")
+  model, params = loading.load_unet(folder)
+  spec = unet_lib.parse_config(config)
+  batch, size = args.batch or 64, args.size or int(config["sample_size"])
+  rs = np.random.RandomState(args.seed)
+  x = rs.randn(batch, size, size, spec.in_channels).astype(np.float32)
+  target = rs.randn(batch, size, size, spec.out_channels).astype(np.float32)
+  t = rs.randint(0, 1000, size=(batch,)).astype(np.int32)
+  ctx = rs.randn(batch, args.text_len, spec.cross_attention_dim[0]).astype(np.float32)
+  tx = optax.adamw(1e-4)
+
+  @jax.jit
+  def step(params, opt_state, x, t, ctx, target):
+    loss, grads = jax.value_and_grad(lambda p: jnp.mean((model.apply({"params": p}, x, t, ctx) - target) ** 2))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  holder = {"p": params, "o": tx.init(params)}
+  jx, jt, jc, jy = map(jnp.asarray, (x, t, ctx, target))
+
+  def run():
+    holder["p"], holder["o"], loss = step(holder["p"], holder["o"], jx, jt, jc, jy)
+    return loss
+
+  warmup, iters = args.warmup if args.warmup is not None else 2, args.iters or 5
+  ours, _ = time_call(run, jax.block_until_ready, warmup, iters)
+  print(f"device: {_device_name()}")
+  print(f"shipped prior UNet ({unet_lib.count_params(params) / 1e6:.2f}M params), train step, batch {batch}, "
+        f"{size}x{size}x{spec.in_channels}, text {ctx.shape[1]} tokens, fp32, AdamW")
+  print(f"{'implementation':<44}{'ms/step':>10}{'images/s':>10}  ratio")
+  print(f"{'spurjax jit (conv ' + args.conv + ')':<44}{ours:>10.1f}{batch / ours * 1e3:>10.1f}")
+  if args.no_torch:
+    return 0
+  state = unet_lib.unet_to_diffusers(params, config)
+  tmodel, torch = _torch_unet(config, {k: np.array(v) for k, v in state.items()})
+  if tmodel is None:
+    print("diffusers / torch not importable: PyTorch row skipped")
+    return 0
+  import os
+  torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+  tmodel.train()
+  opt = torch.optim.AdamW(tmodel.parameters(), lr=1e-4)
+  tt = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+  sample, ttarget = tt(x.transpose(0, 3, 1, 2)), tt(target.transpose(0, 3, 1, 2))
+  steps, context = tt(t.astype(np.int64)), tt(ctx)
+
+  def trun():
+    opt.zero_grad(set_to_none=True)
+    loss = torch.mean((tmodel(sample, steps, context, return_dict=False)[0] - ttarget) ** 2)
+    loss.backward()
+    opt.step()
+    return loss
+
+  theirs, _ = time_call(trun, lambda _: None, warmup, iters)
+  print(f"{'diffusers + torch AdamW (cpu, ' + str(torch.get_num_threads()) + ' threads)':<44}{theirs:>10.1f}"
+        f"{batch / theirs * 1e3:>10.1f}  1.00x")
+  print(f"spurjax vs diffusers: {ratio_text(theirs, ours, name='diffusers')}")
+  return 0
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from spurjax.models import conv
+  with conv.implementation(args.conv):
+    if args.prior_train:
+      return _prior_train(args)
+    return _main(args)
+
+
+def _main(args) -> int:
   on_gpu = jax.default_backend() == "gpu"
   batch = args.batch or (16 if on_gpu else 2)
   size = args.size or (64 if on_gpu else 32)
