@@ -315,6 +315,21 @@ def test_segment_stage_attention_scores_every_method(tmp_path, mesh, pipe, class
   assert iou["mean_iou"]["attention"] == pytest.approx(np.mean(list(per.values())))
 
 
+def test_segment_stage_keeps_raw_masks_beside_boxed(tmp_path, mesh, pipe, classifier):
+  ctx = _ctx(tmp_path, mesh, _masked_table(), "gradcam", pipeline=pipe)
+  ctx.cfg.ddb.segment_compare = ()
+  ctx.cfg.ddb.mask_box = "square"
+  got, _ = run_stage(ctx, segment.STAGE, erm=erm_artefact(*classifier), select=SELECTED)
+  for i, m in got.masks.items():   # each used mask is the square around its raw mask
+    np.testing.assert_array_equal(m, segment.box_masks(got.raw[i][None], "square")[0])
+  iou = json.load(open(tmp_path / "segment" / "iou.json"))
+  truth = _masked_table().read_mask
+  raw = np.mean([segment.mask_iou(got.raw[i], truth(i)) for i in got.raw])
+  assert iou["mean_iou_raw"]["gradcam"] == pytest.approx(raw) and iou["mask_box"] == "square"
+  again = segment.load(ctx, str(tmp_path / "segment"))
+  assert all(np.array_equal(again.raw[i], got.raw[i]) for i in got.raw)
+
+
 def test_box_masks_grow_and_square():
   m = np.zeros((1, 12, 12), bool)
   m[0, 4:6, 3:9] = True                                    # 2 x 6

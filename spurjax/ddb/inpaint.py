@@ -408,8 +408,9 @@ def compute(ctx, inputs, folder: str) -> None:
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
   images = np.stack([ctx.sources["eval"](i) for i in indices])
   stage_masks = _stage_masks(inputs["segment"].masks, indices, images.shape[1:3])
-  if generator == "paste":
-    rows = _paste_all(ctx, folder, images, stage_masks, indices, source_classes)
+  if generator == "paste":   # donors are cut by the method's own masks, not their boxes
+    donor_masks = _stage_masks(inputs["segment"].raw, indices, images.shape[1:3])
+    rows = _paste_all(ctx, folder, images, stage_masks, donor_masks, indices, source_classes)
   else:
     rows = _diffuse_all(ctx, folder, inputs["invert"], images, stage_masks, indices, source_classes)
   if main:
@@ -449,15 +450,15 @@ def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) ->
   return rows
 
 
-def _paste_all(ctx, folder, images, masks, indices, source_classes) -> list[dict]:
-  """The paste generator: each edit is the source with its object erased and the object of another
-  selected image of the target class, cut by that image's mask, pasted in its place. The changed
-  region (erased | pasted) is saved as the edit's mask."""
+def _paste_all(ctx, folder, images, masks, donor_masks, indices, source_classes) -> list[dict]:
+  """The paste generator: each edit is the source with its object (`masks`) erased and the object of
+  another selected image of the target class, cut by that image's `donor_masks`, pasted in its place.
+  The changed region (erased | pasted) is saved as the edit's mask."""
   from spurjax.data.images import save_png
   from spurjax.ddb import paste
   table = ctx.table
   source_classes = np.asarray(source_classes)
-  donors = {c: [(images[n], masks[n]) for n in np.nonzero(source_classes == c)[0]] for c in set(source_classes)}
+  donors = {c: [(images[n], donor_masks[n]) for n in np.nonzero(source_classes == c)[0]] for c in set(source_classes)}
   edits = plan_edits(source_classes, int(table.num_classes), int(ctx.cfg.ddb.n_samples))
   rows = []
   os.makedirs(os.path.join(folder, "masks"), exist_ok=True)

@@ -481,9 +481,18 @@ def diffedit_masks(ctx, images: np.ndarray, classes) -> np.ndarray:
 
 @dataclasses.dataclass
 class Masks:
-  """The stage's artefact: {table index: bool (H, W) mask} at the base image size, and the IoU summary."""
+  """The stage's artefact: {table index: bool (H, W) mask} at the base image size, and the IoU summary.
+
+  `raw` holds the method's masks before `ddb.mask_box` (the same as `masks` when no box is taken);
+  the paste generator cuts donor objects by them.
+  """
   masks: dict[int, np.ndarray]
   iou: dict
+  raw: dict[int, np.ndarray] | None = None
+
+  def __post_init__(self):
+    if self.raw is None:
+      self.raw = self.masks
 
 
 def _methods(cfg) -> list[str]:
@@ -523,24 +532,33 @@ def compute(ctx, inputs, folder: str) -> None:
   classes = [int(table.y[i]) for i in indices]
   methods = _methods(ctx.cfg)
   images = np.stack([ctx.sources["eval"](i) for i in indices])
-  masks = compute_masks(ctx, methods[0], images, indices, classes, inputs["erm"])
+  box, grow = str(ctx.cfg.ddb.mask_box), int(ctx.cfg.ddb.mask_box_grow)
+  boxed = lambda name, raw: raw if name == "given" else box_masks(raw, box, grow)  # noqa: E731
+  raw = _method_masks(ctx, methods[0], images, indices, classes, inputs["erm"])
+  masks = boxed(methods[0], raw)
   truth = _true_masks(table, indices, ctx.cfg)
   have = [n for n, t in enumerate(truth) if t is not None]
-  iou = {"num_images": len(have), "method": methods[0], "mean_iou": {}}
+  iou = {"num_images": len(have), "method": methods[0], "mask_box": box, "mask_box_grow": grow,
+         "mean_iou": {}, "mean_iou_raw": {}}
   if have:
-    scored = {methods[0]: masks}
+    scored = {methods[0]: raw}
     for other in methods[1:]:
       try:
-        scored[other] = compute_masks(ctx, other, images, indices, classes, inputs["erm"])
+        scored[other] = _method_masks(ctx, other, images, indices, classes, inputs["erm"])
       except SpurjaxError as e:  # a comparison needing a model that is not there is skipped
         iou.setdefault("skipped", {})[other] = str(e)
-    for name, m in scored.items():
-      iou["mean_iou"][name] = mean_iou([m[n] for n in have], [truth[n] for n in have])
+    for name, m in scored.items():   # mean_iou: the masks as used (boxed); mean_iou_raw: the method's own
+      iou["mean_iou"][name] = mean_iou([boxed(name, m)[n] for n in have], [truth[n] for n in have])
+      iou["mean_iou_raw"][name] = mean_iou([m[n] for n in have], [truth[n] for n in have])
     iou["per_image"] = {str(indices[n]): mask_iou(masks[n], truth[n]) for n in have}
   if jax.process_index() == 0:
     os.makedirs(os.path.join(folder, "masks"), exist_ok=True)
     for i, m in zip(indices, masks):
       save_png(os.path.join(folder, "masks", f"{i}.png"), m)
+    if raw is not masks:
+      os.makedirs(os.path.join(folder, "raw"), exist_ok=True)
+      for i, m in zip(indices, raw):
+        save_png(os.path.join(folder, "raw", f"{i}.png"), m)
     with open(os.path.join(folder, "iou.json"), "w", encoding="utf-8") as f:
       json.dump({**iou, "indices": indices}, f, indent=1)
 
@@ -549,8 +567,12 @@ def load(ctx, folder: str) -> Masks:
   from spurjax.data.images import read_mask
   with open(os.path.join(folder, "iou.json"), encoding="utf-8") as f:
     iou = json.load(f)
-  masks = {int(i): read_mask(os.path.join(folder, "masks", f"{i}.png")) for i in iou.pop("indices")}
-  return Masks(masks, iou)
+  indices = iou.pop("indices")
+  masks = {int(i): read_mask(os.path.join(folder, "masks", f"{i}.png")) for i in indices}
+  raw = None
+  if os.path.isdir(os.path.join(folder, "raw")):
+    raw = {int(i): read_mask(os.path.join(folder, "raw", f"{i}.png")) for i in indices}
+  return Masks(masks, iou, raw)
 
 
 STAGE = Stage(name="segment", keys=config_keys, upstream=("erm", "select"), compute=compute, load=load,
