@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.path = "builtin"    # a diffusers-format directory; "builtin": the prior spurjax ships
+  # A second model for the inpaint stage only (the paper: inversion and masks on SD-2-base, inpainting
+  # with SD-2-inpainting); "" = diffusion.path. The learned token rows move into its text encoder.
+  c.diffusion.inpaint_path = ""
 
   # DDB: every key any stage reads, with its one default, grouped by stage (`spurjax run`).
   c.ddb = ml_collections.ConfigDict()

@@ -33,6 +33,7 @@ class Context:
   pipeline: Any = None
   hooks: tuple = ()
   _sources: dict | None = None
+  _inpainter: Any = None
 
   def stage_dir(self, name: str) -> str:
     return self.dirs.get(name) or os.path.join(self.workdir, name)
@@ -63,6 +64,33 @@ class Context:
         and str(self.cfg.diffusion.path) != "builtin":
       return "in-memory:" + tree_digest((self.pipeline.unet_params, self.pipeline.text_params))
     return directory_digest(self.diffusion_dir)
+
+  @property
+  def separate_inpainter(self) -> bool:
+    """Whether `diffusion.inpaint_path` names a second model for the inpaint stage."""
+    return bool(str(self.cfg.diffusion.get("inpaint_path", "") or ""))
+
+  @functools.cached_property
+  def inpaint_dir(self) -> str:
+    """The inpaint stage's model directory: `diffusion.inpaint_path`, else `diffusion_dir`."""
+    if not self.separate_inpainter:
+      return self.diffusion_dir
+    from spurjax.diffusion.prior import resolve_diffusion_path
+    return resolve_diffusion_path(str(self.cfg.diffusion.inpaint_path), key="diffusion.inpaint_path")
+
+  @functools.cached_property
+  def inpaint_digest(self) -> str:
+    from spurjax.stages import directory_digest
+    return directory_digest(self.inpaint_dir) if self.separate_inpainter else self.diffusion_digest
+
+  def load_inpaint_pipeline(self):
+    """The inpaint stage's model: `load_pipeline()` unless `diffusion.inpaint_path` is set."""
+    if not self.separate_inpainter:
+      return self.load_pipeline()
+    if self._inpainter is None:
+      from spurjax.diffusion import loading
+      self._inpainter = loading.load_pipeline(self.inpaint_dir)
+    return self._inpainter
 
   def load_pipeline(self):
     """`pipeline`, loading it from `cfg.diffusion.path` ("builtin" or a diffusers directory) on first use."""

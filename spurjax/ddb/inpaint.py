@@ -434,9 +434,14 @@ def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) ->
   def done(c, edits):
     return all(os.path.isfile(os.path.join(folder, edit_file(indices[e.source], e))) for e in edits)
 
+  pipeline = tokens.pipeline
+  if ctx.separate_inpainter:   # the learned rows move into the second model's text encoder
+    from spurjax.diffusion.invert import transfer_tokens
+    pipeline = transfer_tokens(tokens.pipeline, ctx.load_inpaint_pipeline(), tokens.embeds_file,
+                               where=(str(ctx.cfg.diffusion.path), ctx.inpaint_dir))
   rows = []
   for _, edits, imgs in iter_counterfactuals(
-      tokens.pipeline, images, masks, source_classes, tokens.tokens, nouns_for(cfg, table),
+      pipeline, images, masks, source_classes, tokens.tokens, nouns_for(cfg, table),
       n_samples=int(d.n_samples), mode=str(d.inpaint_mode), num_steps=int(d.num_steps),
       guidance_scale=float(d.guidance_scale), seed=int(cfg.seed), mesh=ctx.mesh, template=str(d.template),
       sampler=str(d.inpaint_sampler), batch_size=int(d.inpaint_batch_size), num_classes=int(table.num_classes),
@@ -479,7 +484,7 @@ def _paste_all(ctx, folder, images, masks, donor_masks, indices, source_classes)
 def config_keys(cfg) -> list[str]:
   if str(cfg.ddb.generator) == "paste":
     return ["seed", "ddb.generator", "ddb.n_samples"]
-  return ["seed", "diffusion.path", "ddb.generator", "ddb.nouns", "ddb.template", "ddb.inpaint_mode",
+  return ["seed", "diffusion.path", "diffusion.inpaint_path", "ddb.generator", "ddb.nouns", "ddb.template", "ddb.inpaint_mode",
           "ddb.n_samples", "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler", "ddb.inpaint_batch_size",
           "ddb.inpaint_paste"]
 
@@ -489,4 +494,4 @@ def load(ctx, folder: str) -> Edits:
 
 
 STAGE = Stage(name="inpaint", upstream=("select", "invert", "segment"), keys=config_keys, compute=compute, load=load,
-              identity=lambda ctx: None if str(ctx.cfg.ddb.generator) == "paste" else ctx.diffusion_digest)
+              identity=lambda ctx: None if str(ctx.cfg.ddb.generator) == "paste" else ctx.inpaint_digest)

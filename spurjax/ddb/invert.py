@@ -29,6 +29,7 @@ class Tokens:
   """{class: token string} ("" for none) and the diffusion pipeline that knows them."""
   tokens: dict[int, str]
   pipeline: Any
+  embeds_file: str | None = None
 
 
 def device_batch(batch: int, accum: int, devices: int) -> tuple[int, int]:
@@ -64,8 +65,9 @@ def load(ctx, folder: str) -> Tokens:
   pipeline = None if str(ctx.cfg.ddb.generator) == "paste" else ctx.load_pipeline()
   if not info:
     return Tokens({c: "" for c in range(ctx.table.num_classes)}, pipeline)
-  pipeline = inv.load_learned_embeds(pipeline, os.path.join(folder, inv.EMBEDS_FILE))
-  return Tokens({int(v["class"]): t for t, v in info.items()}, pipeline)
+  embeds = os.path.join(folder, inv.EMBEDS_FILE)
+  pipeline = inv.load_learned_embeds(pipeline, embeds)
+  return Tokens({int(v["class"]): t for t, v in info.items()}, pipeline, embeds)
 
 
 def config_keys(cfg) -> list[str]:

@@ -36,7 +36,7 @@ def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None) -> 
     raise SpurjaxError(f"{table.name}: DDB needs at least 2 classes")
   ctx = Context(cfg=cfg, workdir=workdir, table=table, mesh=shd.make_mesh(), hooks=tuple(hooks),
                 dirs={"erm": erm_dir} if erm_dir else {})
-  ctx.diffusion_dir                                                # a bad diffusion.path fails before any work
+  ctx.diffusion_dir, ctx.inpaint_dir                                                # a bad diffusion.path fails before any work
   os.makedirs(workdir, exist_ok=True)
   runner = Runner(ctx)
 

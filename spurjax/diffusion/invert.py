@@ -282,6 +282,30 @@ def load_learned_embeds(pipeline, path: str):
   return pipe
 
 
+def transfer_tokens(source, target, embeds_file: str | None, where: tuple[str, str] = ("source", "target")):
+  """`target` (a second model, e.g. SD-2-inpainting) with the rows learned on `source` (e.g. SD-2-base).
+
+  The two text encoders must share embedding width and base vocabulary (same tokenizer entries), else
+  a SpurjaxError names both models and what differs. Every other row of `target` is left as it was.
+  """
+  def width(p):
+    return int(np.shape(p.text_params["embeddings"]["token_embedding"]["embedding"])[1])
+
+  if width(source) != width(target):
+    raise SpurjaxError(f"{where[0]} and {where[1]}: text encoders differ in width ({width(source)} vs "
+                       f"{width(target)}); learned tokens cannot move between them")
+  if embeds_file is None:
+    vocab_s, vocab_t = source.tokenizer.get_vocab(), target.tokenizer.get_vocab()
+  else:
+    learned = set(read_learned_embeds(embeds_file))
+    vocab_s = {k: v for k, v in source.tokenizer.get_vocab().items() if k not in learned}
+    vocab_t = target.tokenizer.get_vocab()
+  if vocab_s != vocab_t:
+    raise SpurjaxError(f"{where[0]} and {where[1]}: tokenizers differ in vocabulary ({len(vocab_s)} vs "
+                       f"{len(vocab_t)} entries); learned tokens cannot move between them")
+  return target if embeds_file is None else load_learned_embeds(target, embeds_file)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

@@ -52,16 +52,17 @@ def builtin_prior_path() -> str:
   return str(Path(__file__).resolve().parents[1] / "assets" / "prior")
 
 
-def resolve_diffusion_path(path: str) -> str:
-  """`"builtin"` -> `builtin_prior_path()`; other paths unchanged. Empty or missing is a SpurjaxError."""
+def resolve_diffusion_path(path: str, key: str = "diffusion.path") -> str:
+  """`"builtin"` -> `builtin_prior_path()`; other paths unchanged. Empty or missing is a SpurjaxError
+  naming the config `key`."""
   if not path:
-    raise SpurjaxError("config diffusion.path: no diffusion model given (a diffusers directory or 'builtin')")
+    raise SpurjaxError(f"config {key}: no diffusion model given (a diffusers directory or 'builtin')")
   if path == "builtin":
     path = builtin_prior_path()
     if not os.path.isfile(os.path.join(path, "model_index.json")):
       raise SpurjaxError(f"{path}: the built-in prior is not installed (no model_index.json)")
   elif not os.path.isdir(path):
-    raise SpurjaxError(f"config diffusion.path: directory not found: {path}")
+    raise SpurjaxError(f"config {key}: directory not found: {path}")
   return path
 
 
