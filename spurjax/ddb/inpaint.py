@@ -484,7 +484,8 @@ def _paste_all(ctx, folder, images, masks, donor_masks, indices, source_classes)
 def config_keys(cfg) -> list[str]:
   if str(cfg.ddb.generator) == "paste":
     return ["seed", "ddb.generator", "ddb.n_samples"]
-  return ["seed", "diffusion.path", "diffusion.inpaint_path", "ddb.generator", "ddb.nouns", "ddb.template", "ddb.inpaint_mode",
+  second = ["diffusion.inpaint_path"] if str(cfg.diffusion.get("inpaint_path", "") or "") else []
+  return ["seed", "diffusion.path", *second, "ddb.generator", "ddb.nouns", "ddb.template", "ddb.inpaint_mode",
           "ddb.n_samples", "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler", "ddb.inpaint_batch_size",
           "ddb.inpaint_paste"]
 
