@@ -1,5 +1,7 @@
 """`diffusion.inpaint_path`: tokens learned on one model, inpainting with a second (SD-2-base + SD-2-inpainting)."""
 import dataclasses
+import json
+import shutil
 
 import jax
 import numpy as np
@@ -90,3 +92,19 @@ def test_inpaint_stage_uses_the_second_model(models, tmp_path, mesh):
   ctx3.cfg.diffusion.inpaint_path = str(tmp_path / "missing")
   with pytest.raises(SpurjaxError, match="config diffusion.inpaint_path: directory not found"):
     ctx3.inpaint_dir
+
+
+def test_mismatched_text_encoders_fail_before_any_work(models, tmp_path):
+  base, _, folder, _, _ = models
+  base_dir = loading.save_pipeline(base, tmp_path / "base")
+  inv.check_transferable(base_dir, folder)                                   # same width and vocabulary: fine
+  wide_dir = tmp_path / "wide"                                               # only its config is read
+  shutil.copytree(folder, wide_dir)
+  config = loading.read_json(wide_dir / "text_encoder" / "config.json")
+  (wide_dir / "text_encoder" / "config.json").write_text(json.dumps({**config, "hidden_size": 8}))
+  with pytest.raises(SpurjaxError, match=r"text encoders differ in width \(16 vs 8\)"):
+    inv.check_transferable(base_dir, wide_dir, where=("a", "b"))
+  small = tok_lib.write_clip_tokenizer(tmp_path / "small" / "tokenizer", vocab_size=CLIP["vocab_size"] - 50)
+  shutil.copytree(folder / "text_encoder", tmp_path / "small" / "text_encoder")
+  with pytest.raises(SpurjaxError, match=r"a and b: tokenizers differ in vocabulary"):
+    inv.check_transferable(base_dir, tmp_path / "small", where=("a", "b"))

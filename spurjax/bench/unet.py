@@ -20,6 +20,7 @@ import numpy as np
 
 from spurjax.diffusion import unet as unet_lib
 from spurjax.diffusion.attention import select_implementation
+from spurjax.bench.common import add_speed_args, speed_setup
 
 SD2_INPAINT_UNET = {
     "_class_name": "UNet2DConditionModel",
@@ -167,12 +168,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--no-torch", action="store_true", help="skip the diffusers rows")
   p.add_argument("--warmup", type=int, help="untimed calls (default 3 on GPU, 1 on CPU)")
   p.add_argument("--iters", type=int, help="timed calls (default 20 on GPU, 2 on CPU)")
-  p.add_argument("--torch-threads", type=int, help="torch.set_num_threads on CPU (default: torch's choice)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--prior-train", action="store_true",
                  help="time a training step of the shipped prior's UNet (batch 64) against diffusers + torch AdamW")
-  p.add_argument("--conv", default="auto", choices=["auto", "xla", "patches"],
-                 help="spurjax's convolution path (auto: patches on the CPU)")
+  add_speed_args(p)
   return p.parse_args(argv)
 
 
@@ -224,8 +223,6 @@ def _prior_train(args) -> int:
   if tmodel is None:
     print("diffusers / torch not importable: PyTorch row skipped")
     return 0
-  import os
-  torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
   tmodel.train()
   opt = torch.optim.AdamW(tmodel.parameters(), lr=1e-4)
   tt = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
@@ -248,8 +245,7 @@ def _prior_train(args) -> int:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  from spurjax.models import conv
-  with conv.implementation(args.conv):
+  with speed_setup(args):  # --torch-threads (default: the machine's cores) and --conv
     if args.prior_train:
       return _prior_train(args)
     return _main(args)
@@ -311,8 +307,6 @@ def _main(args) -> int:
       print("diffusers / torch not importable: PyTorch rows skipped")
     else:
       cuda = torch.cuda.is_available()
-      if args.torch_threads and not cuda:
-        torch.set_num_threads(args.torch_threads)
       device, tdtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
       if cuda:
         model = model.to(device, tdtype)

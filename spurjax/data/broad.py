@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from spurjax.data.synth import (_check_target, _clutter, _ellipse, _hsv_image, _image_rng, _land, _poly, _rgb,
+from spurjax.data.synth import (_check_target, _publish, _clutter, _ellipse, _hsv_image, _image_rng, _land, _poly, _rgb,
                                 _smooth_noise, _water)
 from spurjax.errors import SpurjaxError
 
@@ -407,14 +407,7 @@ def generate(out_dir: str, *, image_size: int = 64, train_per_combo: int = DEFAU
             "val_per_combo": val_per_combo}
     with open(os.path.join(tmp, "classes.json"), "w") as f:
       json.dump(info, f, indent=2)
-    _check_target(out_dir, overwrite)
-    if os.path.isdir(out_dir):
-      old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
-      os.rename(out_dir, os.path.join(old, "data"))
-      os.rename(tmp, out_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, out_dir)
+    _publish(tmp, out_dir, overwrite)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -370,6 +370,17 @@ def _check_target(out_dir: str, overwrite: bool) -> None:
     if os.listdir(out_dir) and not overwrite:
       raise SpurjaxError(f"synth: output folder exists and is not empty: {out_dir} (use --overwrite)")
 
+def _publish(tmp: str, out_dir: str, overwrite: bool) -> None:
+  """Moves the finished folder `tmp` to `out_dir` (replacing an old one only with `overwrite`)."""
+  _check_target(out_dir, overwrite)  # it may have appeared while `tmp` was written
+  if os.path.isdir(out_dir):
+    old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=os.path.dirname(os.path.abspath(out_dir)))
+    os.rename(out_dir, os.path.join(old, "data"))
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.rename(tmp, out_dir)
+
 
 def _write_benchmark(tmp: str, counts: dict, image_size: int, seed: int, workers: int) -> None:
   jobs, rows = [], []
@@ -456,14 +467,7 @@ def generate(out_dir: str, *, image_size: int = 64, scale: float = 1.0, seed: in
     }
     with open(os.path.join(tmp, "classes.json"), "w") as f:
       json.dump(info, f, indent=2)
-    _check_target(out_dir, overwrite)  # it may have appeared meanwhile
-    if os.path.isdir(out_dir):
-      old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
-      os.rename(out_dir, os.path.join(old, "data"))
-      os.rename(tmp, out_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, out_dir)
+    _publish(tmp, out_dir, overwrite)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

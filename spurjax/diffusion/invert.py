@@ -306,6 +306,24 @@ def transfer_tokens(source, target, embeds_file: str | None, where: tuple[str, s
   return target if embeds_file is None else load_learned_embeds(target, embeds_file)
 
 
+def check_transferable(source_dir, target_dir, where: tuple[str, str] | None = None) -> None:
+  """Before any work: tokens learned on the model in `source_dir` can move into `target_dir`'s text
+  encoder (same embedding width in text_encoder/config.json, same tokenizer vocabulary). Reads only
+  the two configs and tokenizers; a SpurjaxError names both directories and what differs."""
+  from pathlib import Path
+
+  a, b = where or (str(source_dir), str(target_dir))
+  width = [int(loading.read_json(Path(d) / "text_encoder" / "config.json").get("hidden_size", -1))
+           for d in (source_dir, target_dir)]
+  if width[0] != width[1]:
+    raise SpurjaxError(f"{a} and {b}: text encoders differ in width ({width[0]} vs {width[1]}); "
+                       "learned tokens cannot move between them")
+  vocab = [tok_lib.load_tokenizer(d).get_vocab() for d in (source_dir, target_dir)]
+  if vocab[0] != vocab[1]:
+    raise SpurjaxError(f"{a} and {b}: tokenizers differ in vocabulary ({len(vocab[0])} vs {len(vocab[1])} "
+                       "entries); learned tokens cannot move between them")
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
