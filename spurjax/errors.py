@@ -1,4 +1,5 @@
 """One error type for bad user input: the CLI prints it on one line and exits 2."""
+from typing import NoReturn
 
 
 class SpurjaxError(Exception):
@@ -8,5 +9,5 @@ class SpurjaxError(Exception):
     super().__init__(" ".join(str(message).split()))
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
+def fail(message: str) -> NoReturn:
   raise SpurjaxError(message)

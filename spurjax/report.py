@@ -9,7 +9,6 @@ Fractions are in [0, 1].
 """
 from __future__ import annotations
 
-import json
 import os
 
 from spurjax import metrics as M

@@ -72,7 +72,7 @@ def test_bad_values(tmp_path, col, value, needle):
 
 
 def test_label_out_of_declared_range(tmp_path):
-  rows = make_folder(str(tmp_path))
+  make_folder(str(tmp_path))
   msg = _err(tmp_path, num_classes=1)
   assert "row 3" in msg and "'y'" in msg
 

@@ -11,7 +11,6 @@ from spurjax.config_base import base_config
 from spurjax.config_util import config_from, parse_command
 from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
 from spurjax.ddb import report as ddb_report
-from spurjax.ddb import run as ddb_run
 from spurjax.errors import SpurjaxError
 from spurjax.train import erm
 

@@ -10,7 +10,7 @@ import pytest
 
 from spurjax import sharding as shd
 from spurjax.train import losses
-from spurjax.train.loop import TrainSet, fit, init_variables, make_sources
+from spurjax.train.loop import TrainSet, fit, init_variables
 from spurjax.train.optim import make_optimizer
 from spurjax.train.state import TrainState
 from spurjax.train.step import make_train_step

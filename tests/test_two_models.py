@@ -104,7 +104,7 @@ def test_mismatched_text_encoders_fail_before_any_work(models, tmp_path):
   (wide_dir / "text_encoder" / "config.json").write_text(json.dumps({**config, "hidden_size": 8}))
   with pytest.raises(SpurjaxError, match=r"text encoders differ in width \(16 vs 8\)"):
     inv.check_transferable(base_dir, wide_dir, where=("a", "b"))
-  small = tok_lib.write_clip_tokenizer(tmp_path / "small" / "tokenizer", vocab_size=CLIP["vocab_size"] - 50)
+  tok_lib.write_clip_tokenizer(tmp_path / "small" / "tokenizer", vocab_size=CLIP["vocab_size"] - 50)
   shutil.copytree(folder / "text_encoder", tmp_path / "small" / "text_encoder")
   with pytest.raises(SpurjaxError, match=r"a and b: tokenizers differ in vocabulary"):
     inv.check_transferable(base_dir, tmp_path / "small", where=("a", "b"))

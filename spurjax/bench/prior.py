@@ -293,7 +293,7 @@ def _diffedit_rows(pipe, images_u8, true_masks, src_y, nouns, args, record, work
                             np.repeat(masks[..., None] * 255, 3, -1).astype(np.uint8)]), cols=len(images_u8))
   label = f"{args.diffedit_draws} draws, strength {args.diffedit_strength}, > {args.diffedit_threshold} x mean"
   return [[f"DiffEdit mask IoU vs the true mask ({label})", "-", len(src_y), iou_mask],
-          [f"DiffEdit grown box IoU vs the true grown box", "-", len(src_y), iou_box]]
+          ["DiffEdit grown box IoU vs the true grown box", "-", len(src_y), iou_box]]
 
 
 def _majority_split(table: Table, n_sources: int, n_learn: int, seed: int):

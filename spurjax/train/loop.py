@@ -24,7 +24,7 @@ from spurjax import metrics as M
 from spurjax import models
 from spurjax import sharding as shd
 from spurjax.data.pipeline import ImageSource, eval_batches, make_sources, preprocess_from_config, train_batches  # noqa: F401
-from spurjax.data.table import Table, TRAIN, VAL, TEST
+from spurjax.data.table import Table, TRAIN
 from spurjax.errors import SpurjaxError
 from spurjax.train import losses
 from spurjax.train.checkpoint import Checkpoints
