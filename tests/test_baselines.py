@@ -235,3 +235,12 @@ def test_jtt_identification_run(tmp_path, table):
   assert saved["num_train"] == len(table.indices("train"))
   assert set(errors) <= set(table.indices("train"))
   np.testing.assert_array_equal(jtt.identify(cfg, table, str(tmp_path)), errors)   # resumed from the file
+
+
+def test_ddb_rows_declare_the_group_labels_they_read():
+  erm_cfg = hparams.method_config(toy_config(num_epochs=1), "erm")              # the bench's shared ERM run
+  labels = {m: bench.ddb_group_labels(bench._with(erm_cfg, s)) for m, s in bench.DDB_VARIANTS.items()}
+  assert labels["ddb"] == {"train": "no", "val": "yes"}
+  assert labels["ddb_nolabels"] == {"train": "no", "val": "no"}
+  assert bench.ddb_group_labels(bench._with(erm_cfg, {"train.select": "val_wga",
+                                                     "ddb.retrain.select": "val_worst_class"}))["val"] == "yes"

@@ -10,8 +10,8 @@ so one of its epochs is `num_groups * max_g n_g / n` times a plain epoch (Waterb
 CelebA 1.76); its epoch counts below are the published ones divided by that factor, giving
 the published number of optimisation steps.
 
-`synth` values were chosen on the built-in benchmark on a CPU (configs/synth.py: cnn16, 32 px,
-10 epochs), seed 0, looking at validation worst-group accuracy.
+`synth` values were chosen on the built-in benchmark on a CPU (configs/synth.py: the pretrained cnn3,
+32 px), seed 0, on validation worst-group accuracy only.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
   spurjax bench methods --config configs/synth.py --seeds 3 --methods erm,suby,subg,groupdro,jtt,dfr
       [--workdir runs/methods] [--config.key=value ...]
 
-Runs land in `W/<method>/seed<k>` (finished runs are skipped); DFR uses `W/erm/seed<k>`.
+Runs land in `W/<method>/seed<k>` (finished runs are skipped); DFR and the DDB rows use
+`W/erm/seed<k>` (selected by validation average accuracy, without group labels).
 Writes `W/methods.md`, `W/methods.csv` and `W/methods.png` (test accuracies in %).
 """
 from __future__ import annotations
@@ -23,6 +24,9 @@ DDB_VARIANTS = {
     "ddb_paste_true": {"ddb.generator": "paste", "ddb.mask": "given",   # ceiling: a perfect object swap
                        "ddb.segment_compare": ()},
     "ddb_paste": {"ddb.generator": "paste"},                            # DaC-style, with predicted masks
+    # No group label anywhere: the shared ERM run selects by validation average accuracy (as the ERM
+    # row does) and retraining by worst-class validation accuracy.
+    "ddb_nolabels": {"ddb.retrain.select": "val_worst_class"},
 }
 METRICS = (("worst_group_accuracy", "worst-group acc"),
            ("average_accuracy_train_weighted", "avg acc (train-weighted)"),
@@ -40,6 +44,12 @@ def parse_methods(text: str) -> list[str]:
   if len(set(methods)) != len(methods):
     raise SpurjaxError(f"--methods: a method is listed twice in '{text}'")
   return methods
+
+
+def ddb_group_labels(cfg) -> dict:
+  """DDB never reads training group labels; validation ones only where ERM or retraining selects by WGA."""
+  val = "val_wga" in (cfg.train.get("select", "val_wga"), cfg.ddb.retrain.get("select", "val_wga"))
+  return {"train": "no", "val": "yes" if val else "no"}
 
 
 def summarise(reports: dict) -> list[dict]:
@@ -137,8 +147,7 @@ def run(base_cfg, methods, seeds: int, workdir: str, overrides=(), table=None) -
         from spurjax.ddb.run import run as run_ddb
         cfg = _with(erm_cfg, DDB_VARIANTS[m])
         full = run_ddb(cfg, run_dir, erm_dir=erm_dir, table=table)
-        val = "yes" if cfg.ddb.retrain.select == "val_wga" else "no"
-        rep = {**full["ddb"], "method": m, "group_labels": {"train": "no", "val": val}}
+        rep = {**full["ddb"], "method": m, "group_labels": ddb_group_labels(cfg)}
       else:
         cfg = _seeded(hparams.method_config(base_cfg, m, overrides), k)
         rep = runner.run_method(cfg, m, run_dir, erm_workdir=erm_dir, table=table, erm_cfg=erm_cfg)
