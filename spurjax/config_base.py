@@ -98,6 +98,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.invert_lr = 5e-4
   c.ddb.invert_batch = 1
   c.ddb.invert_accum = 4
+  # full: the whole image is masked (the paper's textual inversion); segment: an inpainting UNet
+  # repaints the segment stage's masks (the regions DDB inpaints) from their context, so the token
+  # learns the object, not the scene; inside the mask the loss is weighted by invert_mask_weight.
+  c.ddb.invert_mask = "full"
+  c.ddb.invert_mask_weight = 1.0
   # segment: object masks
   c.ddb.mask = "attention"        # attention (language-guided) | diffedit | gradcam (alias saliency) | given
   c.ddb.segment_template = "a photo of a {noun}"

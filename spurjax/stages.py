@@ -37,7 +37,8 @@ class Stage:
     name: the stage's name (and its folder's, unless the context maps it elsewhere).
     keys: the dotted config keys (or whole groups, e.g. "optim") whose values it depends on;
       or a function cfg -> such keys, for a stage whose reads depend on a setting.
-    upstream: names of the stages whose artefacts it takes (`inputs[name]`).
+    upstream: names of the stages whose artefacts it takes (`inputs[name]`); or a function
+      cfg -> such names, for a stage whose inputs depend on a setting.
     compute: (ctx, inputs, folder) -> None; writes its files into `folder` (which may hold a
       killed run's partial files with the same fingerprint, to resume from).
     load: (ctx, folder) -> artefact; reads a finished folder.
@@ -45,10 +46,13 @@ class Stage:
   """
   name: str
   keys: Sequence[str] | Callable[[Any], Sequence[str]]
-  upstream: Sequence[str]
+  upstream: Sequence[str] | Callable[[Any], Sequence[str]]
   compute: Callable[[Any, Mapping[str, Any], str], Any]
   load: Callable[[Any, str], Any]
   identity: Callable[[Any], Any] | None = None
+
+  def upstream_of(self, cfg) -> tuple[str, ...]:
+    return tuple(self.upstream(cfg) if callable(self.upstream) else self.upstream)
 
   def config_keys(self, cfg) -> tuple[str, ...]:
     keys = self.keys(cfg) if callable(self.keys) else self.keys
@@ -86,7 +90,7 @@ def fingerprint(stage: Stage, ctx, upstream: Mapping[str, str]) -> tuple[str, di
   record = {
       "stage": stage.name,
       "config": config_values(ctx.cfg, stage.config_keys(ctx.cfg)),
-      "upstream": {u: upstream[u] for u in stage.upstream},
+      "upstream": {u: upstream[u] for u in stage.upstream_of(ctx.cfg)},
       "data": _plain(stage.identity(ctx)) if stage.identity is not None else None,
   }
   digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
@@ -163,7 +167,8 @@ class Runner:
     self.fingerprints[name] = str(fingerprint_)
 
   def run(self, stage: Stage):
-    missing = [u for u in stage.upstream if u not in self.artefacts]
+    names = stage.upstream_of(self.ctx.cfg)
+    missing = [u for u in names if u not in self.artefacts]
     if missing:
       raise SpurjaxError(f"stage {stage.name}: upstream stage(s) {', '.join(missing)} have not run")
     fp, record = fingerprint(stage, self.ctx, self.fingerprints)
@@ -171,7 +176,7 @@ class Runner:
     tmp = folder + ".tmp"
     old = read_stage_file(folder)
     done = distributed.from_main(old is not None and old.get("fingerprint") == fp)
-    inputs = {u: self.artefacts[u] for u in stage.upstream}
+    inputs = {u: self.artefacts[u] for u in names}
     if done:
       self.reused.append(stage.name)
       art = stage.load(self.ctx, folder)

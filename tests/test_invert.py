@@ -132,3 +132,31 @@ def test_bad_learn_inputs(pipe, images):
     invert.learn_tokens(pipe, images, ["bird"], steps=1)
   with pytest.raises(SpurjaxError, match="'bird' already exists"):
     invert.learn_tokens(pipe, images, ["bird", "flower"], steps=1, placeholder_fmt="bird")
+
+
+def test_inversion_on_an_inpainting_model_whole_image_or_masks(pipe, images):
+  """A 9-channel (SD-2-inpainting layout) UNet: plain inversion masks the whole image; with masks the
+  token learns to repaint them, which changes what it learns; every other row stays bit-identical."""
+  import dataclasses
+  cfg9 = {**UNET_CFG, "in_channels": 9}
+  inp = dataclasses.replace(pipe, unet=unet_lib.UNet2DConditionModel(cfg9),
+                            unet_params=jax.tree.map(np.asarray, unet_lib.init_unet_params(cfg9, jax.random.key(3))))
+  assert inp.is_inpaint
+  masks = {0: np.zeros((3, 24, 24), bool), 1: np.zeros((2, 16, 16), bool)}
+  masks[0][:, 6:18, 4:16] = True
+  masks[1][:, 2:10, 5:13] = True
+  kw = dict(steps=2, batch=2, grad_accum=1, lr=5e-2)
+  whole_out, whole = invert.learn_tokens(inp, images, ["bird", "flower"], **kw)
+  boxed_out, boxed = invert.learn_tokens(inp, images, ["bird", "flower"], masks_by_class=masks, mask_weight=4.0, **kw)
+  for t in whole:
+    assert np.isfinite(boxed[t]).all() and not np.allclose(whole[t], boxed[t])
+  old = np.asarray(pipe.text_params["embeddings"]["token_embedding"]["embedding"])
+  for out in (whole_out, boxed_out):
+    new = np.asarray(out.text_params["embeddings"]["token_embedding"]["embedding"])
+    np.testing.assert_array_equal(new[:len(old)], old)
+  with pytest.raises(SpurjaxError, match="needs an inpainting UNet"):
+    invert.learn_tokens(pipe, images, ["bird", "flower"], masks_by_class=masks, **kw)
+  with pytest.raises(SpurjaxError, match="masks of class 1: expected 2 masks"):
+    invert.learn_tokens(inp, images, ["bird", "flower"], masks_by_class={0: masks[0], 1: masks[1][:1]}, **kw)
+  with pytest.raises(SpurjaxError, match="masks of class 0: a mask is empty"):
+    invert.learn_tokens(inp, images, ["bird", "flower"], masks_by_class={0: masks[0] & False, 1: masks[1]}, **kw)

@@ -14,8 +14,8 @@ from spurjax.ddb import report as ddb_report
 from spurjax.errors import SpurjaxError
 from spurjax.train import erm
 
-ORDER = ("erm", "select", "invert", "segment", "inpaint", "prune", "retrain")
-MODULES = (erm, select, invert, segment, inpaint, prune_stage, retrain)
+ORDER = ("erm", "select", "segment", "invert", "inpaint", "prune", "retrain")
+MODULES = (erm, select, segment, invert, inpaint, prune_stage, retrain)
 
 
 @pytest.fixture
@@ -63,18 +63,20 @@ def _redone(line):
 
 
 AFTER_INVERT = ["invert", "inpaint", "prune", "retrain"]  # segment does not use the learned tokens
+AFTER_SEGMENT = ["segment", "inpaint", "prune", "retrain"]  # nor, by default, invert the masks
 
 
 @pytest.mark.parametrize("override, want", [
     ("train.num_epochs=3", list(ORDER)),
     ("ddb.k=4", list(ORDER[1:])),
     ("ddb.invert_steps=5", AFTER_INVERT),
-    ("ddb.mask=gradcam", ["segment", "inpaint", "prune", "retrain"]),
+    ("ddb.mask=gradcam", AFTER_SEGMENT),
+    ("ddb.invert_mask=segment", AFTER_INVERT),
     ("ddb.n_samples=3", ["inpaint", "prune", "retrain"]),
     ("ddb.prune_threshold=0.5", ["prune", "retrain"]),
     ("ddb.retrain.num_epochs=3", ["retrain"]),
     # The masks use the diffusion model too: the attention masks are scored in segment/iou.json.
-    ("diffusion.path={sd_b}", ["invert", "segment", "inpaint", "prune", "retrain"]),
+    ("diffusion.path={sd_b}", ["segment", "invert", "inpaint", "prune", "retrain"]),
 ])
 def test_a_change_redoes_its_stage_and_everything_downstream(tmp_path, capsys, dry_pipeline, override, want):
   line = _run(tmp_path, capsys)
@@ -89,10 +91,12 @@ def test_a_change_redoes_its_stage_and_everything_downstream(tmp_path, capsys, d
   line = _run(tmp_path, capsys, f"--config.{override}")
   assert _redone(line) == want, line
   assert [c[0] for c in dry_pipeline] == want
+  if override.startswith("ddb.invert_mask"):        # tokens learned on the masks take them as an input
+    assert ("invert", ["segment", "select"]) in dry_pipeline
   assert "reused " + ", ".join(n for n in ORDER if n not in want) in line or want == list(ORDER)
   first = want[0]
   key = override.split("=")[0]
-  assert f"{first} (changed {key})" in line, line
+  assert f"{first} (changed {key}" in line, line
   # And the changed run is now the one reused.
   del dry_pipeline[:]
   assert _redone(_run(tmp_path, capsys, f"--config.{override}")) == [] and dry_pipeline == []

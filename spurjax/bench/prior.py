@@ -107,6 +107,13 @@ def save_grid(path: str, images: np.ndarray, cols: int) -> None:
   Image.fromarray(grid).resize((cols * w * 2, rows * h * 2), Image.NEAREST).save(path)
 
 
+def _object_mask(bench, i: int) -> np.ndarray:
+  m = bench.mask(i)
+  if m is None:
+    raise SpurjaxError(f"{bench.name}: image {bench.refs[i]} has no object mask")
+  return m
+
+
 def _shrink_mask(mask: np.ndarray, size: int, dilate: int) -> np.ndarray:
   from PIL import Image
   m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BOX)) >= 64
@@ -200,19 +207,23 @@ def run(args) -> dict:
       raise SpurjaxError(f"{args.embeds}: no embedding for token {missing[0]}")
   else:
     images = {c: np.stack([bench.image(int(i)) for i in learn_from[c]]) for c in learn_from}
+    ti_masks = None
+    if args.ti_mask == "inpaint":  # the token learns to repaint the same regions it will be inpainted into
+      ti_masks = {c: np.stack([prior.inference_mask(_shrink_mask(_object_mask(bench, int(i)), res, 0), args.mask,
+                                                    args.grow) for i in learn_from[c]]) for c in learn_from}
     tokens_pipe, _ = invert.learn_tokens(pipe, images, nouns, placeholder_fmt=args.placeholder_fmt,
                                          steps=args.ti_steps, batch=4, grad_accum=1, lr=5e-4, seed=args.seed,
-                                         workdir=os.path.join(workdir, "ti"), log_every=25, ckpt_every=10**9)
+                                         workdir=os.path.join(workdir, "ti" if ti_masks is None else "ti_inpaint"),
+                                         log_every=25, ckpt_every=10**9, masks_by_class=ti_masks,
+                                         mask_weight=args.ti_mask_weight)
+    record["ti_mask"] = {"kind": args.ti_mask, "weight": args.ti_mask_weight}
     tokens = [args.placeholder_fmt.format(c) for c in range(bench.num_classes)]
   init_pipe, _ = invert.add_tokens(pipe, tokens, invert.initial_vectors(pipe, nouns[:bench.num_classes]))
   src_imgs, src_masks, true_masks, src_y, src_place = [], [], [], [], []
   for c, idx in sources.items():
     for i in idx:
       src_imgs.append(prior.resize_image(bench.image(int(i)), res))
-      m = bench.mask(int(i))
-      if m is None:
-        raise SpurjaxError(f"{bench.name}: image {bench.refs[int(i)]} has no object mask")
-      true_masks.append(_shrink_mask(m, res, 0))
+      true_masks.append(_shrink_mask(_object_mask(bench, int(i)), res, 0))
       src_masks.append(prior.inference_mask(true_masks[-1], args.mask, args.grow))
       src_y.append(c)
       src_place.append(int(bench.place[int(i)]))
@@ -334,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--placeholder-fmt", default="<c{}>")
   p.add_argument("--ti-steps", type=int, default=150)
   p.add_argument("--ti-images", type=int, default=30)
+  p.add_argument("--ti-mask", choices=("full", "inpaint"), default="full",
+                 help="textual inversion on the whole image (full) or on the --mask regions it is inpainted into")
+  p.add_argument("--ti-mask-weight", type=float, default=1.0, help="loss weight inside the mask (--ti-mask inpaint)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workdir", default="", help="outputs; a rerun reuses the trained classifier")
   args = p.parse_args(list(argv or []))

@@ -2,7 +2,8 @@
 
 Core: `spurjax.diffusion.invert.learn_tokens` (its checkpoints resume a killed run inside the
 stage's `.tmp` folder). Artefact `Tokens`: {class: token} and the pipeline with the learned rows;
-on disk `learned_embeds.safetensors` and `tokens.json`. `ddb.invert_steps = 0` learns no token:
+on disk `learned_embeds.safetensors` and `tokens.json`. With `ddb.invert_mask=segment` the
+tokens are learned on the segment stage's masks (which then runs first). `ddb.invert_steps = 0` learns no token:
 prompts then use the class noun alone (the initialiser-token ablation); the paste generator
 (`ddb.generator=paste`) needs none either.
 """
@@ -19,6 +20,7 @@ import numpy as np
 from spurjax.ddb.nouns import nouns_for
 from spurjax.ddb.select import selected_indices
 from spurjax.diffusion import invert as inv
+from spurjax.errors import SpurjaxError
 from spurjax.stages import Stage
 
 INFO_FILE = "tokens.json"
@@ -44,6 +46,17 @@ def _learns(cfg) -> bool:
   return str(cfg.ddb.generator) != "paste" and int(cfg.ddb.invert_steps) > 0
 
 
+INVERT_MASKS = ("full", "segment")
+
+
+def _on_masks(cfg) -> bool:
+  """Whether tokens are learned on the segment stage's masks (`ddb.invert_mask=segment`)."""
+  mode = str(cfg.ddb.get("invert_mask", "full"))
+  if mode not in INVERT_MASKS:
+    raise SpurjaxError(f"config ddb.invert_mask = {mode!r}; valid: {', '.join(INVERT_MASKS)}")
+  return _learns(cfg) and mode == "segment"
+
+
 def compute(ctx, inputs, folder: str) -> None:
   d = ctx.cfg.ddb
   steps = int(d.invert_steps)
@@ -54,9 +67,14 @@ def compute(ctx, inputs, folder: str) -> None:
     return
   idx = selected_indices(inputs["select"])
   images = {c: np.stack([ctx.table.image(int(i)) for i in idx[c]]) for c in sorted(idx)}
+  masks = None
+  if _on_masks(ctx.cfg):
+    seg = inputs["segment"].masks
+    masks = {c: np.stack([seg[int(i)] for i in idx[c]]) for c in sorted(idx)}
   batch, accum = device_batch(int(d.invert_batch), int(d.invert_accum), ctx.mesh.devices.size)
   inv.learn_tokens(ctx.load_pipeline(), images, nouns_for(ctx.cfg, ctx.table), steps=steps, lr=float(d.invert_lr),
-                   batch=batch, grad_accum=accum, seed=int(ctx.cfg.seed), workdir=folder, mesh=ctx.mesh)
+                   batch=batch, grad_accum=accum, seed=int(ctx.cfg.seed), workdir=folder, mesh=ctx.mesh,
+                   masks_by_class=masks, mask_weight=float(d.get("invert_mask_weight", 1.0)))
 
 
 def load(ctx, folder: str) -> Tokens:
@@ -73,9 +91,11 @@ def load(ctx, folder: str) -> Tokens:
 def config_keys(cfg) -> list[str]:
   if not _learns(cfg):
     return ["ddb.generator", "ddb.invert_steps"]
+  on_masks = ["ddb.invert_mask", "ddb.invert_mask_weight"] if _on_masks(cfg) else []
   return ["seed", "diffusion.path", "ddb.generator", "ddb.nouns", "ddb.invert_steps", "ddb.invert_lr",
-          "ddb.invert_batch", "ddb.invert_accum"]
+          "ddb.invert_batch", "ddb.invert_accum", *on_masks]
 
 
-STAGE = Stage(name="invert", upstream=("select",), keys=config_keys, compute=compute, load=load,
+STAGE = Stage(name="invert", upstream=lambda cfg: ("select", "segment") if _on_masks(cfg) else ("select",),
+              keys=config_keys, compute=compute, load=load,
               identity=lambda ctx: ctx.diffusion_digest if _learns(ctx.cfg) else None)

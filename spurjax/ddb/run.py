@@ -1,7 +1,7 @@
 """`spurjax run`: the DDB pipeline, top to bottom, one fingerprinted stage folder each.
 
   W/erm/       ERM (the one trainer)              W/select/    lowest-loss majority images
-  W/invert/    one token per class                W/segment/   object masks (+ IoU)
+  W/segment/   object masks (+ IoU)               W/invert/    one token per class
   W/inpaint/   counterfactual edits               W/prune/     prune_log.csv + kept edits dataset
   W/retrain/   ERM weights fine-tuned on train + kept edits
   W/report.json, W/report.md, W/plots/
@@ -46,8 +46,8 @@ def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None) -> 
 
   erm_res = runner.run(erm.STAGE)              # 1. ERM
   runner.run(select.STAGE)                     # 2. majority images by per-sample ERM loss (no group labels)
-  runner.run(invert.STAGE)                     # 3. one textual-inversion token per class
-  masks = runner.run(segment.STAGE)            # 4. object masks
+  masks = runner.run(segment.STAGE)            # 3. object masks
+  runner.run(invert.STAGE)                     # 4. one textual-inversion token per class (on the masks, if so set)
   edits = runner.run(inpaint.STAGE)            # 5. the other classes' tokens inpainted into each mask
   kept = runner.run(prune_stage.STAGE)         # 6. IG attribution + two-criterion pruning
   ddb_rep = runner.run(retrain.STAGE)          # 7. retraining from the ERM weights on train + kept edits

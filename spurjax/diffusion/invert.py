@@ -62,6 +62,21 @@ def prepare_images(images: np.ndarray, size: int, what: str) -> np.ndarray:
   return np.stack([resize_image(np.ascontiguousarray(x), size) for x in a])
 
 
+def prepare_masks(masks, size: int, count: int, what: str) -> np.ndarray:
+  """float32 (N, size, size) in {0, 1} from bool / 0-1 (N, H, W) masks (nearest resize), one per image."""
+  if masks is None:
+    raise SpurjaxError(f"{what}: missing")
+  m = np.asarray(masks)
+  if m.ndim != 3 or len(m) != count:
+    raise SpurjaxError(f"{what}: expected {count} masks of shape (H, W), got {tuple(m.shape)}")
+  if not m.reshape(len(m), -1).any(1).all():
+    raise SpurjaxError(f"{what}: a mask is empty")
+  from PIL import Image
+  out = [np.asarray(Image.fromarray(np.ascontiguousarray(x > 0).astype(np.uint8) * 255).resize((size, size), Image.NEAREST))
+         for x in m]
+  return (np.stack(out) > 127).astype(np.float32)
+
+
 def _token_ids(tokenizer, text: str) -> list[int]:
   ids = tok_lib.encode(tokenizer, [text])[0]
   special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
@@ -138,7 +153,8 @@ def add_tokens(pipeline, tokens: Sequence[str], init_vectors: Sequence[np.ndarra
 def learn_tokens(pipeline, images_by_class: Mapping[int, np.ndarray], nouns, *, placeholder_fmt: str = "<c{}>",
                  initializer=None, steps: int = 3000, lr: float = 5e-4, batch: int = 1, grad_accum: int = 4,
                  seed: int = 0, workdir: str | None = None, templates: Sequence[str] = DEFAULT_TEMPLATES,
-                 weight_decay: float = 1e-2, mesh=None, log_every: int = 50, ckpt_every: int = 500):
+                 weight_decay: float = 1e-2, mesh=None, log_every: int = 50, ckpt_every: int = 500,
+                 masks_by_class: Mapping[int, np.ndarray] | None = None, mask_weight: float = 1.0):
   """Learns one token embedding per class with everything else frozen.
 
   Args:
@@ -152,6 +168,11 @@ def learn_tokens(pipeline, images_by_class: Mapping[int, np.ndarray], nouns, *, 
     lr: base learning rate, scaled by batch * grad_accum (the effective rate of the paper).
     workdir: if given, checkpoints (resumable) and the learned_embeds files are written there.
     templates: prompts with {token} and optionally {noun}.
+    masks_by_class: class -> bool (N, H, W) masks of those images (an inpainting UNet only): the
+      token is learned by repainting the masked region from its context (the object's square, as
+      DDB inpaints it) instead of the whole image, so it describes the object rather than the scene.
+      None: the whole image is masked (plain textual inversion).
+    mask_weight: loss weight inside the mask (outside 1), with `masks_by_class`.
   Returns:
     (pipeline with the tokens added and their rows learned, {token: float32 vector}).
   """
@@ -166,6 +187,14 @@ def learn_tokens(pipeline, images_by_class: Mapping[int, np.ndarray], nouns, *, 
   tokens = [placeholder_fmt.format(c) for c in classes]
   res = model_resolution(pipeline)
   pixels = {c: prepare_images(images_by_class[c], res, f"images of class {c}") for c in classes}
+
+  region = None
+  if masks_by_class is not None:
+    if not pipeline.is_inpaint:
+      raise SpurjaxError("textual inversion on masks needs an inpainting UNet ([noisy, mask, masked] input); "
+                         f"{pipeline.path or 'this pipeline'} has a plain one")
+    region = np.concatenate([prepare_masks(masks_by_class.get(c), res, len(pixels[c]), f"masks of class {c}")
+                             for c in classes])
 
   pipe, ids = add_tokens(pipeline, tokens, initial_vectors(pipeline, [inits[c] for c in classes]))
 
@@ -195,12 +224,16 @@ def learn_tokens(pipeline, images_by_class: Mapping[int, np.ndarray], nouns, *, 
   tx = dtrain.make_tx(lr=eff_lr, optimizer="adamw", weight_decay=weight_decay, grad_accum=grad_accum,
                       row_masks=masks)
   state = dtrain.init_state(params, paths, tx)
-  step_fn = dtrain.make_train_step(model, tx, paths, mesh, row_masks=masks, grad_accum=grad_accum)
+  step_fn = dtrain.make_train_step(model, tx, paths, mesh, row_masks=masks, grad_accum=grad_accum,
+                                   mask_weight=float(mask_weight) if region is not None else 1.0)
 
   def batch_fn(i: int) -> dict:
     idx = dtrain.sample_batch_indices(len(images), batch, seed, i)
     t = np.random.default_rng([seed, rng_ids.INVERT_TEMPLATE, i]).integers(len(templates), size=batch)
-    return {"pixels": images[idx], "ids": prompt_ids[t, labels[idx]]}
+    out = {"pixels": images[idx], "ids": prompt_ids[t, labels[idx]]}
+    if region is not None:
+      out["masks"] = region[idx]
+    return out
 
   if workdir:
     os.makedirs(workdir, exist_ok=True)
@@ -220,6 +253,7 @@ def learn_tokens(pipeline, images_by_class: Mapping[int, np.ndarray], nouns, *, 
                        for c, t in zip(classes, tokens)},
             "steps": steps, "batch": batch, "grad_accum": grad_accum, "lr": lr, "effective_lr": eff_lr,
             "templates": list(templates), "resolution": res, "seed": seed,
+            "masks": "given" if region is not None else "full image", "mask_weight": float(mask_weight),
             "final_loss": history[-1]["loss"] if history else None}
     with open(os.path.join(workdir, "tokens.json"), "w") as f:
       json.dump(info, f, indent=2)
