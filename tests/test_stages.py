@@ -102,6 +102,23 @@ def test_a_change_redoes_its_stage_and_everything_downstream(tmp_path, capsys, d
   assert _redone(_run(tmp_path, capsys, f"--config.{override}")) == [] and dry_pipeline == []
 
 
+def test_a_run_can_share_another_runs_stage_folders(tmp_path, capsys, dry_pipeline):
+  """bench methods' ddb_nolabels: only retraining differs, so it reads the ddb run's other stages."""
+  from spurjax.ddb import run as ddb_run
+  _run(tmp_path, capsys)                                                   # the first run, in w/
+  del dry_pipeline[:]
+  overrides = [f"--config.data.cache_dir={tmp_path / 'data'}", f"--config.diffusion.path={tmp_path / 'sd_a'}",
+               "--config.ddb.mask=given", "--config.ddb.invert_steps=2", "--config.ddb.retrain.select=val_worst_class"]
+  cfg = config_from("configs/synth.py:tiny", overrides)
+  shared = {s: str(tmp_path / "w" / s) for s in ORDER if s != "retrain"}
+  capsys.readouterr()
+  ddb_run.run(cfg, str(tmp_path / "w2"), stage_dirs=shared)
+  assert [c[0] for c in dry_pipeline] == ["retrain"]
+  assert "stages: reused " + ", ".join(ORDER[:-1]) + "; redid retrain" in capsys.readouterr().out
+  made = set(os.listdir(tmp_path / "w2"))
+  assert "retrain" in made and not made & set(shared)                     # no shared stage was written here
+
+
 def test_killed_stage_resumes_in_its_tmp_folder_and_other_settings_start_afresh(tmp_path):
   log = []
 

@@ -28,6 +28,9 @@ DDB_VARIANTS = {
     # row does) and retraining by worst-class validation accuracy.
     "ddb_nolabels": {"ddb.retrain.select": "val_worst_class"},
 }
+# Variants that differ from another only in retraining share that run's other stage folders.
+SHARES_STAGES_WITH = {"ddb_nolabels": "ddb"}
+SHARED_STAGES = ("select", "segment", "invert", "inpaint", "prune")
 METRICS = (("worst_group_accuracy", "worst-group acc"),
            ("average_accuracy_train_weighted", "avg acc (train-weighted)"),
            ("average_accuracy", "avg acc (plain)"))
@@ -146,7 +149,9 @@ def run(base_cfg, methods, seeds: int, workdir: str, overrides=(), table=None) -
       if m in DDB_VARIANTS:  # its ERM stage is the ERM row's run (same settings, so the same fingerprint)
         from spurjax.ddb.run import run as run_ddb
         cfg = _with(erm_cfg, DDB_VARIANTS[m])
-        full = run_ddb(cfg, run_dir, erm_dir=erm_dir, table=table)
+        other = SHARES_STAGES_WITH.get(m)
+        shared = {s: os.path.join(workdir, other, f"seed{k}", s) for s in SHARED_STAGES} if other else None
+        full = run_ddb(cfg, run_dir, erm_dir=erm_dir, table=table, stage_dirs=shared)
         rep = {**full["ddb"], "method": m, "group_labels": ddb_group_labels(cfg)}
       else:
         cfg = _seeded(hparams.method_config(base_cfg, m, overrides), k)

@@ -26,16 +26,19 @@ from spurjax.train import erm
 from spurjax.train.loop import write_json_atomic
 
 
-def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None) -> dict:
+def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None,
+        stage_dirs: dict | None = None) -> dict:
   """Runs (or resumes) every stage; returns the report dict written to `W/report.json`.
 
   `erm_dir`: the ERM stage's folder when it is shared with other runs (default `W/erm`).
+  `stage_dirs`: {stage name: folder} for other stages shared with another run (a folder whose
+  fingerprint differs is redone in place, so share only stages whose settings agree).
   """
   table = table if table is not None else load_table(cfg.data)   # validated before anything is written
   if table.num_classes < 2:
     raise SpurjaxError(f"{table.name}: DDB needs at least 2 classes")
   ctx = Context(cfg=cfg, workdir=workdir, table=table, mesh=shd.make_mesh(), hooks=tuple(hooks),
-                dirs={"erm": erm_dir} if erm_dir else {})
+                dirs={**({"erm": erm_dir} if erm_dir else {}), **(stage_dirs or {})})
   ctx.diffusion_dir, ctx.inpaint_dir                                                # a bad diffusion.path fails before any work
   if ctx.separate_inpainter and str(cfg.ddb.generator) != "paste":                  # so do mismatched text encoders
     from spurjax.diffusion.invert import check_transferable
