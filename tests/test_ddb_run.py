@@ -45,7 +45,7 @@ def test_run_end_to_end_and_resume(tmp_path, prior_dir, monkeypatch, capsys):
   data = tmp_path / "data"
   rc = cli.main(_args(tmp_path / "a", data, prior_dir))
   assert rc == 0
-  stages = "erm, select, invert, segment, inpaint, prune, retrain"
+  stages = "erm, select, segment, invert, inpaint, prune, retrain"
   assert "stages: redid " in capsys.readouterr().out
   rep = json.load(open(tmp_path / "a" / "report.json"))
   for section in ("erm", "ddb"):

@@ -1,2 +1,2 @@
-"""The DDB pipeline: one module per stage (select, invert, segment, inpaint, prune with its
+"""The DDB pipeline: one module per stage (select, segment, invert, inpaint, prune with its
 attribution, retrain) and the orchestrator `spurjax.ddb.run`."""
