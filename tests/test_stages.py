@@ -43,6 +43,8 @@ def dry_pipeline(monkeypatch, tmp_path):
     os.makedirs(tmp_path / d)
     (tmp_path / d / "model_index.json").write_text("{}")
     (tmp_path / d / "weights.safetensors").write_bytes(d.encode() * 100)
+    (tmp_path / d / "unet").mkdir()                            # an inpainting UNet's config (7 = 2 x 3 + 1)
+    (tmp_path / d / "unet" / "config.json").write_text('{"in_channels": 7, "out_channels": 3}')
   return calls
 
 
@@ -117,6 +119,17 @@ def test_a_run_can_share_another_runs_stage_folders(tmp_path, capsys, dry_pipeli
   assert "stages: reused " + ", ".join(ORDER[:-1]) + "; redid retrain" in capsys.readouterr().out
   made = set(os.listdir(tmp_path / "w2"))
   assert "retrain" in made and not made & set(shared)                     # no shared stage was written here
+
+
+def test_bad_invert_mask_settings_fail_before_any_stage(tmp_path, capsys, dry_pipeline):
+  args = ["run", "--config", "configs/synth.py:tiny", "--workdir", str(tmp_path / "w"),
+          f"--config.data.cache_dir={tmp_path / 'data'}", "--config.ddb.mask=given", "--config.ddb.invert_steps=2"]
+  assert cli.main(args + [f"--config.diffusion.path={tmp_path / 'sd_a'}", "--config.ddb.invert_mask=box"]) == 2
+  assert "config ddb.invert_mask = 'box'; valid: full, segment" in capsys.readouterr().err
+  (tmp_path / "sd_a" / "unet" / "config.json").write_text('{"in_channels": 4, "out_channels": 4}')
+  assert cli.main(args + [f"--config.diffusion.path={tmp_path / 'sd_a'}", "--config.ddb.invert_mask=segment"]) == 2
+  assert "needs an inpainting UNet" in capsys.readouterr().err
+  assert dry_pipeline == [] and not (tmp_path / "w").exists()
 
 
 def test_killed_stage_resumes_in_its_tmp_folder_and_other_settings_start_afresh(tmp_path):

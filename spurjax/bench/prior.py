@@ -354,5 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   for name in ("n_per_combo", "n_inpaint", "steps", "clf_epochs", "ti_steps", "ti_images"):
     if getattr(args, name) < 1:
       raise SpurjaxError(f"bench prior: --{name.replace('_', '-')} must be >= 1")
+  if not args.ti_mask_weight > 0:
+    raise SpurjaxError(f"bench prior: --ti-mask-weight must be > 0, got {args.ti_mask_weight}")
   run(args)
   return 0

@@ -370,6 +370,7 @@ def _check_target(out_dir: str, overwrite: bool) -> None:
     if os.listdir(out_dir) and not overwrite:
       raise SpurjaxError(f"synth: output folder exists and is not empty: {out_dir} (use --overwrite)")
 
+
 def _publish(tmp: str, out_dir: str, overwrite: bool) -> None:
   """Moves the finished folder `tmp` to `out_dir` (replacing an old one only with `overwrite`)."""
   _check_target(out_dir, overwrite)  # it may have appeared while `tmp` was written

@@ -57,6 +57,19 @@ def _on_masks(cfg) -> bool:
   return _learns(cfg) and mode == "segment"
 
 
+def check_config(ctx) -> None:
+  """Before any work: `ddb.invert_mask` is valid, and `segment` has an inpainting UNet to learn with."""
+  if not _on_masks(ctx.cfg):
+    return
+  from pathlib import Path
+
+  from spurjax.diffusion import loading
+  unet = Path(ctx.diffusion_dir) / "unet" / "config.json"
+  if not loading.is_inpaint_config(loading.read_json(unet)):
+    raise SpurjaxError(f"config ddb.invert_mask=segment needs an inpainting UNet ([noisy, mask, masked] input); "
+                       f"{unet} describes a plain one")
+
+
 def compute(ctx, inputs, folder: str) -> None:
   d = ctx.cfg.ddb
   steps = int(d.invert_steps)

@@ -44,6 +44,7 @@ def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None,
     from spurjax.diffusion.invert import check_transferable
     check_transferable(ctx.diffusion_dir, ctx.inpaint_dir, where=(f"diffusion.path {ctx.diffusion_dir}",
                                                                   f"diffusion.inpaint_path {ctx.inpaint_dir}"))
+  invert.check_config(ctx)                                                          # and a bad ddb.invert_mask
   os.makedirs(workdir, exist_ok=True)
   runner = Runner(ctx)
 
