@@ -68,3 +68,12 @@ def test_max_pool_matches_flax_with_ties():
   ref = lambda a: jnp.sum(jnp.sin(nn.max_pool(a, args[0], strides=args[1], padding=args[2])) * jnp.arange(3.0))  # noqa: E731
   np.testing.assert_array_equal(conv.max_pool(x, *args), nn.max_pool(x, args[0], strides=args[1], padding=args[2]))
   np.testing.assert_array_equal(jax.grad(ours)(x), jax.grad(ref)(x))
+
+
+def test_bench_conv_prints_a_row_per_shape(capsys):
+  from spurjax.bench import conv as bench_conv
+  assert bench_conv.main(["--shape", "2,4,2,3,3,1", "--shape", "2,4,2,3,3,2", "--iters", "1", "--no-torch"]) == 0
+  out = capsys.readouterr().out
+  assert "2x4x4 2->3 k3 " in out and "2x4x4 2->3 k3 s2" in out and "lax.conv" in out
+  with pytest.raises(SystemExit, match="N,HW,CIN,COUT,K,STRIDE"):
+    bench_conv.main(["--shape", "2,4,2", "--no-torch"])
