@@ -16,10 +16,18 @@ of the padded input, concatenated on channels, times the kernel reshaped to
 (k*k*Cin, Cout): one `dot_general`, whose CPU matmul is fast. On the CPU
 `conv2d` therefore computes
 
-  * the forward pass with patches when the output map is small (<= 4x4) or the
-    kernel is 1x1, else with `lax.conv_general_dilated` (faster there);
-  * the backward pass always through the patches formulation (its transpose:
-    a matmul for the kernel gradient, pads of slices for the input gradient).
+  * stride-1 kxk convolutions with more than 8x8 output pixels and at least 8 input
+    channels entirely with `lax.conv_general_dilated` and XLA's own gradient: there
+    the patches' concatenations and transposes cost more than they save
+    (`spurjax bench conv`, same machine, idle: 64 x 32x32, 16 -> 16, 3x3: lax.conv
+    8.1 ms, patches 104 ms, torch 7.1 ms; 32 x 32x32, 64 -> 64: 54, 147, 42 ms);
+  * otherwise the forward pass with patches when the output map is small (<= 4x4)
+    or the kernel is 1x1, else with `lax.conv_general_dilated`, and the backward
+    pass through the patches formulation (its transpose: a matmul for the kernel
+    gradient, pads of slices for the input gradient).
+
+The table above is from an older jax/XLA on a loaded machine; `spurjax bench conv`
+prints the current one.
 
 Values equal `lax.conv_general_dilated` up to float summation order (tested,
 forward and gradients, on every routed shape). On GPU/TPU, or with
@@ -43,6 +51,7 @@ from jax import lax
 
 IMPLEMENTATIONS = ("auto", "xla", "patches")
 _SMALL_OUTPUT = 16          # output maps of at most this many pixels take the patches forward pass
+_XLA_ABOVE = 64             # stride-1 kxk maps above this many output pixels (>= 8 channels in) stay on XLA
 _state = {"impl": os.environ.get("SPURJAX_CONV", "auto")}
 
 
@@ -125,7 +134,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), pad
   kh, kw = kernel.shape[:2]
   ho = (x.shape[1] + sum(pads[0]) - kh) // strides[0] + 1
   wo = (x.shape[2] + sum(pads[1]) - kw) // strides[1] + 1
-  forward_patches = _state["impl"] == "patches" or kh * kw == 1 or ho * wo <= _SMALL_OUTPUT
+  forced = _state["impl"] == "patches"
+  if not forced and kh * kw > 1 and ho * wo > _XLA_ABOVE and strides == (1, 1) and x.shape[-1] >= 8:
+    return _xla(x, kernel, strides, pads)   # large stride-1 maps: XLA's own convolution and gradient win
+  forward_patches = forced or kh * kw == 1 or ho * wo <= _SMALL_OUTPUT
   return _cpu_conv(x, kernel, strides, pads, forward_patches)
 
 
