@@ -75,5 +75,7 @@ def test_bench_conv_prints_a_row_per_shape(capsys):
   assert bench_conv.main(["--shape", "2,4,2,3,3,1", "--shape", "2,4,2,3,3,2", "--iters", "1", "--no-torch"]) == 0
   out = capsys.readouterr().out
   assert "2x4x4 2->3 k3 " in out and "2x4x4 2->3 k3 s2" in out and "lax.conv" in out
-  with pytest.raises(SystemExit, match="N,HW,CIN,COUT,K,STRIDE"):
-    bench_conv.main(["--shape", "2,4,2", "--no-torch"])
+  for bad in ("2,4,2", "2,4,x,3,3,1", "2,4,0,3,3,1"):
+    with pytest.raises(SystemExit) as exc:
+      bench_conv.main(["--shape", bad, "--no-torch"])
+    assert exc.value.code == 2 and "N,HW,CIN,COUT,K,STRIDE" in capsys.readouterr().err

@@ -39,9 +39,9 @@ def _jax_ms(fn, x, w, dy, iters):
 
 def _torch_ms(x, w, dy, stride, iters):
   import torch
-  xt = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
-  wt = torch.from_numpy(np.asarray(w)).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
-  dyt = torch.from_numpy(np.asarray(dy)).permute(0, 3, 1, 2).contiguous()
+  xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+  wt = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+  dyt = torch.from_numpy(np.array(dy)).permute(0, 3, 1, 2).contiguous()
   pad = w.shape[0] // 2
 
   def run():
@@ -77,7 +77,17 @@ def main(argv=None) -> int:
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--torch-threads", type=int, default=None)
   a = p.parse_args(argv)
-  shapes = SHAPES if not a.shape else [tuple(int(v) for v in s.split(",")) + ("",) for s in a.shape]
+  shapes = SHAPES
+  if a.shape:
+    shapes = []
+    for s in a.shape:
+      try:
+        dims = tuple(int(v) for v in s.split(","))
+      except ValueError:
+        dims = ()
+      if len(dims) != 6 or min(dims) < 1:
+        p.error(f"--shape {s}: expected N,HW,CIN,COUT,K,STRIDE (six positive integers)")
+      shapes.append(dims + ("",))
   torch_too = not a.no_torch
   if torch_too:
     try:
@@ -91,8 +101,6 @@ def main(argv=None) -> int:
   rows = []
   for shp in shapes:
     *dims, what = shp
-    if len(dims) != 6:
-      raise SystemExit(f"--shape {','.join(map(str, dims))}: expected N,HW,CIN,COUT,K,STRIDE")
     r = run_shape(*dims, iters=a.iters, torch_too=torch_too)
     n, hw, cin, cout, k, st = dims
     rows.append([f"{n}x{hw}x{hw} {cin}->{cout} k{k}" + (f" s{st}" if st != 1 else ""), what, r["xla"], r["patches"],
