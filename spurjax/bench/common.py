@@ -43,6 +43,8 @@ def add_speed_args(p) -> None:
                  help="convolution path: auto (patches on the CPU), xla (lax.conv everywhere), patches")
   p.add_argument("--torch-threads", type=int, default=None,
                  help="torch intra-op threads (default: the machine's cores, as XLA uses)")
+  p.add_argument("--profile", action="store_true",
+                 help="also print spurjax's slowest XLA ops and its time by op kind (jax.profiler trace)")
 
 
 def speed_setup(args):

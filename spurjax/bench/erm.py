@@ -21,7 +21,7 @@ from spurjax.train.state import TrainState
 from spurjax.train.step import make_train_step
 
 
-def flax_images_per_s(model_name, batch, size, dtype, iters):
+def flax_images_per_s(model_name, batch, size, dtype, iters, profile=False):
   cfg = base_config()
   cfg.optim.lr = 0.1
   model = models.get_model(model_name, 1000, dtype)
@@ -41,7 +41,11 @@ def flax_images_per_s(model_name, batch, size, dtype, iters):
     holder["s"], m = step(holder["s"], b, key)
     return m["loss"]
 
-  return batch / time_call(run, warmup=2, iters=iters)
+  per_s = batch / time_call(run, warmup=2, iters=iters)
+  if profile:
+    from spurjax.bench.profile import profile_jitted
+    profile_jitted(f"{model_name} train step, batch {batch}, {size} px", step, (holder["s"], b, key), run)
+  return per_s
 
 
 def torch_small_cnn(widths, num_classes):
@@ -113,7 +117,7 @@ def _run(a) -> int:
   dtype = jnp.bfloat16 if gpu else jnp.float32
   batch = shd.pad_to_multiple(batch, jax.device_count())
   rows = []
-  ours = flax_images_per_s(a.model, batch, size, dtype, iters)
+  ours = flax_images_per_s(a.model, batch, size, dtype, iters, a.profile)
   rows.append([f"spurjax Flax {a.model} ({jnp.dtype(dtype).name}, conv {a.conv})", ours, None])
   if not a.no_torch:
     try:

@@ -28,12 +28,16 @@ def _inputs(batch, size):
   return x, b, rng.integers(0, NUM_CLASSES, batch)
 
 
-def jax_images_per_s(model_name, variables, batch, size, steps, chunk, method, dtype, iters):
+def jax_images_per_s(model_name, variables, batch, size, steps, chunk, method, dtype, iters, profile=False):
   f = A.classifier_fn(models.get_model(model_name, NUM_CLASSES, dtype), variables, dtype=dtype)
   x, b, t = _inputs(batch, size)
   mesh = shd.make_mesh()
   run = lambda: A.integrated_gradients(f, x, b, t, n_steps=steps, method=method, chunk=chunk, mesh=mesh)  # noqa: E731
-  return batch / time_call(run, warmup=1, iters=iters)
+  per_s = batch / time_call(run, warmup=1, iters=iters)
+  if profile:  # several jitted calls per attribution: thunks are labelled by name only
+    from spurjax.bench.profile import op_profile, print_profile
+    print_profile(f"IG {model_name}, batch {batch}", *op_profile(run, iters=1))
+  return per_s
 
 
 def captum_images_per_s(model_name, variables, batch, size, steps, chunk, method, iters):
@@ -92,7 +96,7 @@ def _run(a) -> int:
   model = models.get_model(model_name, NUM_CLASSES)
   variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False))(jax.random.PRNGKey(0))
   rows = []
-  ours = jax_images_per_s(model_name, variables, batch, size, steps, chunk, a.method, dtype, iters)
+  ours = jax_images_per_s(model_name, variables, batch, size, steps, chunk, a.method, dtype, iters, a.profile)
   rows.append([f"spurjax IG {model_name} ({jnp.dtype(dtype).name}, conv {a.conv})", ours, None])
   if not a.no_torch:
     try:

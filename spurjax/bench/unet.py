@@ -211,6 +211,9 @@ def _prior_train(args) -> int:
 
   warmup, iters = args.warmup if args.warmup is not None else 2, args.iters or 5
   ours, _ = time_call(run, jax.block_until_ready, warmup, iters)
+  if args.profile:
+    from spurjax.bench.profile import profile_jitted
+    profile_jitted(f"prior train step, batch {batch}", step, (holder["p"], holder["o"], jx, jt, jc, jy), run)
   print(f"device: {_device_name()}")
   print(f"shipped prior UNet ({unet_lib.count_params(params) / 1e6:.2f}M params), train step, batch {batch}, "
         f"{size}x{size}x{spec.in_channels}, text {ctx.shape[1]} tokens, fp32, AdamW")
@@ -291,6 +294,9 @@ def _main(args) -> int:
       flops_src += f", matmul+conv count {counted / 1e9:.1f}"
     fn = lambda c=compiled: c({"params": params}, jx, jt, jctx)
     ms, out = time_call(fn, jax.block_until_ready, warmup, iters)
+    if args.profile:
+      from spurjax.bench.profile import op_profile, print_profile
+      print_profile(f"UNet call, batch {batch}", *op_profile(fn, compiled.as_text()))
     picked = impl or "/".join(sorted({select_implementation(dtype, c // h) or "default"
                                        for c, h in zip(spec.block_out_channels, spec.heads)}))
     attn = f"{picked} attention"
