@@ -16,15 +16,21 @@ of the padded input, concatenated on channels, times the kernel reshaped to
 (k*k*Cin, Cout): one `dot_general`, whose CPU matmul is fast. On the CPU
 `conv2d` therefore computes
 
-  * stride-1 kxk convolutions with more than 8x8 output pixels and at least 8 input
-    channels entirely with `lax.conv_general_dilated` and XLA's own gradient: there
-    the patches' concatenations and transposes cost more than they save
-    (`spurjax bench conv`, same machine, idle: 64 x 32x32, 16 -> 16, 3x3: lax.conv
-    8.1 ms, patches 104 ms, torch 7.1 ms; 32 x 32x32, 64 -> 64: 54, 147, 42 ms);
-  * otherwise the forward pass with patches when the output map is small (<= 4x4)
-    or the kernel is 1x1, else with `lax.conv_general_dilated`, and the backward
-    pass through the patches formulation (its transpose: a matmul for the kernel
-    gradient, pads of slices for the input gradient).
+  * kxk convolutions (k > 1) with more than 4x4 output pixels, any stride and any
+    channel count, entirely with `lax.conv_general_dilated` and XLA's own gradient:
+    with jax 0.10 its convolutions beat the patches there (`spurjax bench conv`, idle:
+    64 x 32x32, 16 -> 16, 3x3: lax.conv 8.1 ms, patches 104 ms, torch 7.1 ms). An
+    interleaved A/B of whole train steps (5 rounds each, same process) moved the
+    shipped prior's step from 1021 to 909 ms and ResNet-18's (batch 8, 64 px) from
+    105 to 92 ms when the stride-2 and few-channel maps joined this route (a rerun on a
+    noisier machine: prior 892 -> 782 ms); cnn3 and ResNet-50 stayed within noise. The
+    one loss: Integrated Gradients on ResNet-18 at 64 px (`spurjax bench ig`, input
+    gradients only) fell from about 16 to 13 images/s, as XLA's input gradient of its
+    8x8 and 16x16 maps runs on a slower generic path than the patches' transpose;
+  * 1x1 convolutions and output maps of at most 4x4 pixels with patches, forward
+    and backward (its transpose: a matmul for the kernel gradient, pads of slices
+    for the input gradient): ResNet-18's 2x2 last stage at 64 px takes 4 ms there
+    against 85 ms through XLA.
 
 The table above is from an older jax/XLA on a loaded machine; `spurjax bench conv`
 prints the current one.
@@ -50,8 +56,7 @@ import jax.numpy as jnp
 from jax import lax
 
 IMPLEMENTATIONS = ("auto", "xla", "patches")
-_SMALL_OUTPUT = 16          # output maps of at most this many pixels take the patches forward pass
-_XLA_ABOVE = 64             # stride-1 kxk maps above this many output pixels (>= 8 channels in) stay on XLA
+_SMALL_OUTPUT = 16          # kxk maps of at most this many output pixels (and every 1x1) take the patches
 _state = {"impl": os.environ.get("SPURJAX_CONV", "auto")}
 
 
@@ -104,16 +109,16 @@ def _patches(x, kernel, strides, pads):
   return lax.dot_general(cols, kernel.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _cpu_conv(x, kernel, strides, pads, forward_patches):
-  return (_patches if forward_patches else _xla)(x, kernel, strides, pads)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _cpu_conv(x, kernel, strides, pads):
+  return _patches(x, kernel, strides, pads)
 
 
-def _cpu_conv_fwd(x, kernel, strides, pads, forward_patches):
-  return _cpu_conv(x, kernel, strides, pads, forward_patches), (x, kernel)
+def _cpu_conv_fwd(x, kernel, strides, pads):
+  return _cpu_conv(x, kernel, strides, pads), (x, kernel)
 
 
-def _cpu_conv_bwd(strides, pads, forward_patches, res, dy):
+def _cpu_conv_bwd(strides, pads, res, dy):
   x, kernel = res
   _, vjp = jax.vjp(lambda x, k: _patches(x, k, strides, pads), x, kernel)
   return vjp(dy)
@@ -135,10 +140,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), pad
   ho = (x.shape[1] + sum(pads[0]) - kh) // strides[0] + 1
   wo = (x.shape[2] + sum(pads[1]) - kw) // strides[1] + 1
   forced = _state["impl"] == "patches"
-  if not forced and kh * kw > 1 and ho * wo > _XLA_ABOVE and strides == (1, 1) and x.shape[-1] >= 8:
-    return _xla(x, kernel, strides, pads)   # large stride-1 maps: XLA's own convolution and gradient win
-  forward_patches = forced or kh * kw == 1 or ho * wo <= _SMALL_OUTPUT
-  return _cpu_conv(x, kernel, strides, pads, forward_patches)
+  if not forced and kh * kw > 1 and ho * wo > _SMALL_OUTPUT:
+    return _xla(x, kernel, strides, pads)   # larger kxk maps: XLA's own convolution and gradient win
+  return _cpu_conv(x, kernel, strides, pads)
 
 
 class Conv(nn.Module):
