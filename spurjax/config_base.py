@@ -147,4 +147,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.retrain.num_epochs = 200
   c.ddb.retrain.batch_size = 32
   c.ddb.retrain.select = "val_wga"  # or val_worst_class: needs no validation group labels
+  c.ddb.retrain.ema_decay = 0.0   # > 0: evaluate, select and keep an EMA of the weights (train.ema_decay)
   return c

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from spurjax import sharding as shd
+from spurjax.errors import SpurjaxError
 from spurjax.train import losses
 from spurjax.train.loop import TrainSet, fit, init_variables
 from spurjax.train.optim import make_optimizer
@@ -129,3 +130,40 @@ def test_train_set_weights_and_repeats(tmp_path):
   moved = load_best_variables(cfg, table, str(tmp_path / "w"))
   assert any(np.abs(np.asarray(a) - np.asarray(b)).max() > 0
              for a, b in zip(jax.tree.leaves(moved["params"]), jax.tree.leaves(init["params"])))
+
+
+def test_ema_step_moves_the_average_by_its_rule(setup):
+  cfg, table, model, variables = setup
+  loss_fn, _ = losses.get("ce")
+  mesh = shd.make_mesh()
+  tx = make_optimizer(cfg.optim, 10, 5)
+  state = TrainState.create(apply_fn=model.apply, variables=jax.tree.map(jnp.array, variables), tx=tx, ema=True)
+  before = jax.tree.map(np.asarray, state.params)
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, state.ema_params), before)
+  step = make_train_step(loss_fn, cfg.method, mesh, mean=cfg.data.mean, std=cfg.data.std, ema_decay=0.9)
+  state, _ = step(shd.replicate(state, mesh), shd.shard_batch(_batch(table), mesh), jax.random.PRNGKey(1))
+  after = jax.tree.map(np.asarray, state.params)
+  want = jax.tree.map(lambda b, a: 0.9 * b + 0.1 * a, before, after)
+  chex.assert_trees_all_close(jax.tree.map(np.asarray, state.ema_params), want, rtol=1e-6, atol=1e-7)
+  assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)))
+  chex.assert_trees_all_close(state.eval_variables["params"], state.ema_params)
+  assert "ema_params" in state.pytree()
+
+
+def test_ema_run_resumes_and_keeps_the_average(tmp_path):
+  cfg = toy_config(num_epochs=2, select="last")
+  cfg.train.ema_decay = 0.5
+  table = toy_table()
+  finals = []
+  full = fit(cfg, table, str(tmp_path / "a"), hooks=[lambda e, s, _: finals.append(s)])
+  with pytest.raises(Interrupt):
+    fit(cfg, table, str(tmp_path / "b"), hooks=[lambda e, s, _: (_ for _ in ()).throw(Interrupt())])
+  resumed = fit(cfg, table, str(tmp_path / "b"))
+  assert resumed["history"] == full["history"]
+  from spurjax.train.loop import load_best_variables
+  got = load_best_variables(cfg, table, str(tmp_path / "a"))
+  chex.assert_trees_all_close(jax.tree.map(np.asarray, got["params"]),
+                              jax.tree.map(np.asarray, finals[-1].ema_params))
+  cfg.train.ema_decay = 1.0
+  with pytest.raises(SpurjaxError, match="ema_decay"):
+    fit(cfg, table, str(tmp_path / "c"))

@@ -57,7 +57,7 @@ def retrain_config(cfg):
     for k in ("name", "lr", "weight_decay", "schedule", "momentum"):
       if k in r:
         rcfg.optim[k] = r[k]
-    for k in ("num_epochs", "batch_size", "select"):
+    for k in ("num_epochs", "batch_size", "select", "ema_decay"):
       if k in r:
         rcfg.train[k] = r[k]
   return rcfg

@@ -160,8 +160,11 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
   loss_name = cfg.method.get("loss", "ce")
   loss_fn, loss_init = losses.get(loss_name)
   tx = make_optimizer(cfg.optim, epochs * steps, steps)
+  ema_decay = float(cfg.train.get("ema_decay", 0.0))
+  if not 0.0 <= ema_decay < 1.0:
+    raise SpurjaxError(f"config train.ema_decay = {ema_decay}: must be in [0, 1)")
   state = TrainState.create(apply_fn=model.apply, variables=variables, tx=tx,
-                            loss_state=loss_init(cfg.method, table.num_groups))
+                            loss_state=loss_init(cfg.method, table.num_groups), ema=ema_decay > 0)
   ckpt = Checkpoints(os.path.join(workdir, "ckpt"))
   writer = MetricWriter(workdir, name)
   start_epoch, history, best = 0, [], None
@@ -172,7 +175,8 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
     history, best = meta["history"], meta["best"]
     writer.truncate_after(start_epoch)
   state = shd.replicate(state, mesh)
-  train_step = make_train_step(loss_fn, cfg.method, mesh, mean=cfg.data.mean, std=cfg.data.std, dtype=dtype_of(cfg))
+  train_step = make_train_step(loss_fn, cfg.method, mesh, mean=cfg.data.mean, std=cfg.data.std, dtype=dtype_of(cfg),
+                               ema_decay=ema_decay)
   step_rng = shd.replicate(step_rng, mesh)
   key = CRITERIA[select]
   is_main = jax.process_index() == 0
@@ -189,7 +193,7 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
       for k, v in m.items():
         sums[k] = sums.get(k, 0.0) + v
     train_m = {k: float(v) / steps for k, v in sums.items()}
-    ev = evaluate(cfg, model, state.variables, table, sources, mesh)
+    ev = evaluate(cfg, model, state.eval_variables, table, sources, mesh)
     rec = {"epoch": epoch, "time_s": round(time.time() - t0, 2), **{f"train/{k}": v for k, v in train_m.items()}}
     for s, sm in ev.items():
       for k in ("worst_group_accuracy", "average_accuracy_train_weighted", "average_accuracy", "worst_class_accuracy"):
@@ -206,7 +210,7 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
     better = best is None or (score >= best["score"] if select == "last" else score > best["score"])
     if better:
       best = {"score": score, "epoch": epoch, "metrics": ev}
-      ckpt.save_best(epoch, {"params": state.params, "batch_stats": state.batch_stats}, {"epoch": epoch})
+      ckpt.save_best(epoch, state.eval_variables, {"epoch": epoch})
     ckpt.save_last(epoch, state.pytree(), {"history": history, "best": best})
     for hook in hooks:
       hook(epoch, state, entry)

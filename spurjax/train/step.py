@@ -25,8 +25,12 @@ def normalise(images, mean: Sequence[float], std: Sequence[float], dtype=jnp.flo
 
 
 def make_train_step(loss_fn: Callable, loss_cfg, mesh, *, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                    dtype=jnp.float32):
-  """Returns `train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated."""
+                    dtype=jnp.float32, ema_decay: float = 0.0):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated.
+
+  With `state.ema_params` kept, they move as ema <- d * ema + (1 - d) * params after each update
+  (d = `ema_decay`).
+  """
 
   def train_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
@@ -42,8 +46,11 @@ def make_train_step(loss_fn: Callable, loss_cfg, mesh, *, mean=IMAGENET_MEAN, st
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = jax.tree.map(lambda p, u: p + u, state.params, updates)
     acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+    ema = state.ema_params
+    if ema is not None:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_vars.get("batch_stats", {}),
-                              opt_state=opt_state, loss_state=loss_state)
+                              opt_state=opt_state, loss_state=loss_state, ema_params=ema)
     return new_state, {"loss": loss, "train_accuracy": acc, **aux}
 
   repl, data = shd.replicated(mesh), shd.batch_sharding(mesh)
