@@ -167,3 +167,4 @@ def test_ema_run_resumes_and_keeps_the_average(tmp_path):
   cfg.train.ema_decay = 1.0
   with pytest.raises(SpurjaxError, match="ema_decay"):
     fit(cfg, table, str(tmp_path / "c"))
+  assert not (tmp_path / "c").exists()

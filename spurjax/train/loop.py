@@ -138,7 +138,6 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
   Returns the report dict (also written to `workdir/report.json`): per split (`val`,
   `test`) the group metrics of the selected epoch, plus `selected_epoch`, `selection`, `history`.
   """
-  os.makedirs(workdir, exist_ok=True)
   mesh = mesh or shd.make_mesh()
   train_set = train_set or TrainSet.from_table(table)
   sources = sources or make_sources(cfg, table)
@@ -159,10 +158,11 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
     variables = init_vars
   loss_name = cfg.method.get("loss", "ce")
   loss_fn, loss_init = losses.get(loss_name)
-  tx = make_optimizer(cfg.optim, epochs * steps, steps)
   ema_decay = float(cfg.train.get("ema_decay", 0.0))
   if not 0.0 <= ema_decay < 1.0:
     raise SpurjaxError(f"config train.ema_decay = {ema_decay}: must be in [0, 1)")
+  os.makedirs(workdir, exist_ok=True)  # only once the settings are known to be valid
+  tx = make_optimizer(cfg.optim, epochs * steps, steps)
   state = TrainState.create(apply_fn=model.apply, variables=variables, tx=tx,
                             loss_state=loss_init(cfg.method, table.num_groups), ema=ema_decay > 0)
   ckpt = Checkpoints(os.path.join(workdir, "ckpt"))
