@@ -48,6 +48,10 @@ def get_config(arg=None):
   c.unet.up_block_types = ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
   c.unet.attention_heads = (2, 2, 2)
   c.unet.norm_num_groups = 8
+  # > 0: the pooled prompt (attention pooling with this many heads) is added to the time embedding
+  # (diffusers' addition_embed_type "text"), so every block sees the prompt, not only the
+  # cross-attention layers. 0: cross-attention only.
+  c.unet.text_time_heads = 0
 
   c.scheduler = ml_collections.ConfigDict()
   c.scheduler.num_train_timesteps = 1000
@@ -74,7 +78,14 @@ def get_config(arg=None):
   c.train.ckpt_every = 100
   c.train.log_every = 25
 
-  if arg == "tiny":
+  if arg == "deep":
+    # A fourth level (128 channels at 4 px) and cross-attention at 8 and 4 px: 4.1 M UNet parameters
+    # for about 15 % more time per step than the 3-level (16, 32, 64).
+    c.unet.block_out_channels = (16, 32, 64, 128)
+    c.unet.down_block_types = ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    c.unet.up_block_types = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    c.unet.attention_heads = (2, 2, 2, 4)
+  elif arg == "tiny":
     c.resolution = 16
     c.text.vocab_size = 1000
     c.text.hidden_size = 16
@@ -92,5 +103,5 @@ def get_config(arg=None):
     c.train.ckpt_every = 2
     c.train.log_every = 2
   elif arg:
-    raise ValueError(f"unknown variant {arg!r} (use 'tiny' or nothing)")
+    raise ValueError(f"unknown variant {arg!r} (use 'deep', 'tiny' or nothing)")
   return c

@@ -28,14 +28,18 @@ def _randomise(model, seed=0):
         p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
-@pytest.fixture(scope="module", params=[(False, 4, 16, True), (True, 9, 15, False)],
-                ids=["conv-proj-in4-capture", "linear-proj-in9-odd"])
+_TEXT_TIME = dict(addition_embed_type="text", addition_embed_type_num_heads=4)
+
+
+@pytest.fixture(scope="module", params=[(False, 4, 16, True, {}), (True, 9, 15, False, {}),
+                                        (True, 9, 16, False, _TEXT_TIME)],
+                ids=["conv-proj-in4-capture", "linear-proj-in9-odd", "text-time-embedding"])
 def reference(request):
   """A randomised diffusers UNet, its state dict and config, and one reference output."""
   torch = pytest.importorskip("torch")
   diffusers = pytest.importorskip("diffusers")
-  linear, in_ch, size, capture = request.param
-  tm = diffusers.UNet2DConditionModel(**TINY, in_channels=in_ch, use_linear_projection=linear).eval()
+  linear, in_ch, size, capture, extra = request.param
+  tm = diffusers.UNet2DConditionModel(**TINY, **extra, in_channels=in_ch, use_linear_projection=linear).eval()
   _randomise(tm)
   sd = {k: v.numpy().copy() for k, v in tm.state_dict().items()}
   rs = np.random.RandomState(1)

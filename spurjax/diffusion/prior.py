@@ -310,6 +310,8 @@ def unet_config(cfg) -> dict:
       "freq_shift": 0,
       "act_fn": "silu",
       "center_input_sample": False,
+      **({"addition_embed_type": "text", "addition_embed_type_num_heads": int(u.text_time_heads)}
+         if int(u.get("text_time_heads", 0)) else {}),
   }
 
 

@@ -43,7 +43,7 @@ _FIXED = {
     "encoder_hid_dim": (None,),
     "encoder_hid_dim_type": (None,),
     "class_embed_type": (None,),
-    "addition_embed_type": (None,),
+    "addition_embed_type": (None, "text"),
     "addition_time_embed_dim": (None,),
     "num_class_embeds": (None,),
     "class_embeddings_concat": (False,),
@@ -90,6 +90,7 @@ class UNetSpec:
   time_embed_dim: int
   conv_in_kernel: int
   conv_out_kernel: int
+  text_time_heads: int = 0        # > 0: addition_embed_type "text" (pooled text added to the time embedding)
 
 
 def _per_block(config: Mapping, key: str, default, n: int, kind=int) -> tuple:
@@ -186,7 +187,19 @@ def parse_config(config: Mapping[str, Any]) -> UNetSpec:
       time_embed_dim=int(time_embed_dim),
       conv_in_kernel=int(config.get("conv_in_kernel", 3)),
       conv_out_kernel=int(config.get("conv_out_kernel", 3)),
+      text_time_heads=_text_time_heads(config, cross_dims),
   )
+
+
+def _text_time_heads(config: Mapping[str, Any], cross_dims: tuple[int, ...]) -> int:
+  """Heads of the text-time embedding's attention pooling; 0 without addition_embed_type "text"."""
+  if config.get("addition_embed_type") != "text":
+    return 0
+  heads = _int(config, "addition_embed_type_num_heads", 64)
+  if len(set(cross_dims)) != 1 or cross_dims[0] % heads:
+    raise SpurjaxError(f"unet config: addition_embed_type='text' needs one cross_attention_dim divisible by "
+                       f"addition_embed_type_num_heads={heads} (got {list(cross_dims)})")
+  return heads
 
 
 def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool, freq_shift: float,
@@ -350,6 +363,40 @@ class UpBlock(nn.Module):
     return x
 
 
+class AttentionPooling(nn.Module):
+  """One query, the tokens' mean plus a learned position, attending over [that query, tokens] (diffusers')."""
+  heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, _, width = x.shape
+    d = width // self.heads
+    pos = self.param("positional_embedding", lambda k, s: jax.random.normal(k, s) / math.sqrt(width), (1, width))
+    cls = jnp.mean(x, axis=1, keepdims=True) + pos.astype(x.dtype)
+    x = jnp.concatenate([cls, x], axis=1)
+    dense = lambda name: nn.Dense(width, dtype=self.dtype, name=name)
+    split = lambda y: y.reshape(b, -1, self.heads, d)
+    scale = 1.0 / math.sqrt(math.sqrt(d))
+    q, k, v = split(dense("q_proj")(cls)) * scale, split(dense("k_proj")(x)) * scale, split(dense("v_proj")(x))
+    w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, width)
+
+
+class TextTimeEmbedding(nn.Module):
+  """diffusers' TextTimeEmbedding: LayerNorm, attention pooling, Linear to the time width, LayerNorm."""
+  time_embed_dim: int
+  heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, context: jax.Array) -> jax.Array:
+    h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm1")(context)
+    h = AttentionPooling(self.heads, dtype=self.dtype, name="pool")(h)
+    h = nn.Dense(self.time_embed_dim, dtype=self.dtype, name="proj")(h)
+    return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm2")(h)
+
+
 class UNet2DConditionModel(nn.Module):
   """The SD conditional UNet. Params are float32; activations run in `dtype`.
 
@@ -391,6 +438,9 @@ class UNet2DConditionModel(nn.Module):
     t = jnp.broadcast_to(jnp.asarray(timesteps).reshape(-1), (b,))
     t_emb = timestep_embedding(t, s.block_out_channels[0], s.flip_sin_to_cos, s.freq_shift).astype(self.dtype)
     temb = TimestepEmbedding(s.time_embed_dim, dtype=self.dtype, name="time_embedding")(t_emb)
+    if s.text_time_heads:
+      temb = temb + TextTimeEmbedding(s.time_embed_dim, s.text_time_heads, dtype=self.dtype,
+                                      name="add_embedding")(context)
 
     pad = (s.conv_in_kernel - 1) // 2
     x = Conv(s.block_out_channels[0], (s.conv_in_kernel,) * 2, padding=((pad, pad), (pad, pad)),
