@@ -265,6 +265,8 @@ def test_bench_prior_runs_on_a_tiny_prior(trained, data, tmp_path, capsys):
   rec = json.loads((tmp_path / "b" / "bench_prior.json").read_text())
   for label in ("learned token", "initialiser token", "class word", "same class, class word"):
     assert 0.0 <= rec["inpaint"][f"all ({label})"] <= 1.0
+    assert 0.0 <= rec["inpaint"][f"blob ({label})"] <= 1.0   # the strict judge (default) can say "blob"
+  assert rec["judge"] == "strict" and 0.0 <= rec["txt2img_blob"] <= 1.0
   assert rec["inpaint_mask"]["kind"] == "square" and rec["prior_train_images_per_s"] > 0
   assert 0.0 <= rec["diffedit"]["iou_mask"] <= 1.0 and 0.0 <= rec["diffedit"]["iou_box"] <= 1.0
   out = capsys.readouterr().out

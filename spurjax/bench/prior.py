@@ -1,7 +1,11 @@
 """`spurjax bench prior`: does the prior draw what it is told?
 
 1. A classifier (the project's trainer, `spurjax.train.loop.fit`) learns object class from
-   the balanced captioned corpus (90/5/5 split by position).
+   the balanced captioned corpus (90/5/5 split by position). The strict judge (`--judge strict`,
+   the default) also learns a third class, "blob": each corpus image with its object replaced
+   by an object-sized colour blob (`spurjax.bench.blobs`), so a shapeless colour patch where the
+   object was counts as no object; `--judge plain` is the bird / flower classifier alone, which
+   has to name an object class for every patch.
 2. Text-to-image: N samples per (object, scene) for "a photo of a {object} on {scene}";
    the share the classifier assigns to the prompted object.
 3. Inpainting: benchmark majority training images, the region around their true object
@@ -28,6 +32,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from PIL import Image
 
 from spurjax.bench.common import print_table
 from spurjax.data.table import TRAIN, Table
@@ -62,6 +67,31 @@ def corpus_table(root: str) -> Table:
   split = np.where(pos == 0, 1, np.where(pos == 1, 2, 0)).astype(np.int32)
   return Table(name="corpus", refs=paths, y=y, place=place, split=split, num_classes=int(y.max()) + 1,
                num_places=int(place.max()) + 1, read_image=read_image, captions=texts)
+
+
+def judge_table(corpus: Table, root: str, seed: int) -> Table:
+  """The strict judge's data: the corpus (half its objects with pixel noise) plus one blob image per
+  corpus image (class K, same split), in memory. Needs the corpus's object masks."""
+  from spurjax.bench import blobs
+  from spurjax.data.images import read_image
+  mask_paths = prior.read_mask_paths(root)
+  if mask_paths is None:
+    raise SpurjaxError(f"{root}: --judge strict needs the corpus's object masks (column {prior.MASK_COLUMN})")
+  images, y, place, split = [], [], [], []
+  for i in range(len(corpus)):
+    img = read_image(corpus.refs[i])
+    m = np.asarray(Image.open(mask_paths[i]).convert("L")) > 0
+    if m.shape != img.shape[:2] or not m.any():
+      raise SpurjaxError(f"{mask_paths[i]}: mask empty or not the size of its image {corpus.refs[i]}")
+    s = int(seed) * 1_000_003 + i
+    images += [blobs.noisy_object(img, m, s) if i % 2 else img, blobs.blob_image(img, m, s)]
+    y += [int(corpus.y[i]), corpus.num_classes]
+    place += [int(corpus.place[i])] * 2
+    split += [int(corpus.split[i])] * 2
+  arr = np.stack(images)
+  return Table(name="corpus+blobs", refs=list(range(len(arr))), y=np.asarray(y, np.int32),
+               place=np.asarray(place, np.int32), split=np.asarray(split, np.int32),
+               num_classes=corpus.num_classes + 1, num_places=corpus.num_places, read_image=lambda i: arr[i])
 
 
 def memory_table(images: np.ndarray, y: np.ndarray, place: np.ndarray, num_classes: int, num_places: int) -> Table:
@@ -147,30 +177,34 @@ def run(args) -> dict:
     bench, data_root = load_table(d), synth_root(d)
   corpus_dir = args.corpus or os.path.join(data_root, "corpus")
   corpus = corpus_table(corpus_dir)
+  judge_data = judge_table(corpus, corpus_dir, args.seed) if args.judge == "strict" else corpus
   nouns = list(bench.class_names or args.nouns.split(","))
   places = list(bench.place_names or args.places.split(","))
   if len(nouns) < corpus.num_classes or len(places) < corpus.num_places:
     raise SpurjaxError("bench prior: class / place names unknown (give --nouns and --places)")
 
-  # 1. The judge: a classifier of object class trained on the corpus.
+  # 1. The judge: a classifier of object class trained on the corpus (strict: and on blobs, a class of its own).
   from spurjax.train import loop
   ccfg = classifier_config(args.clf_epochs, res, args.clf_batch_size)
   ccfg.seed = args.seed
-  report = loop.fit(ccfg, corpus, os.path.join(workdir, "classifier"), name="classifier")
-  variables = loop.load_best_variables(ccfg, corpus, os.path.join(workdir, "classifier"))
+  judge_dir = os.path.join(workdir, "classifier" if args.judge == "plain" else "judge_strict")
+  report = loop.fit(ccfg, judge_data, judge_dir, name="classifier")
+  variables = loop.load_best_variables(ccfg, judge_data, judge_dir)
   from spurjax import models, sharding
-  model = models.get_model(ccfg.model.name, corpus.num_classes)
+  model = models.get_model(ccfg.model.name, judge_data.num_classes)
   mesh = sharding.make_mesh()
 
   def classify(images_u8: np.ndarray, y: np.ndarray, place: np.ndarray) -> np.ndarray:
-    tab = memory_table(images_u8, y, place, corpus.num_classes, corpus.num_places)
+    tab = memory_table(images_u8, y, place, judge_data.num_classes, corpus.num_places)
     from spurjax.data.pipeline import ImageSource
     src = ImageSource(tab, loop.preprocess_from_config(ccfg))
     return loop.predict(ccfg, model, variables, src, tab, np.arange(len(tab)), mesh).argmax(-1)
 
-  rows, record = [], {"prior": path, "resolution": res, "classifier_test": report.get("test", {})}
+  rows, record = [], {"prior": path, "resolution": res, "judge": args.judge, "classifier_test": report.get("test", {})}
   acc = report.get("test", {}).get("average_accuracy")
-  rows.append(["classifier on held-out corpus", "-", int(np.sum(corpus.split == 2)), acc])
+  held = "held-out corpus" + (" and its blobs" if args.judge == "strict" else "")
+  rows.append([f"judge ({args.judge}) on {held}", "own class", int(np.sum(judge_data.split == 2)), acc])
+  blob = corpus.num_classes  # the strict judge's extra class (never predicted by the plain judge)
 
   # 2. Text-to-image.
   prompts, ys, ps = [], [], []
@@ -196,6 +230,9 @@ def run(args) -> dict:
       rows.append([f"txt2img: {TXT2IMG_TEMPLATE.format(obj=nouns[y], place=places[p])}", nouns[y],
                    int(sel.sum()), share])
   rows.append(["txt2img: all prompts", "prompted", len(pred), float(np.mean(pred == ys))])
+  record["txt2img_blob"] = float(np.mean(pred == blob))
+  if args.judge == "strict":
+    rows.append(["txt2img: all prompts", "blob", len(pred), record["txt2img_blob"]])
 
   # 3. Inpainting majority images with the other class's token.
   sources, learn_from = _majority_split(bench, args.n_inpaint, args.ti_images, args.seed)
@@ -253,6 +290,9 @@ def run(args) -> dict:
     share = float(np.mean(pred == goal))
     record["inpaint"][f"all ({label})"] = share
     rows.append([f"inpaint, all sources ({label})", "prompted", len(goal), share])
+    if args.judge == "strict":
+      record["inpaint"][f"blob ({label})"] = float(np.mean(pred == blob))
+      rows.append([f"inpaint, all sources ({label})", "blob", len(goal), float(np.mean(pred == blob))])
   t_inp = time.time() - t0
   source_pred = classify(src_imgs, src_y, src_place)
   rows.append(["unedited inpainting sources (sanity)", "own class", len(src_y), float(np.mean(source_pred == src_y))])
@@ -336,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--mask", default="square", choices=("square", "box", "object"),
                  help="inpainted region: the square around the object's grown box, the box, or the mask itself")
   p.add_argument("--grow", type=int, default=2, help="pixels the object's box is grown by, at the prior's resolution")
+  p.add_argument("--judge", choices=("strict", "plain"), default="strict",
+                 help="strict: the judge also learns a 'blob' class (object-sized colour blobs in the object's "
+                      "place), so a shapeless patch is not counted as an object; plain: bird / flower only")
   p.add_argument("--clf-epochs", type=int, default=60)
   p.add_argument("--clf-batch-size", type=int, default=64)
   p.add_argument("--diffedit-draws", type=int, default=10, help="DiffEdit noise draws (0: skip the mask IoU)")
