@@ -120,6 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
   # inpaint: the other classes' tokens painted into each selected image's mask
   c.ddb.generator = "diffusion"   # diffusion | paste (another selected image's object cut by its mask and pasted)
   c.ddb.template = "a photo of a {token} {noun}"
+  # words of which each edit's prompt names one (template with {attribute} or {a_attribute}), e.g. colours
+  c.ddb.attributes = ()
   c.ddb.inpaint_mode = "blended"  # blended (4-channel UNet) | channels (9-channel inpainting UNet) | auto
   c.ddb.n_samples = 2             # edits per (image, target class)
   c.ddb.num_steps = 50

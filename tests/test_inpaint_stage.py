@@ -86,6 +86,11 @@ def test_blended_k3_counts_labels_and_kept_background(pipe3, mesh):
   again = inpaint.make_counterfactuals(pipe3, images, masks, [0, 2], TOKENS, NOUNS, n_samples=2, mode="auto",
                                        seed=0, mesh=mesh, num_classes=3, paste=False, **FAST)
   np.testing.assert_array_equal(again["images"], imgs)  # deterministic; "auto" picks blended for 3 channels
+  # With attributes each edit's prompt names one of them: same noise, other prompts, other pixels.
+  coloured = inpaint.make_counterfactuals(pipe3, images, masks, [0, 2], TOKENS, NOUNS, n_samples=2, mode="blended",
+                                          seed=0, mesh=mesh, num_classes=3, paste=False, attributes=("red", "blue"),
+                                          template="a photo of {a_attribute} {token} {noun}", **FAST)
+  assert coloured["images"].shape == imgs.shape and np.abs(coloured["images"] - imgs).max() > 1e-4
 
 
 def test_paste_keeps_background_at_another_size(pipe3, mesh):
@@ -123,6 +128,18 @@ def test_prompts_and_token_checks(pipe3, tmp_path):
       ["a photo of a bird", "a photo of a dog"]
   with pytest.raises(SpurjaxError, match="no token for class 1"):
     inpaint.class_prompts("{token} {noun}", {0: "<c0>"}, ("bird", "dog"), 2)
+  # attributes: A prompts per class, class-major, with the article
+  assert inpaint.class_prompts("a photo of {a_attribute} {token} {noun}", None, ("bird", "dog"), 2,
+                               ("red", "orange")) == ["a photo of a red bird", "a photo of an orange bird",
+                                                      "a photo of a red dog", "a photo of an orange dog"]
+  for template, attrs in (("a photo of {a_attribute} {noun}", ()), ("a photo of a {noun}", ("red",))):
+    with pytest.raises(SpurjaxError, match="attributes"):
+      inpaint.class_prompts(template, None, ("bird", "dog"), 2, attrs)
+  edits = inpaint.plan_edits([0, 1, 0, 1] * 8, 2, 2)
+  picks = [inpaint.attribute_of(3, e, 8) for e in edits]
+  assert picks == [inpaint.attribute_of(3, e, 8) for e in edits] and len(set(picks)) > 3   # deterministic, varied
+  assert picks != [inpaint.attribute_of(4, e, 8) for e in edits]                          # and seeded
+  assert {inpaint.attribute_of(3, e, 1) for e in edits} == {0}
   inpaint.check_tokens(pipe3, TOKENS)
   images, masks = _inputs()
   with pytest.raises(SpurjaxError, match="not in the tokenizer"):

@@ -21,7 +21,9 @@ with columns source_index, source_file, source_class, target_class, sample, file
 `inpaint/`), written chunk by chunk (a killed run resumes from the chunks it wrote).
 
 Config keys (`cfg.ddb`): n_samples, inpaint_mode, num_steps, guidance_scale, template, nouns,
-inpaint_sampler, inpaint_batch_size, inpaint_paste; the seed is `cfg.seed`.
+attributes, inpaint_sampler, inpaint_batch_size, inpaint_paste; the seed is `cfg.seed`. With
+`attributes` (e.g. colour words) each edit's prompt also names one of them, drawn from
+(seed, image, target class, sample): "a photo of a red flower".
 """
 from __future__ import annotations
 
@@ -138,25 +140,42 @@ def _lookup(table, c: int, what: str):
   return table[c]
 
 
-def class_prompts(template: str, tokens, nouns, num_classes: int) -> list[str]:
-  """The prompt of each target class: `template` with {token} and {noun} filled in.
+def class_prompts(template: str, tokens, nouns, num_classes: int, attributes: Sequence[str] = ()) -> list[str]:
+  """The prompts of each target class: `template` with {token} and {noun} filled in.
 
   A class whose token is None or "" gets the prompt without a token (no textual inversion); with
-  no tokens at all (None or empty) every class does.
+  no tokens at all (None or empty) every class does. With `attributes` (e.g. colour words) there
+  are A prompts per class, class-major (prompt c * A + a), the template's {attribute} filled with
+  attribute a and {a_attribute} with it and its article ("a red", "an orange").
   """
   if "{noun}" not in template and "{token}" not in template:
     raise SpurjaxError(f"config ddb.template={template!r} must contain {{token}} and/or {{noun}}")
+  attributes = tuple(str(a) for a in attributes)
+  uses = "{attribute}" in template or "{a_attribute}" in template
+  if uses != bool(attributes):
+    raise SpurjaxError(f"config ddb.template={template!r} and ddb.attributes={list(attributes)}: the template uses "
+                       "{attribute} / {a_attribute} exactly when attributes are given")
   out = []
   for c in range(num_classes):
     token = _lookup(tokens, c, "token") if tokens else ""
     noun = _lookup(nouns, c, "noun")
-    try:
-      text = template.format(token=token or "", noun=noun)
-    except (KeyError, IndexError, ValueError) as e:
-      raise SpurjaxError(f"config ddb.template={template!r}: {type(e).__name__} {e} (use {{token}} and {{noun}})") \
-          from None
-    out.append(" ".join(text.split()))
+    for a in attributes or ("",):
+      article = ("an " if a[:1].lower() in "aeiou" else "a ") + a if a else ""
+      try:
+        text = template.format(token=token or "", noun=noun, attribute=a, a_attribute=article)
+      except (KeyError, IndexError, ValueError) as e:
+        raise SpurjaxError(f"config ddb.template={template!r}: {type(e).__name__} {e} (use {{token}}, {{noun}}, "
+                           "{attribute}, {a_attribute})") from None
+      out.append(" ".join(text.split()))
   return out
+
+
+def attribute_of(seed: int, edit: "Edit", num_attributes: int) -> int:
+  """The attribute (0 .. A-1) an edit's prompt takes: a function of (seed, source, target, sample) only."""
+  if num_attributes <= 1:
+    return 0
+  ss = np.random.SeedSequence([int(seed), 0xA77, edit.source, edit.target_class, edit.sample])
+  return int(ss.generate_state(1)[0] % num_attributes)
 
 
 def check_tokens(pipeline, tokens) -> None:
@@ -210,7 +229,7 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mode: str = "blended", num_steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
-                         skip=None, desc: str | None = "inpaint"
+                         skip=None, desc: str | None = "inpaint", attributes: Sequence[str] = ()
                          ) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
   """Yields (chunk index, its edits, float32 (n, H, W, 3) images in [0, 1]) chunk by chunk.
 
@@ -241,8 +260,9 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
   skip = skip or (lambda c, e: False)
   todo_mask = distributed.from_main(np.asarray([not skip(c, e) for c, e in enumerate(chunks)], np.int32))
   todo = {c for c in range(len(chunks)) if todo_mask[c]}
-  prep = _prepare(pipeline, images, masks, target_tokens, nouns, num_classes, template, guidance_scale) \
-      if todo else None
+  prep = _prepare(pipeline, images, masks, target_tokens, nouns, num_classes, template, guidance_scale,
+                  attributes) if todo else None
+  n_attr = max(1, len(attributes))
   run = sampling.inpaint_channels if mode == "channels" else sampling.inpaint_blended
   params = fns.params
   if mesh is not None and todo:  # placed once, not per chunk (with several processes: without host copies)
@@ -255,7 +275,8 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
       yield c, e, None
       continue
     rows = [x.source for x in e] + [e[-1].source] * (chunk - len(e))  # pad: one compiled shape
-    targets = [x.target_class for x in e] + [e[-1].target_class] * (chunk - len(e))
+    targets = [x.target_class * n_attr + attribute_of(seed, x, n_attr) for x in e]
+    targets += [targets[-1]] * (chunk - len(e))
     out = run(fns.denoise, prep["sched"], images=prep["images"][rows], masks=prep["masks"][rows],
               context=prep["contexts"][targets], uncond_context=prep["uncond"],
               guidance_scale=float(guidance_scale), num_steps=int(num_steps), rng=jax.random.fold_in(base_rng, c),
@@ -270,10 +291,10 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
   bar.close()
 
 
-def _prepare(pipeline, images, masks, tokens, nouns, num_classes, template, guidance_scale) -> dict:
+def _prepare(pipeline, images, masks, tokens, nouns, num_classes, template, guidance_scale, attributes=()) -> dict:
   """Prompt embeddings, schedule and the inputs resized to the model's resolution."""
   check_tokens(pipeline, tokens)
-  prompts = class_prompts(template, tokens, nouns, num_classes)
+  prompts = class_prompts(template, tokens, nouns, num_classes, attributes)
   size = diffusion_size(pipeline)
   return {
       "contexts": np.asarray(sampling.encode_prompts(pipeline, prompts)),
@@ -288,7 +309,7 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mode: str = "blended", num_steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
-                         desc: str | None = "inpaint") -> dict[str, np.ndarray]:
+                         desc: str | None = "inpaint", attributes: Sequence[str] = ()) -> dict[str, np.ndarray]:
   """Counterfactual edits of every image toward every other class.
 
   Args:
@@ -303,10 +324,11 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
     num_steps, guidance_scale, sampler: the sampler settings (guidance 1 disables CFG).
     seed: base seed; chunk c uses fold_in(key(seed), c).
     mesh: optional mesh; each chunk is sharded over its `data` axis.
-    template: prompt with {token} and {noun}.
+    template: prompt with {token} and {noun} (and {attribute} / {a_attribute} with `attributes`).
     batch_size: rows per chunk (rounded up to a multiple of the devices).
     num_classes: K (default: max(source class + 1, len(nouns))).
     paste: paste generated pixels into the original image through the mask.
+    attributes: words (e.g. colours) of which each edit's prompt takes one (`attribute_of`).
 
   Returns:
     {"images": float32 (M, H, W, 3) in [0, 1], "source": (M,) positions into `images`,
@@ -317,7 +339,7 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                                          n_samples=n_samples, mode=mode, num_steps=num_steps,
                                          guidance_scale=guidance_scale, seed=seed, mesh=mesh, template=template,
                                          sampler=sampler, batch_size=batch_size, num_classes=num_classes,
-                                         paste=paste, desc=desc):
+                                         paste=paste, desc=desc, attributes=attributes):
     outs.append(imgs)
     edits += e
   shape = (0,) + np.shape(images)[1:3] + (3,)
@@ -445,7 +467,7 @@ def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) ->
       n_samples=int(d.n_samples), mode=str(d.inpaint_mode), num_steps=int(d.num_steps),
       guidance_scale=float(d.guidance_scale), seed=int(cfg.seed), mesh=ctx.mesh, template=str(d.template),
       sampler=str(d.inpaint_sampler), batch_size=int(d.inpaint_batch_size), num_classes=int(table.num_classes),
-      paste=bool(d.inpaint_paste), skip=done, desc="inpaint"):
+      paste=bool(d.inpaint_paste), skip=done, desc="inpaint", attributes=tuple(d.get("attributes", ()))):
     for n, e in enumerate(edits):
       i = indices[e.source]
       name = edit_file(i, e)
@@ -485,9 +507,10 @@ def config_keys(cfg) -> list[str]:
   if str(cfg.ddb.generator) == "paste":
     return ["seed", "ddb.generator", "ddb.n_samples"]
   second = ["diffusion.inpaint_path"] if str(cfg.diffusion.get("inpaint_path", "") or "") else []
-  return ["seed", "diffusion.path", *second, "ddb.generator", "ddb.nouns", "ddb.template", "ddb.inpaint_mode",
-          "ddb.n_samples", "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler", "ddb.inpaint_batch_size",
-          "ddb.inpaint_paste"]
+  attributes = ["ddb.attributes"] if tuple(cfg.ddb.get("attributes", ())) else []  # old workdirs keep their keys
+  return ["seed", "diffusion.path", *second, "ddb.generator", "ddb.nouns", "ddb.template", *attributes,
+          "ddb.inpaint_mode", "ddb.n_samples", "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler",
+          "ddb.inpaint_batch_size", "ddb.inpaint_paste"]
 
 
 def load(ctx, folder: str) -> Edits:
