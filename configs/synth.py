@@ -34,7 +34,8 @@ def get_config(arg=None):
   c.diffusion.path = "builtin"
   c.ddb.k = 30
   c.ddb.nouns = ("bird", "flower")
-  # Textual inversion is off by default here: on the shipped prior a learned token (trained with the
+  # Measured with the previous shipped prior (1800 steps, no pooled prompt; not re-measured with the
+  # current one): textual inversion is off by default here: a learned token (trained with the
   # whole image masked on majority images) pulls inpaintings toward the source scene (bench prior:
   # 41 % of other-class inpaintings judged as the prompted class, against 76 % with the class word;
   # DDB val WGA 0.01 with tokens, 0.93 without). `--config.ddb.invert_steps=300` turns it on.
