@@ -132,6 +132,17 @@ def test_bad_invert_mask_settings_fail_before_any_stage(tmp_path, capsys, dry_pi
   assert dry_pipeline == [] and not (tmp_path / "w").exists()
 
 
+def test_bad_prompt_settings_fail_before_any_stage(tmp_path, capsys, dry_pipeline):
+  args = ["run", "--config", "configs/synth.py:tiny", "--workdir", str(tmp_path / "w"),
+          f"--config.data.cache_dir={tmp_path / 'data'}", f"--config.diffusion.path={tmp_path / 'sd_a'}"]
+  assert cli.main(args + ["--config.ddb.template=a photo of {a_attribute} {noun}"]) == 2  # no attributes given
+  err = capsys.readouterr().err
+  assert "ddb.attributes" in err and err.strip().count("\n") == 0
+  assert cli.main(args + ["--config.ddb.template=a {colour} {noun}"]) == 2
+  assert "config ddb.template" in capsys.readouterr().err
+  assert dry_pipeline == [] and not (tmp_path / "w").exists()
+
+
 def test_killed_stage_resumes_in_its_tmp_folder_and_other_settings_start_afresh(tmp_path):
   log = []
 

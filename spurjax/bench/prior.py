@@ -230,8 +230,8 @@ def run(args) -> dict:
       rows.append([f"txt2img: {TXT2IMG_TEMPLATE.format(obj=nouns[y], place=places[p])}", nouns[y],
                    int(sel.sum()), share])
   rows.append(["txt2img: all prompts", "prompted", len(pred), float(np.mean(pred == ys))])
-  record["txt2img_blob"] = float(np.mean(pred == blob))
   if args.judge == "strict":
+    record["txt2img_blob"] = float(np.mean(pred == blob))
     rows.append(["txt2img: all prompts", "blob", len(pred), record["txt2img_blob"]])
 
   # 3. Inpainting majority images with the other class's token.

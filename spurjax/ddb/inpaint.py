@@ -503,6 +503,15 @@ def _paste_all(ctx, folder, images, masks, donor_masks, indices, source_classes)
   return rows
 
 
+def check_config(ctx) -> None:
+  """Before any work: `ddb.template` and `ddb.attributes` make valid prompts (diffusion generator)."""
+  cfg = ctx.cfg
+  if str(cfg.ddb.generator) == "paste":
+    return
+  class_prompts(str(cfg.ddb.template), None, nouns_for(cfg, ctx.table), int(ctx.table.num_classes),
+                tuple(cfg.ddb.get("attributes", ())))
+
+
 def config_keys(cfg) -> list[str]:
   if str(cfg.ddb.generator) == "paste":
     return ["seed", "ddb.generator", "ddb.n_samples"]

@@ -45,6 +45,7 @@ def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None,
     check_transferable(ctx.diffusion_dir, ctx.inpaint_dir, where=(f"diffusion.path {ctx.diffusion_dir}",
                                                                   f"diffusion.inpaint_path {ctx.inpaint_dir}"))
   invert.check_config(ctx)                                                          # and a bad ddb.invert_mask
+  inpaint.check_config(ctx)                                                         # or ddb.template / attributes
   os.makedirs(workdir, exist_ok=True)
   runner = Runner(ctx)
 
