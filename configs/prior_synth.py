@@ -70,12 +70,18 @@ def get_config(arg=None):
   c.train.batch_size = 64
   c.train.grad_accum = 1
   c.train.lr = 1e-3
+  c.train.lr_schedule = "constant"  # constant | cosine (decay to end_lr_frac x lr at the last step)
+  c.train.end_lr_frac = 0.0
   c.train.warmup_steps = 100
   c.train.weight_decay = 0.0
   c.train.clip_norm = 1.0
   c.train.ema_decay = 0.998       # a short run: the EMA should not reach back to its first half
   c.train.cond_drop = 0.1         # caption dropout, for classifier-free guidance
   c.train.mask_weight = 1.0       # loss weight inside the mask (1: plain mean)
+  # Loss weight on the object's pixels (the corpus object masks), whatever the training mask: an
+  # object covers 3-5 % of a 32-px image, so with weight 1 the background's textures dominate the
+  # loss. The shipped prior was trained with 1 (and a constant lr).
+  c.train.object_weight = 1.0
   c.train.min_snr_gamma = 0.0     # > 0: min-SNR-gamma loss weighting
   c.train.flip = True
   c.train.ckpt_every = 100

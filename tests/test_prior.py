@@ -272,3 +272,46 @@ def test_bench_prior_runs_on_a_tiny_prior(trained, data, tmp_path, capsys):
   out = capsys.readouterr().out
   assert "a photo of a <c1> flower" in out and "'a photo of a flower' (class word)" in out
   assert "'a photo of a bird' (same class, class word)" in out
+
+
+def test_object_weight_and_cosine_lr():
+  import jax
+  import jax.numpy as jnp
+  from spurjax.diffusion import schedulers, train as dtrain
+
+  class Unet:
+    config = {"in_channels": 7, "out_channels": 3}
+
+    def apply(self, variables, x, t, ctx):
+      return jnp.zeros(x.shape[:3] + (3,))
+
+  class Text:
+    def apply(self, variables, ids):
+      return jnp.zeros(ids.shape + (4,))
+
+  model = dtrain.Model(Unet(), Text(), None, 1.0, schedulers.make_schedule({"prediction_type": "epsilon"}))
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+  ids = np.zeros((2, 5), np.int32)
+  args = (model, {"unet": {}, "text": {}}, pixels, ids, jax.random.key(0))
+  plain = float(dtrain.diffusion_loss(*args))
+  # An object mask over every pixel weights them all alike: the loss is unchanged.
+  full = float(dtrain.diffusion_loss(*args, objects=np.ones((2, 8, 8), bool), object_weight=8.0))
+  np.testing.assert_allclose(full, plain, rtol=1e-6)
+  part = np.zeros((2, 8, 8), bool)
+  part[:, 2:4, 2:5] = True
+  assert abs(float(dtrain.diffusion_loss(*args, objects=part, object_weight=8.0)) - plain) > 1e-4
+  assert float(dtrain.diffusion_loss(*args, objects=part, object_weight=1.0)) == plain
+  # Cosine decay: the last updates of Adam shrink to nothing; a constant lr keeps them.
+  from ml_collections import ConfigDict
+  t = ConfigDict({"lr_schedule": "cosine", "steps": 12, "warmup_steps": 2, "end_lr_frac": 0.0})
+  assert prior._decay(t) == {"decay_steps": 10, "end_lr_frac": 0.0}
+  t.lr_schedule = "linear"
+  with pytest.raises(SpurjaxError, match="train.lr_schedule"):
+    prior._decay(t)
+  for kw, last_zero in (({"decay_steps": 10}, True), ({}, False)):
+    tx = dtrain.make_tx(lr=0.1, warmup_steps=2, **kw)
+    p = {"w": jnp.ones(3)}
+    state = tx.init(p)
+    for _ in range(13):  # the 13th update runs at step 12 = warmup 2 + decay 10
+      upd, state = tx.update({"w": jnp.ones(3)}, state, p)
+    assert (float(jnp.abs(upd["w"]).max()) < 1e-7) == last_zero

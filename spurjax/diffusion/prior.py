@@ -371,6 +371,16 @@ def new_pipeline(cfg, workdir: str) -> loading.Pipeline:
 # ----------------------------------------------------------------------------- training
 
 
+def _decay(t) -> dict:
+  """make_tx's decay arguments from a config's train section (lr_schedule constant | cosine)."""
+  kind = str(t.get("lr_schedule", "constant"))
+  if kind == "constant":
+    return {}
+  if kind != "cosine":
+    raise SpurjaxError(f"config train.lr_schedule={kind!r} must be 'constant' or 'cosine'")
+  return {"decay_steps": max(int(t.steps) - int(t.warmup_steps), 1), "end_lr_frac": float(t.get("end_lr_frac", 0.0))}
+
+
 def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) -> Path:
   """Trains a prior on an imagefolder and writes it as a diffusers directory; returns `out_dir`."""
   workdir = workdir or out_dir.rstrip("/\\") + ".work"
@@ -388,7 +398,14 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
     raise SpurjaxError(f"config train.batch_size={bs} is not divisible by the {mesh.devices.size} devices")
   res = int(cfg.resolution)
   images = load_images(paths, res)
-  boxes = object_boxes(load_masks(mask_paths, res)) if mask_paths is not None else None
+  obj_masks = load_masks(mask_paths, res) if mask_paths is not None else None
+  boxes = object_boxes(obj_masks) if obj_masks is not None else None
+  object_weight = float(t.get("object_weight", 1.0))
+  if object_weight != 1.0 and obj_masks is None:
+    raise SpurjaxError(f"{data_dir}: config train.object_weight={object_weight} needs an imagefolder column "
+                       f"'{MASK_COLUMN}' with the object masks (spurjax data synth writes it)")
+  if object_weight == 1.0:
+    obj_masks = None
   os.makedirs(workdir, exist_ok=True)
   pipe = new_pipeline(cfg, workdir)
   ids = tok_lib.encode(pipe.tokenizer, texts)
@@ -399,12 +416,13 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
   paths_t = dtrain.trainable_paths(params, prefixes)
   accum = int(t.grad_accum)
   tx = dtrain.make_tx(lr=float(t.lr), optimizer="adamw", weight_decay=float(t.weight_decay),
-                      grad_accum=accum, clip_norm=float(t.clip_norm), warmup_steps=int(t.warmup_steps))
+                      grad_accum=accum, clip_norm=float(t.clip_norm), warmup_steps=int(t.warmup_steps),
+                      **_decay(t))
   ema_decay = float(t.ema_decay)
   state = dtrain.init_state(params, paths_t, tx, ema=ema_decay > 0)
   step_fn = dtrain.make_train_step(model, tx, paths_t, mesh, cond_drop=float(t.cond_drop), uncond_ids=uncond_ids,
                                    ema_decay=ema_decay, grad_accum=accum, mask_weight=float(t.get("mask_weight", 1.0)),
-                                   min_snr_gamma=float(t.get("min_snr_gamma", 0.0)))
+                                   min_snr_gamma=float(t.get("min_snr_gamma", 0.0)), object_weight=object_weight)
   seed, flip = int(cfg.seed), bool(t.flip)
   if inpaint:
     m = cfg.masks
@@ -429,6 +447,9 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
     out["pixels"] = px
     if inpaint:
       out["masks"] = masks
+    if obj_masks is not None:
+      obj = obj_masks[idx]
+      out["objects"] = np.where(f[:, None, None], obj[:, :, ::-1], obj) if flip else obj
     return out
 
   steps = int(t.steps) * accum

@@ -129,8 +129,10 @@ def zero_rows(row_masks: Mapping[str, np.ndarray]) -> optax.GradientTransformati
 
 def make_tx(*, lr: float, optimizer: str = "adamw", weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
             grad_accum: int = 1, clip_norm: float = 0.0, warmup_steps: int = 0,
-            row_masks: Mapping[str, np.ndarray] | None = None) -> optax.GradientTransformation:
-  """Optimiser over the flat trainable dict (keys "a/b/c"): constant lr after a linear warmup.
+            row_masks: Mapping[str, np.ndarray] | None = None, decay_steps: int = 0,
+            end_lr_frac: float = 0.0) -> optax.GradientTransformation:
+  """Optimiser over the flat trainable dict (keys "a/b/c"): constant lr after a linear warmup, or,
+  with `decay_steps` > 0, a cosine decay from lr to `end_lr_frac` x lr over that many updates after it.
 
   `row_masks` names leaves of which only the True rows may change; `grad_accum` > 1
   averages that many micro-batches before each update (optax.MultiSteps).
@@ -138,6 +140,8 @@ def make_tx(*, lr: float, optimizer: str = "adamw", weight_decay: float = 0.0, b
   if lr <= 0 or grad_accum < 1:
     raise SpurjaxError(f"optimiser: lr={lr} must be > 0 and grad_accum={grad_accum} >= 1")
   sched = optax.constant_schedule(lr)
+  if decay_steps > 0:
+    sched = optax.cosine_decay_schedule(lr, decay_steps, alpha=float(end_lr_frac))
   if warmup_steps > 0:
     sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), sched], [warmup_steps])
   if optimizer == "adamw":
@@ -221,7 +225,8 @@ def min_snr_weight(sched: schedulers.Schedule, t: jax.Array, gamma: float) -> ja
 
 def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng: jax.Array,
                    cond_drop: float = 0.0, uncond_ids: jax.Array | None = None, masks: jax.Array | None = None,
-                   mask_weight: float = 1.0, min_snr_gamma: float = 0.0) -> jax.Array:
+                   mask_weight: float = 1.0, min_snr_gamma: float = 0.0, objects: jax.Array | None = None,
+                   object_weight: float = 1.0) -> jax.Array:
   """Mean squared error of the UNet's prediction against the scheduler's training target.
 
   An inpainting UNet (`model.inpaint`) gets [x_t, mask, masked x0] as in SD-2-inpainting, the
@@ -229,6 +234,8 @@ def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng:
   the pixel resolution; None means the full image is masked (plain text-to-image training, also
   what textual inversion uses). `mask_weight` multiplies the loss inside the mask (the loss is
   normalised by the mean weight); `min_snr_gamma` > 0 applies min-SNR-gamma weighting.
+  `objects` (B, H, W), 1 = object pixel, with `object_weight` multiplies the loss on the objects
+  (whatever the mask), so that objects a few percent of the image are not drowned by background.
   """
   k_vae, k_t, k_noise, k_drop, k_vae2 = jax.random.split(rng, 5)
   images = to_model_input(pixels)
@@ -255,8 +262,13 @@ def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng:
   out = model.unet.apply({"params": params["unet"]}, x_in, t, context)
   target = schedulers.training_target(model.sched, x0, noise, t)
   err = jnp.square(out.astype(jnp.float32) - target)
+  w = None
   if grid is not None and mask_weight != 1.0:
     w = 1.0 + (mask_weight - 1.0) * grid
+  if objects is not None and object_weight != 1.0:
+    obj = _mask_to_grid(objects.astype(jnp.float32), x0.shape[1:3])
+    w = (1.0 if w is None else w) + (object_weight - 1.0) * obj
+  if w is not None:
     per_example = jnp.mean(err * w, axis=(1, 2, 3)) / jnp.mean(w, axis=(1, 2, 3))
   else:
     per_example = jnp.mean(err, axis=(1, 2, 3))
@@ -268,14 +280,15 @@ def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng:
 def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh, *, cond_drop: float = 0.0,
                     uncond_ids: np.ndarray | None = None, ema_decay: float = 0.0, grad_accum: int = 1,
                     row_masks: Mapping[str, np.ndarray] | None = None, mask_weight: float = 1.0,
-                    min_snr_gamma: float = 0.0) -> Callable:
+                    min_snr_gamma: float = 0.0, object_weight: float = 1.0) -> Callable:
   """`step(state, batch, rng) -> (state, {"loss"})`, jitted: state replicated and donated, batch sharded.
 
   Only the leaves in `paths` are differentiated and updated; leaves named in `row_masks`
   keep their masked-out rows exactly (copied, never re-added). The EMA (if the state has
   one) moves once per optimizer update, with decay min(ema_decay, (1 + n) / (10 + n))
-  after n updates. A batch may carry `masks` (B, H, W) for an inpainting UNet (see
-  `diffusion_loss`, with `mask_weight` and `min_snr_gamma`).
+  after n updates. A batch may carry `masks` (B, H, W) for an inpainting UNet and `objects`
+  (B, H, W) object masks (see `diffusion_loss`, with `mask_weight`, `min_snr_gamma` and
+  `object_weight`).
   """
   paths = tuple(paths)
   masks = {k: jnp.asarray(np.asarray(m, bool)) for k, m in (row_masks or {}).items()}
@@ -289,7 +302,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh,
     def loss_fn(flat_params):
       full = merge({p: flat_params[_key(p)] for p in paths}, frozen)
       return diffusion_loss(model, full, batch["pixels"], batch["ids"], rng, cond_drop, uncond,
-                            masks=batch.get("masks"), mask_weight=mask_weight, min_snr_gamma=min_snr_gamma)
+                            masks=batch.get("masks"), mask_weight=mask_weight, min_snr_gamma=min_snr_gamma,
+                            objects=batch.get("objects"), object_weight=object_weight)
 
     loss, grads = jax.value_and_grad(loss_fn)(flat)
     updates, opt_state = tx.update(grads, state.opt_state, flat)
