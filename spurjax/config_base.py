@@ -127,6 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.num_steps = 50
   c.ddb.guidance_scale = 7.5
   c.ddb.inpaint_sampler = "ddim"  # ddim | dpmpp_2m
+  c.ddb.inpaint_eta = 0.0         # sampler stochasticity: 0 deterministic DDIM, 1 DDPM-like
   c.ddb.inpaint_batch_size = 8    # rows per compiled call (rounded up to the devices)
   c.ddb.inpaint_paste = True      # paste generated pixels into the original through the mask
   # prune: Integrated Gradients (original -> edit) inside the mask, and the two criteria

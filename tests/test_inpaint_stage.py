@@ -113,6 +113,11 @@ def test_channels_mode_and_mode_checks(pipe3, pipe7, mesh):
   np.testing.assert_array_equal(out["target_class"], [0, 0, 1, 1])
   keep = ~masks[out["source"]][..., None]
   np.testing.assert_allclose(np.where(keep, out["images"], 0), np.where(keep, images[out["source"]], 0), atol=1e-5)
+  # eta > 0 draws fresh noise at each step: other pixels inside the mask, the same outside.
+  noisy = inpaint.make_counterfactuals(pipe7, images, masks, [1, 0], TOKENS, NOUNS[:2], n_samples=2,
+                                       mode="channels", mesh=mesh, paste=False, eta=1.0, **FAST)
+  np.testing.assert_allclose(np.where(keep, noisy["images"], 0), np.where(keep, images[out["source"]], 0), atol=1e-5)
+  assert np.abs(noisy["images"] - out["images"]).max() > 1e-3
   with pytest.raises(SpurjaxError, match="channels"):
     inpaint.make_counterfactuals(pipe3, images, masks, [1, 0], TOKENS, NOUNS[:2], mode="channels", **FAST)
   with pytest.raises(SpurjaxError, match="blended"):

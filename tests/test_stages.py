@@ -140,6 +140,8 @@ def test_bad_prompt_settings_fail_before_any_stage(tmp_path, capsys, dry_pipelin
   assert "ddb.attributes" in err and err.strip().count("\n") == 0
   assert cli.main(args + ["--config.ddb.template=a {colour} {noun}"]) == 2
   assert "config ddb.template" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.inpaint_eta=1.5"]) == 2
+  assert "config ddb.inpaint_eta=1.5 must be a number in [0, 1]" in capsys.readouterr().err
   assert dry_pipeline == [] and not (tmp_path / "w").exists()
 
 

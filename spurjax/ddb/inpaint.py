@@ -21,7 +21,7 @@ with columns source_index, source_file, source_class, target_class, sample, file
 `inpaint/`), written chunk by chunk (a killed run resumes from the chunks it wrote).
 
 Config keys (`cfg.ddb`): n_samples, inpaint_mode, num_steps, guidance_scale, template, nouns,
-attributes, inpaint_sampler, inpaint_batch_size, inpaint_paste; the seed is `cfg.seed`. With
+attributes, inpaint_sampler, inpaint_eta, inpaint_batch_size, inpaint_paste; the seed is `cfg.seed`. With
 `attributes` (e.g. colour words) each edit's prompt also names one of them, drawn from
 (seed, image, target class, sample): "a photo of a red flower".
 """
@@ -229,8 +229,8 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mode: str = "blended", num_steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
-                         skip=None, desc: str | None = "inpaint", attributes: Sequence[str] = ()
-                         ) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
+                         skip=None, desc: str | None = "inpaint", attributes: Sequence[str] = (),
+                         eta: float = 0.0) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
   """Yields (chunk index, its edits, float32 (n, H, W, 3) images in [0, 1]) chunk by chunk.
 
   Arguments as in `make_counterfactuals`; `skip(chunk_index, edits) -> bool` marks chunks that are
@@ -280,7 +280,7 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
     out = run(fns.denoise, prep["sched"], images=prep["images"][rows], masks=prep["masks"][rows],
               context=prep["contexts"][targets], uncond_context=prep["uncond"],
               guidance_scale=float(guidance_scale), num_steps=int(num_steps), rng=jax.random.fold_in(base_rng, c),
-              sampler=sampler, params=params, encode_fn=fns.encode, decode_fn=fns.decode, mesh=mesh)
+              sampler=sampler, eta=float(eta), params=params, encode_fn=fns.encode, decode_fn=fns.decode, mesh=mesh)
     out = np.asarray(out)[:len(e)]
     src = [x.source for x in e]
     out = resize_images(out, images.shape[1:3])
@@ -309,7 +309,8 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mode: str = "blended", num_steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
-                         desc: str | None = "inpaint", attributes: Sequence[str] = ()) -> dict[str, np.ndarray]:
+                         desc: str | None = "inpaint", attributes: Sequence[str] = (),
+                         eta: float = 0.0) -> dict[str, np.ndarray]:
   """Counterfactual edits of every image toward every other class.
 
   Args:
@@ -329,6 +330,7 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
     num_classes: K (default: max(source class + 1, len(nouns))).
     paste: paste generated pixels into the original image through the mask.
     attributes: words (e.g. colours) of which each edit's prompt takes one (`attribute_of`).
+    eta: sampler stochasticity (0: deterministic DDIM; 1: DDPM-like fresh noise each step).
 
   Returns:
     {"images": float32 (M, H, W, 3) in [0, 1], "source": (M,) positions into `images`,
@@ -339,7 +341,7 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                                          n_samples=n_samples, mode=mode, num_steps=num_steps,
                                          guidance_scale=guidance_scale, seed=seed, mesh=mesh, template=template,
                                          sampler=sampler, batch_size=batch_size, num_classes=num_classes,
-                                         paste=paste, desc=desc, attributes=attributes):
+                                         paste=paste, desc=desc, attributes=attributes, eta=eta):
     outs.append(imgs)
     edits += e
   shape = (0,) + np.shape(images)[1:3] + (3,)
@@ -467,7 +469,8 @@ def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) ->
       n_samples=int(d.n_samples), mode=str(d.inpaint_mode), num_steps=int(d.num_steps),
       guidance_scale=float(d.guidance_scale), seed=int(cfg.seed), mesh=ctx.mesh, template=str(d.template),
       sampler=str(d.inpaint_sampler), batch_size=int(d.inpaint_batch_size), num_classes=int(table.num_classes),
-      paste=bool(d.inpaint_paste), skip=done, desc="inpaint", attributes=tuple(d.get("attributes", ()))):
+      paste=bool(d.inpaint_paste), skip=done, desc="inpaint", attributes=tuple(d.get("attributes", ())),
+      eta=float(d.get("inpaint_eta", 0.0))):
     for n, e in enumerate(edits):
       i = indices[e.source]
       name = edit_file(i, e)
@@ -504,10 +507,14 @@ def _paste_all(ctx, folder, images, masks, donor_masks, indices, source_classes)
 
 
 def check_config(ctx) -> None:
-  """Before any work: `ddb.template` and `ddb.attributes` make valid prompts (diffusion generator)."""
+  """Before any work: `ddb.template` and `ddb.attributes` make valid prompts, `ddb.inpaint_eta` is
+  in [0, 1] (diffusion generator)."""
   cfg = ctx.cfg
   if str(cfg.ddb.generator) == "paste":
     return
+  eta = cfg.ddb.get("inpaint_eta", 0.0)
+  if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
+    raise SpurjaxError(f"config ddb.inpaint_eta={eta!r} must be a number in [0, 1]")
   class_prompts(str(cfg.ddb.template), None, nouns_for(cfg, ctx.table), int(ctx.table.num_classes),
                 tuple(cfg.ddb.get("attributes", ())))
 
@@ -517,6 +524,7 @@ def config_keys(cfg) -> list[str]:
     return ["seed", "ddb.generator", "ddb.n_samples"]
   second = ["diffusion.inpaint_path"] if str(cfg.diffusion.get("inpaint_path", "") or "") else []
   attributes = ["ddb.attributes"] if tuple(cfg.ddb.get("attributes", ())) else []  # old workdirs keep their keys
+  attributes += ["ddb.inpaint_eta"] if float(cfg.ddb.get("inpaint_eta", 0.0)) else []
   return ["seed", "diffusion.path", *second, "ddb.generator", "ddb.nouns", "ddb.template", *attributes,
           "ddb.inpaint_mode", "ddb.n_samples", "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler",
           "ddb.inpaint_batch_size", "ddb.inpaint_paste"]
