@@ -70,7 +70,9 @@ def get_config(arg=None):
   c.train.batch_size = 64
   c.train.grad_accum = 1
   c.train.lr = 1e-3
-  c.train.lr_schedule = "constant"  # constant | cosine (decay to end_lr_frac x lr at the last step)
+  # constant | cosine (decay to end_lr_frac x lr at the last step). Cosine alone, one run: strict
+  # judge text-to-image 0.48 and other-class inpainting 0.49 against 0.94 / 0.88 (assets README).
+  c.train.lr_schedule = "constant"
   c.train.end_lr_frac = 0.0
   c.train.warmup_steps = 100
   c.train.weight_decay = 0.0
