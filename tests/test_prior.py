@@ -315,3 +315,12 @@ def test_object_weight_and_cosine_lr():
     for _ in range(13):  # the 13th update runs at step 12 = warmup 2 + decay 10
       upd, state = tx.update({"w": jnp.ones(3)}, state, p)
     assert (float(jnp.abs(upd["w"]).max()) < 1e-7) == last_zero
+
+
+def test_bad_training_settings_fail_before_anything_is_written(data, tmp_path, capsys):
+  base = ["prior", "train", "--data", str(data / "corpus"), "--out", str(tmp_path / "p"),
+          "--config", os.path.join(CONFIGS, "prior_synth.py:tiny")]
+  assert cli.main(base + ["--config.train.lr_schedule=linear"]) == 2
+  err = capsys.readouterr().err
+  assert "config train.lr_schedule='linear' must be 'constant' or 'cosine'" in err and err.strip().count("\n") == 0
+  assert not os.listdir(tmp_path)

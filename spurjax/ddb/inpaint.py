@@ -523,9 +523,10 @@ def config_keys(cfg) -> list[str]:
   if str(cfg.ddb.generator) == "paste":
     return ["seed", "ddb.generator", "ddb.n_samples"]
   second = ["diffusion.inpaint_path"] if str(cfg.diffusion.get("inpaint_path", "") or "") else []
-  attributes = ["ddb.attributes"] if tuple(cfg.ddb.get("attributes", ())) else []  # old workdirs keep their keys
-  attributes += ["ddb.inpaint_eta"] if float(cfg.ddb.get("inpaint_eta", 0.0)) else []
-  return ["seed", "diffusion.path", *second, "ddb.generator", "ddb.nouns", "ddb.template", *attributes,
+  # Keys that joined later enter the fingerprint only when set, so older workdirs keep theirs.
+  optional = ["ddb.attributes"] if tuple(cfg.ddb.get("attributes", ())) else []
+  optional += ["ddb.inpaint_eta"] if float(cfg.ddb.get("inpaint_eta", 0.0)) else []
+  return ["seed", "diffusion.path", *second, "ddb.generator", "ddb.nouns", "ddb.template", *optional,
           "ddb.inpaint_mode", "ddb.n_samples", "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler",
           "ddb.inpaint_batch_size", "ddb.inpaint_paste"]
 

@@ -392,6 +392,11 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
     raise SpurjaxError(f"{data_dir}: box masks (config masks.box / square / aspect) need an imagefolder column "
                        f"'{MASK_COLUMN}' with the object masks (spurjax data synth writes it)")
   t = cfg.train
+  decay = _decay(t)
+  object_weight = float(t.get("object_weight", 1.0))
+  if object_weight != 1.0 and mask_paths is None:
+    raise SpurjaxError(f"{data_dir}: config train.object_weight={object_weight} needs an imagefolder column "
+                       f"'{MASK_COLUMN}' with the object masks (spurjax data synth writes it)")
   mesh = shd.make_mesh()
   bs = int(t.batch_size)
   if bs % mesh.devices.size:
@@ -400,10 +405,6 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
   images = load_images(paths, res)
   obj_masks = load_masks(mask_paths, res) if mask_paths is not None else None
   boxes = object_boxes(obj_masks) if obj_masks is not None else None
-  object_weight = float(t.get("object_weight", 1.0))
-  if object_weight != 1.0 and obj_masks is None:
-    raise SpurjaxError(f"{data_dir}: config train.object_weight={object_weight} needs an imagefolder column "
-                       f"'{MASK_COLUMN}' with the object masks (spurjax data synth writes it)")
   if object_weight == 1.0:
     obj_masks = None
   os.makedirs(workdir, exist_ok=True)
@@ -417,7 +418,7 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
   accum = int(t.grad_accum)
   tx = dtrain.make_tx(lr=float(t.lr), optimizer="adamw", weight_decay=float(t.weight_decay),
                       grad_accum=accum, clip_norm=float(t.clip_norm), warmup_steps=int(t.warmup_steps),
-                      **_decay(t))
+                      **decay)
   ema_decay = float(t.ema_decay)
   state = dtrain.init_state(params, paths_t, tx, ema=ema_decay > 0)
   step_fn = dtrain.make_train_step(model, tx, paths_t, mesh, cond_drop=float(t.cond_drop), uncond_ids=uncond_ids,
