@@ -151,4 +151,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.retrain.batch_size = 32
   c.ddb.retrain.select = "val_wga"  # or val_worst_class: needs no validation group labels
   c.ddb.retrain.ema_decay = 0.0   # > 0: evaluate, select and keep an EMA of the weights (train.ema_decay)
+  # Weight-space ensembling with the ERM weights (WiSE-FT, Wortsman et al. 2022): each epoch, every
+  # alpha here is tried as (1 - alpha) * ERM + alpha * retrained, scored by `select` on validation; the
+  # best (epoch, alpha) is kept. Empty: off (the paper's retraining).
+  c.ddb.retrain.interpolate = ()
   return c

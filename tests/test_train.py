@@ -168,3 +168,45 @@ def test_ema_run_resumes_and_keeps_the_average(tmp_path):
   with pytest.raises(SpurjaxError, match="ema_decay"):
     fit(cfg, table, str(tmp_path / "c"))
   assert not (tmp_path / "c").exists()
+
+
+def test_interpolation_keeps_the_best_mix_of_start_and_trained_weights(tmp_path, setup):
+  """train.interpolate: each epoch scores (1 - a) * start + a * trained on validation and keeps the best."""
+  from spurjax.train.loop import load_best_variables, evaluate
+  from spurjax.data.pipeline import make_sources
+  _, table, model, variables = setup
+  cfg = toy_config(num_epochs=2, select="val_avg")
+  cfg.train.interpolate = (0.5, 0.25)  # without 1.0, the kept weights are a true mix
+  start = jax.tree.map(np.asarray, variables)
+  trained = []
+  report = fit(cfg, table, str(tmp_path / "w"), init_vars=start,
+               hooks=[lambda e, s, _: trained.append(jax.tree.map(np.asarray, s.eval_variables))])
+  assert [h["alpha"] in (0.25, 0.5) for h in report["history"]] == [True, True]
+  a, e = report["selected_alpha"], report["selected_epoch"]
+  got = load_best_variables(cfg, table, str(tmp_path / "w"))
+  want = jax.tree.map(lambda s, t: (1 - a) * s + a * t, start, trained[e - 1])
+  chex.assert_trees_all_close(jax.tree.map(np.asarray, got), want, rtol=1e-5, atol=1e-6)
+  # the reported metrics are those of the kept mix, and no other alpha scored higher that epoch
+  mesh = shd.make_mesh()
+  ev = evaluate(cfg, model, got, table, make_sources(cfg, table), mesh)
+  assert ev["val"]["average_accuracy"] == report["val"]["average_accuracy"]
+  assert ev["test"]["worst_group_accuracy"] == report["test"]["worst_group_accuracy"]
+  for b in (0.25, 0.5):
+    mix = jax.tree.map(lambda s, t: (1 - b) * s + b * t, start, trained[e - 1])
+    other = evaluate(cfg, model, mix, table, make_sources(cfg, table), mesh, splits=("val",))
+    assert other["val"]["average_accuracy"] <= report["val"]["average_accuracy"]
+
+
+@pytest.mark.parametrize("interpolate, select, start, match", [
+    ((0.0, 1.0), "val_wga", True, "in \\(0, 1\\]"),
+    ((1.5,), "val_wga", True, "in \\(0, 1\\]"),
+    ((0.5,), "last", True, "not 'last'"),
+    ((0.5,), "val_wga", False, "starting weights"),
+])
+def test_interpolation_settings_fail_before_anything_is_written(tmp_path, setup, interpolate, select, start, match):
+  _, table, _, variables = setup
+  cfg = toy_config(num_epochs=1, select=select)
+  cfg.train.interpolate = interpolate
+  with pytest.raises(SpurjaxError, match=match):
+    fit(cfg, table, str(tmp_path / "w"), init_vars=variables if start else None)
+  assert not (tmp_path / "w").exists()

@@ -17,6 +17,8 @@ def _section(rep: dict) -> dict:
     out[s]["mean_group_accuracy"] = rep[s].get("mean_group_accuracy")
   out["selection"] = rep.get("selection")
   out["selected_epoch"] = rep.get("selected_epoch")
+  if rep.get("selected_alpha") is not None:
+    out["selected_alpha"] = rep["selected_alpha"]
   return out
 
 
@@ -65,7 +67,9 @@ def write_markdown(workdir: str, rep: dict, table) -> None:
       if m:
         L.append(f"| {name.upper()} | {s} | {_pct(m['worst_group_accuracy'])} | "
                  f"{_pct(m['average_accuracy_train_weighted'])} | {_pct(m['average_accuracy'])} | "
-                 f"{rep[name]['selection']} (epoch {rep[name]['selected_epoch']}) |")
+                 f"{rep[name]['selection']} (epoch {rep[name]['selected_epoch']}"
+                 + (f", ERM mix alpha {rep[name]['selected_alpha']:g}" if "selected_alpha" in rep[name] else "")
+                 + ") |")
   L += ["", "## Test accuracy per group", "", "| class (y) | attribute (place) | n | ERM | DDB |", "|---|---|---|---|---|"]
   for ge, gd in zip(rep["erm"]["test"]["groups"], rep["ddb"]["test"]["groups"]):
     cn = f" {table.class_names[ge['y']]}" if table.class_names else ""

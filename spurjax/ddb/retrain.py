@@ -5,7 +5,9 @@ and a generated batch each step; here one mixed stream does the same job: every 
 repeated so that generated examples make up about `ddb.gen_fraction` of each epoch, and an edit
 of target class j carries loss weight gamma_j (train examples weight 1). Model selection by
 validation worst-group accuracy (`val_wga`, uses validation group labels) or, needing no group
-labels at all, worst-class validation accuracy (`val_worst_class`).
+labels at all, worst-class validation accuracy (`val_worst_class`). With `ddb.retrain.interpolate`
+the kept model is the best (by the same criterion) of (1 - alpha) * ERM + alpha * retrained over
+the listed alphas and every epoch (WiSE-FT's weight-space ensemble).
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def retrain_config(cfg):
     for k in ("name", "lr", "weight_decay", "schedule", "momentum"):
       if k in r:
         rcfg.optim[k] = r[k]
-    for k in ("num_epochs", "batch_size", "select", "ema_decay"):
+    for k in ("num_epochs", "batch_size", "select", "ema_decay", "interpolate"):
       if k in r:
         rcfg.train[k] = r[k]
   return rcfg

@@ -161,6 +161,7 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
   ema_decay = float(cfg.train.get("ema_decay", 0.0))
   if not 0.0 <= ema_decay < 1.0:
     raise SpurjaxError(f"config train.ema_decay = {ema_decay}: must be in [0, 1)")
+  alphas = interpolation_alphas(cfg, select, init_vars is not None)
   os.makedirs(workdir, exist_ok=True)  # only once the settings are known to be valid
   tx = make_optimizer(cfg.optim, epochs * steps, steps)
   state = TrainState.create(apply_fn=model.apply, variables=variables, tx=tx,
@@ -178,6 +179,10 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
   train_step = make_train_step(loss_fn, cfg.method, mesh, mean=cfg.data.mean, std=cfg.data.std, dtype=dtype_of(cfg),
                                ema_decay=ema_decay)
   step_rng = shd.replicate(step_rng, mesh)
+  anchor = None
+  if alphas:  # the starting weights, kept on the devices for the interpolations
+    anchor = shd.replicate(jax.tree.map(np.asarray, {"params": init_vars["params"],
+                                                     "batch_stats": init_vars.get("batch_stats", {})}), mesh)
   key = CRITERIA[select]
   is_main = jax.process_index() == 0
   for epoch in range(start_epoch + 1, epochs + 1):
@@ -193,35 +198,85 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
       for k, v in m.items():
         sums[k] = sums.get(k, 0.0) + v
     train_m = {k: float(v) / steps for k, v in sums.items()}
-    ev = evaluate(cfg, model, state.eval_variables, table, sources, mesh)
+    if alphas:
+      ev_vars, alpha, ev = best_interpolation(cfg, model, anchor, state.eval_variables, alphas, table, sources, mesh,
+                                              lambda e, epoch=epoch: key({"epoch": epoch, **e}))
+    else:
+      ev_vars, alpha = state.eval_variables, None
+      ev = evaluate(cfg, model, ev_vars, table, sources, mesh)
     rec = {"epoch": epoch, "time_s": round(time.time() - t0, 2), **{f"train/{k}": v for k, v in train_m.items()}}
     for s, sm in ev.items():
       for k in ("worst_group_accuracy", "average_accuracy_train_weighted", "average_accuracy", "worst_class_accuracy"):
         rec[f"{s}/{k}"] = sm[k]
+    if alpha is not None:
+      rec["alpha"] = alpha
     writer.write(int(state.step), rec)
     if is_main:
       tqdm.write(f"[{name}] epoch {epoch}/{epochs} loss {train_m.get('loss', float('nan')):.4f} | "
+                 + ("" if alpha is None else f"alpha {alpha:g} | ")
                  + " | ".join(M.format_split(s, sm) for s, sm in ev.items()))
     entry = {"epoch": epoch, **ev}
-    history.append({"epoch": epoch, "train": train_m,
+    history.append({"epoch": epoch, "train": train_m, **({} if alpha is None else {"alpha": alpha}),
                     **{s: {k: v for k, v in sm.items() if k != "groups"} for s, sm in ev.items()}})
     score = key(entry)
     score = -math.inf if score is None else score
     better = best is None or (score >= best["score"] if select == "last" else score > best["score"])
     if better:
-      best = {"score": score, "epoch": epoch, "metrics": ev}
-      ckpt.save_best(epoch, state.eval_variables, {"epoch": epoch})
+      best = {"score": score, "epoch": epoch, "metrics": ev, **({} if alpha is None else {"alpha": alpha})}
+      ckpt.save_best(epoch, ev_vars, {"epoch": epoch})
     ckpt.save_last(epoch, state.pytree(), {"history": history, "best": best})
     for hook in hooks:
       hook(epoch, state, entry)
   ckpt.close()
   writer.close()
-  report = {"selection": select, "selected_epoch": best["epoch"], **best["metrics"], "history": history,
+  report = {"selection": select, "selected_epoch": best["epoch"],
+            **({"selected_alpha": best["alpha"]} if "alpha" in best else {}), **best["metrics"], "history": history,
             "train_group_counts": [int(c) for c in table.group_counts(TRAIN)]}
   if is_main:
     write_json_atomic(os.path.join(workdir, "report.json"), report)
   distributed.barrier("fit_done")  # report.json is written before any process goes on
   return report
+
+
+def interpolation_alphas(cfg, select: str, has_start: bool) -> tuple:
+  """`train.interpolate`, checked: the mixing weights alpha in (0, 1] tried each epoch (empty: off)."""
+  raw = cfg.train.get("interpolate", ())
+  alphas = tuple(sorted({float(a) for a in (raw if isinstance(raw, (tuple, list)) else (raw,))}))
+  if not alphas:
+    return ()
+  if any(not 0.0 < a <= 1.0 for a in alphas):
+    raise SpurjaxError(f"config train.interpolate = {raw}: every alpha must be in (0, 1]")
+  if select == "last":
+    raise SpurjaxError("config train.interpolate: needs a validation criterion in train.select, not 'last'")
+  if not has_start:
+    raise SpurjaxError("config train.interpolate: needs starting weights to interpolate from (e.g. DDB retraining)")
+  return alphas
+
+
+@jax.jit
+def interpolate(start, current, alpha):
+  """(1 - alpha) * start + alpha * current, leaf by leaf (weight-space ensembling, WiSE-FT)."""
+  return jax.tree.map(lambda a, b: ((1 - alpha) * a + alpha * b).astype(b.dtype), start, current)
+
+
+def best_interpolation(cfg, model, start, current, alphas, table: Table, sources: dict, mesh, score_fn):
+  """The alpha whose interpolation of `start` and `current` scores best on validation.
+
+  Each alpha is scored on the validation split only; the test split is evaluated once, for the
+  chosen one. Ties go to the larger alpha (closer to the trained weights).
+  Returns (variables, alpha, {split: metrics}).
+  """
+  best = None
+  for a in sorted(alphas, reverse=True):
+    v = current if a == 1.0 else interpolate(start, current, jnp.float32(a))
+    val = evaluate(cfg, model, v, table, sources, mesh, splits=("val",))
+    score = score_fn(val)
+    score = -math.inf if score is None else score
+    if best is None or score > best[0]:
+      best = (score, a, v, val)
+  _, a, v, val = best
+  rest = evaluate(cfg, model, v, table, sources, mesh, splits=("test",))
+  return v, a, {**val, **rest}
 
 
 def load_best_variables(cfg, table: Table, workdir: str):
