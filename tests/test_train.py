@@ -200,6 +200,7 @@ def test_interpolation_keeps_the_best_mix_of_start_and_trained_weights(tmp_path,
 @pytest.mark.parametrize("interpolate, select, start, match", [
     ((0.0, 1.0), "val_wga", True, "in \\(0, 1\\]"),
     ((1.5,), "val_wga", True, "in \\(0, 1\\]"),
+    (("x",), "val_wga", True, "must be a number"),
     ((0.5,), "last", True, "not 'last'"),
     ((0.5,), "val_wga", False, "starting weights"),
 ])

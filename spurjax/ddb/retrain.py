@@ -20,7 +20,7 @@ from spurjax.data.table import GENERATED, TRAIN, Table, concat
 from spurjax.errors import SpurjaxError
 from spurjax.stages import Stage
 from spurjax.train.erm import config_keys as erm_keys
-from spurjax.train.loop import TrainSet, fit
+from spurjax.train.loop import TrainSet, fit, interpolation_alphas
 
 
 def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float) -> TrainSet:
@@ -63,6 +63,12 @@ def retrain_config(cfg):
       if k in r:
         rcfg.train[k] = r[k]
   return rcfg
+
+
+def check_config(ctx) -> None:
+  """Before any work: `ddb.retrain.interpolate` is a list of alphas in (0, 1] with a validation criterion."""
+  rcfg = retrain_config(ctx.cfg)
+  interpolation_alphas(rcfg, rcfg.train.get("select", "val_wga"), True, key="ddb.retrain.interpolate")
 
 
 def compute(ctx, inputs, folder: str) -> None:

@@ -46,6 +46,7 @@ def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None,
                                                                   f"diffusion.inpaint_path {ctx.inpaint_dir}"))
   invert.check_config(ctx)                                                          # and a bad ddb.invert_mask
   inpaint.check_config(ctx)                                                         # or ddb.template / attributes
+  retrain.check_config(ctx)                                                         # or ddb.retrain.interpolate
   os.makedirs(workdir, exist_ok=True)
   runner = Runner(ctx)
 

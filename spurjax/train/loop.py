@@ -238,18 +238,21 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
   return report
 
 
-def interpolation_alphas(cfg, select: str, has_start: bool) -> tuple:
+def interpolation_alphas(cfg, select: str, has_start: bool, key: str = "train.interpolate") -> tuple:
   """`train.interpolate`, checked: the mixing weights alpha in (0, 1] tried each epoch (empty: off)."""
   raw = cfg.train.get("interpolate", ())
-  alphas = tuple(sorted({float(a) for a in (raw if isinstance(raw, (tuple, list)) else (raw,))}))
+  try:
+    alphas = tuple(sorted({float(a) for a in (raw if isinstance(raw, (tuple, list)) else (raw,))}))
+  except (TypeError, ValueError):
+    alphas = (math.nan,)
   if not alphas:
     return ()
   if any(not 0.0 < a <= 1.0 for a in alphas):
-    raise SpurjaxError(f"config train.interpolate = {raw}: every alpha must be in (0, 1]")
+    raise SpurjaxError(f"config {key} = {raw!r}: every alpha must be a number in (0, 1]")
   if select == "last":
-    raise SpurjaxError("config train.interpolate: needs a validation criterion in train.select, not 'last'")
+    raise SpurjaxError(f"config {key}: needs a validation criterion in train.select, not 'last'")
   if not has_start:
-    raise SpurjaxError("config train.interpolate: needs starting weights to interpolate from (e.g. DDB retraining)")
+    raise SpurjaxError(f"config {key}: needs starting weights to interpolate from (e.g. DDB retraining)")
   return alphas
 
 
