@@ -137,6 +137,9 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
 
   Returns the report dict (also written to `workdir/report.json`): per split (`val`,
   `test`) the group metrics of the selected epoch, plus `selected_epoch`, `selection`, `history`.
+  With `train.interpolate` (needs `init_vars`), the metrics, the saved best variables and
+  `selected_alpha` are those of the best mix (1 - alpha) * init_vars + alpha * trained; hooks get
+  the train state itself (unmixed) and the mix's metrics.
   """
   mesh = mesh or shd.make_mesh()
   train_set = train_set or TrainSet.from_table(table)
