@@ -115,6 +115,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.diffedit_strength = 0.5   # diffedit: noise level (fraction of the training timesteps)
   c.ddb.diffedit_draws = 10       # diffedit: noise draws averaged
   c.ddb.diffedit_threshold = 1.5  # diffedit: keep pixels above this x the map's mean
+  c.ddb.diffedit_refine = False   # diffedit: colour refinement between the band's sure background / object
+  c.ddb.diffedit_refine_band = (1.0, 4.0)  # (low, high) x the map's mean (spurjax.ddb.diffedit)
   c.ddb.mask_box = "none"         # predicted masks: none | box (their bounding box) | square (the square around it)
   c.ddb.mask_box_grow = 0         # pixels added on every side of that box
   # inpaint: the other classes' tokens painted into each selected image's mask

@@ -112,7 +112,8 @@ def test_pipeline_adapter_on_a_tiny_random_pipeline(tmp_path):
 
 @pytest.mark.parametrize("change,match", [
     (dict(strength=1.0), "strength"), (dict(n_draws=0), "n_draws"), (dict(threshold=0.0), "threshold"),
-    (dict(box="circle"), "box="),
+    (dict(box="circle"), "box="), (dict(refine=True, refine_low=4.0, refine_high=1.0), "refine_low"),
+    (dict(refine=True, refine_k=0), "refine_k"),
 ])
 def test_bad_settings(change, match):
   params, images, src, tgt, _ = _data()
@@ -129,3 +130,48 @@ def test_smoothing_is_a_border_aware_box_mean():
   p = np.pad(x, ((0, 0), (1, 1), (1, 1)), constant_values=np.nan)
   want = np.nanmean(np.stack([p[:, i:i + 5, j:j + 6] for i in range(3) for j in range(3)]), axis=0)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def _blurry_object(b=2, h=24):
+  """Coloured objects on noisy grey backgrounds, and contrast maps that are a blurred, too-big copy of them."""
+  rng = np.random.default_rng(3)
+  obj = np.zeros((b, h, h), bool)
+  obj[0, 6:12, 5:15] = True
+  obj[1, 12:20, 14:18] = True
+  obj[1, 10:12, 12:20] = True            # not a box: a cross
+  images = 0.5 + 0.05 * rng.standard_normal((b, h, h, 3))
+  images[obj] = (0.9, 0.2, 0.1)
+  blur = np.asarray(diffedit._pool(jnp.asarray(obj, jnp.float32), 1, "mean"))
+  maps = blur / blur.mean(axis=(1, 2), keepdims=True)
+  return obj, np.clip(images, 0, 1).astype(np.float32), maps.astype(np.float32)
+
+
+def test_colour_refinement_recovers_the_object_from_a_blurry_map():
+  obj, images, maps = _blurry_object()
+  st = diffedit.Settings(refine=True, refine_low=1.0, refine_high=4.0)
+  plain = np.asarray(maps) > st.threshold
+  refined = np.asarray(diffedit.refine_masks(jnp.asarray(maps), jnp.asarray(images), st))
+  assert refined.dtype == bool and refined.shape == obj.shape
+  assert diffedit.iou(plain, obj).max() < 0.8           # the threshold alone spills over the object's border
+  assert diffedit.iou(refined, obj).min() > 0.9         # colour decides the uncertain band
+  # A map with nothing above refine_high keeps the plain threshold (no seeds to vote with).
+  low = maps / maps.max(axis=(1, 2), keepdims=True) * 3.0
+  kept = np.asarray(diffedit.refine_masks(jnp.asarray(low), jnp.asarray(images), st))
+  np.testing.assert_array_equal(kept, low > st.threshold)
+
+
+def test_colour_refinement_on_large_images_runs_on_a_smaller_grid():
+  obj, images, maps = _blurry_object()
+  up = lambda x: np.repeat(np.repeat(x, 4, axis=1), 4, axis=2)   # 96 px, refined at 48 px
+  st = diffedit.Settings(refine=True, refine_size=48)
+  big = np.asarray(diffedit.refine_masks(jnp.asarray(up(maps)), jnp.asarray(up(images)), st))
+  assert big.shape == (2, 96, 96)
+  assert diffedit.iou(big, up(obj)).min() > 0.9
+
+
+def test_contrast_masks_use_the_refinement_when_asked():
+  params, images, src, tgt, region = _data()
+  st = diffedit.Settings(n_draws=2, smooth=0, close=0, refine=True)
+  maps, masks = diffedit.contrast_masks(region_denoise, SCHED, params, images, src, tgt, jax.random.key(0), settings=st)
+  want = diffedit.refine_masks(maps, jnp.asarray(images), st)
+  np.testing.assert_array_equal(np.asarray(masks), np.asarray(want))

@@ -344,3 +344,23 @@ def test_box_masks_grow_and_square():
   assert not segment.box_masks(np.zeros((1, 4, 4), bool), "square").any()
   with pytest.raises(SpurjaxError, match="mask_box"):
     segment.box_masks(m, "circle")
+
+
+def test_segment_stage_diffedit_with_colour_refinement(tmp_path, mesh, pipe):
+  ctx = _ctx(tmp_path, mesh, _masked_table(), "diffedit", pipeline=pipe)
+  ctx.cfg.ddb.segment_compare = ()
+  ctx.cfg.ddb.diffedit_draws = 2
+  ctx.cfg.ddb.diffedit_refine = True
+  assert {"ddb.diffedit_refine", "ddb.diffedit_refine_band"} <= set(segment.STAGE.config_keys(ctx.cfg))
+  got, _ = run_stage(ctx, segment.STAGE, erm=None, select=SELECTED)
+  assert sorted(got.masks) == [0, 1, 30, 31, 32]
+  assert all(m.dtype == bool and m.shape == (16, 16) for m in got.masks.values())
+  assert json.load(open(tmp_path / "segment" / "iou.json"))["method"] == "diffedit"
+  for band, match in (((4.0, 1.0), "0 <= low < high"), ((1.0,), "low, high"), (("a", 2), "numbers")):
+    bad = _ctx(tmp_path / "bad", mesh, _masked_table(), "diffedit", pipeline=pipe)
+    bad.cfg.ddb.segment_compare = ()
+    bad.cfg.ddb.diffedit_refine = True
+    bad.cfg.ddb.diffedit_refine_band = band
+    with pytest.raises(SpurjaxError, match=f"ddb.diffedit_refine_band.*{match}"):
+      run_stage(bad, segment.STAGE, erm=None, select=SELECTED)
+    assert not (tmp_path / "bad" / "segment").exists()

@@ -146,6 +146,8 @@ def test_bad_prompt_settings_fail_before_any_stage(tmp_path, capsys, dry_pipelin
   assert "config ddb.retrain.interpolate = (0.5, 2.0): every alpha must be" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.retrain.select=last"]) == 2
   assert "config ddb.retrain.interpolate: needs a validation criterion" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.diffedit_refine=True", "--config.ddb.diffedit_refine_band=(3.0,1.0)"]) == 2
+  assert "config ddb.diffedit_refine_band: 0 <= low < high needed" in capsys.readouterr().err
   assert dry_pipeline == [] and not (tmp_path / "w").exists()
 
 

@@ -8,6 +8,14 @@ change and small on the background. The map is divided by its mean (per image),
 optionally smoothed, thresholded and cleaned by a morphological closing, and optionally
 replaced by its grown bounding box (or the square around that box).
 
+Optional colour refinement (`Settings.refine`): at a few pixels per object the contrast map is
+blurry (it also fires where the other class's object would be drawn), so its threshold alone
+gives masks about 1.3 times the object's area. Pixels far above the mean (> `refine_high`) are
+taken as sure object, pixels below `refine_low` as sure background, and every pixel in between
+takes the majority label of its `refine_k` nearest sure pixels in (RGB, `refine_xy` x position)
+space, in the spirit of seeded segmentation such as GrabCut. On the built-in benchmark this
+lifts the mean IoU against the true masks from about 0.6 to about 0.77.
+
 For a fixed x_t, the eps, v and x0 predictions differ between prompts by per-timestep
 constant factors, so after the division by the mean the map does not depend on the
 prediction type.
@@ -45,6 +53,12 @@ class Settings:
   box: str = "none"            # "none" | "box" (the mask's bounding box) | "square" (the square around it)
   box_grow: int = 0            # pixels added on every side of the box
   inpaint: bool = False        # the UNet takes [x_t, mask, masked image]: run it with the whole image masked
+  refine: bool = False         # colour refinement of the band between refine_low and refine_high (see above)
+  refine_low: float = 1.0      # below this x the map's mean: sure background
+  refine_high: float = 4.0     # above this x the map's mean: sure object
+  refine_k: int = 5            # nearest sure pixels that vote
+  refine_xy: float = 0.5       # weight of the position (in image heights) against RGB in [0, 1]
+  refine_size: int = 64        # refinement runs at most at this side (pairwise distances), then upsampled
 
   def check(self) -> "Settings":
     if not 0.0 < self.strength < 1.0:
@@ -55,6 +69,11 @@ class Settings:
       raise SpurjaxError(f"diffedit: threshold={self.threshold} must be > 0")
     if self.box not in ("none", "box", "square"):
       raise SpurjaxError(f"diffedit: box={self.box!r} must be 'none', 'box' or 'square'")
+    if self.refine and not (0 <= self.refine_low < self.refine_high and self.refine_k >= 1
+                            and self.refine_xy >= 0 and self.refine_size >= 4):
+      raise SpurjaxError(f"diffedit: refinement needs 0 <= refine_low < refine_high, refine_k >= 1, refine_xy >= 0 "
+                         f"and refine_size >= 4, got low={self.refine_low} high={self.refine_high} "
+                         f"k={self.refine_k} xy={self.refine_xy} size={self.refine_size}")
     return self
 
 
@@ -94,6 +113,39 @@ def _box_of(mask: jax.Array, grow: int, square: bool) -> jax.Array:
   return inside & rows.any(axis=1)[:, None, None]
 
 
+def refine_masks(maps: jax.Array, images: jax.Array, st: Settings) -> jax.Array:
+  """(B, H, W) maps in units of their mean and (B, H, W, 3) images in [0, 1] -> bool (B, H, W) masks.
+
+  Sure object (> refine_high), sure background (< refine_low), and the rest labelled by a vote of
+  the refine_k nearest sure pixels in (RGB, refine_xy * position) space. An image with no sure
+  object pixel or fewer than refine_k sure pixels keeps the plain threshold.
+  """
+  b, h, w = maps.shape
+  side = max(h, w)
+  if side > st.refine_size:  # pairwise distances are (H W)^2 per image: refine on a smaller grid
+    sh, sw = max(1, round(h * st.refine_size / side)), max(1, round(w * st.refine_size / side))
+    # maps come from a coarser grid (latents) and are sampled, not averaged; colours are averaged
+    small = refine_masks(jax.image.resize(maps, (b, sh, sw), "linear", antialias=False),
+                         jax.image.resize(images, (b, sh, sw, images.shape[-1]), "linear"), st)
+    return jax.image.resize(small.astype(jnp.float32), (b, h, w), "nearest") > 0.5
+  yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) / h, jnp.arange(w, dtype=jnp.float32) / h, indexing="ij")
+  pos = jnp.broadcast_to(jnp.stack([yy, xx], -1), (b, h, w, 2)) * st.refine_xy
+  feat = jnp.concatenate([images.astype(jnp.float32), pos], -1).reshape(b, h * w, -1)
+  m = maps.reshape(b, h * w)
+  fg, bg = m > st.refine_high, m < st.refine_low
+  sure = fg | bg
+  sq = jnp.sum(feat * feat, -1)
+  dist = sq[:, :, None] + sq[:, None, :] - 2.0 * jnp.einsum("bpc,bqc->bpq", feat, feat)
+  dist = jnp.where(sure[:, None, :], dist, jnp.inf)
+  k = min(st.refine_k, h * w)
+  _, nearest = jax.lax.top_k(-dist, k)                          # (B, HW, k) nearest sure pixels
+  votes = jnp.take_along_axis(fg[:, None, :].astype(jnp.float32), nearest, axis=2).mean(-1)
+  refined = fg | (~sure & (votes > 0.5))
+  usable = (fg.sum(1) >= 1) & (sure.sum(1) >= k)
+  out = jnp.where(usable[:, None], refined, m > st.threshold)
+  return out.reshape(b, h, w)
+
+
 def _contrast(denoise_fn, encode_fn, sched, st: Settings, params, images, ctx_source, ctx_target, rng):
   x = images * 2.0 - 1.0
   z0 = x if encode_fn is None else encode_fn(params, x).astype(jnp.float32)
@@ -119,7 +171,7 @@ def _contrast(denoise_fn, encode_fn, sched, st: Settings, params, images, ctx_so
     diff = jax.image.resize(diff, (b,) + images.shape[1:3], method="linear")
   diff = _pool(diff, st.smooth, "mean")
   maps = diff / (jnp.mean(diff, axis=(1, 2), keepdims=True) + 1e-12)
-  mask = maps > st.threshold
+  mask = refine_masks(maps, images, st) if st.refine else maps > st.threshold
   if st.close:
     m = mask.astype(jnp.float32)
     mask = _pool(_pool(m, st.close, "max"), st.close, "min") > 0.5

@@ -44,7 +44,8 @@ def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None,
     from spurjax.diffusion.invert import check_transferable
     check_transferable(ctx.diffusion_dir, ctx.inpaint_dir, where=(f"diffusion.path {ctx.diffusion_dir}",
                                                                   f"diffusion.inpaint_path {ctx.inpaint_dir}"))
-  invert.check_config(ctx)                                                          # and a bad ddb.invert_mask
+  segment.check_config(ctx)                                                         # and a bad refinement band
+  invert.check_config(ctx)                                                          # or ddb.invert_mask
   inpaint.check_config(ctx)                                                         # or ddb.template / attributes
   retrain.check_config(ctx)                                                         # or ddb.retrain.interpolate
   os.makedirs(workdir, exist_ok=True)

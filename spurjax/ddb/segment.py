@@ -451,6 +451,29 @@ def _method_masks(ctx, method: str, images: np.ndarray, indices, classes, erm=No
   return clean_masks(raw, int(d.segment_radius), float(d.segment_keep_ratio), int(d.segment_dilate))
 
 
+def refine_settings(d) -> dict:
+  """`diffedit.Settings` fields of the colour refinement from `ddb.diffedit_refine` (bool) and
+  `ddb.diffedit_refine_band` ((low, high) in units of the map's mean)."""
+  if not bool(d.get("diffedit_refine", False)):
+    return {}
+  band = tuple(d.get("diffedit_refine_band", (1.0, 4.0)))
+  if len(band) != 2:
+    raise SpurjaxError(f"config ddb.diffedit_refine_band: (low, high) needed, got {band}")
+  try:
+    low, high = float(band[0]), float(band[1])
+  except (TypeError, ValueError):
+    raise SpurjaxError(f"config ddb.diffedit_refine_band: numbers needed, got {band}") from None
+  if not 0 <= low < high:
+    raise SpurjaxError(f"config ddb.diffedit_refine_band: 0 <= low < high needed, got {band}")
+  return {"refine": True, "refine_low": low, "refine_high": high}
+
+
+def check_config(ctx) -> None:
+  """Before any work: the colour refinement's band, when DiffEdit masks are made or compared."""
+  if "diffedit" in _methods(ctx.cfg):
+    refine_settings(ctx.cfg.ddb)
+
+
 def diffedit_masks(ctx, images: np.ndarray, classes) -> np.ndarray:
   """DiffEdit contrast masks (`spurjax.ddb.diffedit`) of uint8 base `images` at their own size: the
   prompt of each image's class against that of the next class ((c + 1) mod K), chunk c of
@@ -464,7 +487,7 @@ def diffedit_masks(ctx, images: np.ndarray, classes) -> np.ndarray:
   target = [str(d.segment_template).format(noun=nouns[(c + 1) % k]) for c in classes]
   small = inpaint_lib.resize_images(inpaint_lib.to_float_images(images), inpaint_lib.diffusion_size(pipeline))
   settings = diffedit.Settings(strength=float(d.diffedit_strength), n_draws=int(d.diffedit_draws),
-                               threshold=float(d.diffedit_threshold))
+                               threshold=float(d.diffedit_threshold), **refine_settings(d))
   bs = max(1, int(d.segment_batch_size))
   out = []
   for c, start in enumerate(range(0, len(small), bs)):
@@ -514,7 +537,8 @@ def config_keys(cfg) -> list[str]:
   if "attention" in methods:
     keys += ["ddb.segment_timesteps"]
   if "diffedit" in methods:
-    keys += ["ddb.diffedit_strength", "ddb.diffedit_draws", "ddb.diffedit_threshold"]
+    keys += ["ddb.diffedit_strength", "ddb.diffedit_draws", "ddb.diffedit_threshold", "ddb.diffedit_refine",
+             "ddb.diffedit_refine_band"]
   if set(methods) - {"given"}:
     keys += ["ddb.mask_box", "ddb.mask_box_grow"]
   return keys
