@@ -175,3 +175,10 @@ def test_contrast_masks_use_the_refinement_when_asked():
   maps, masks = diffedit.contrast_masks(region_denoise, SCHED, params, images, src, tgt, jax.random.key(0), settings=st)
   want = diffedit.refine_masks(maps, jnp.asarray(images), st)
   np.testing.assert_array_equal(np.asarray(masks), np.asarray(want))
+
+
+def test_refinement_band_parsing():
+  assert diffedit.parse_band("1,4", "x") == (1.0, 4.0) and diffedit.parse_band((0, 2.5), "x") == (0.0, 2.5)
+  for bad, match in (("4,1", "0 <= low < high"), ("1", r"\(low, high\)"), ("a,b", "numbers"), ((1, 2, 3), "low, high")):
+    with pytest.raises(SpurjaxError, match=f"^--band: .*{match}"):
+      diffedit.parse_band(bad, "--band")

@@ -269,7 +269,12 @@ def test_bench_prior_runs_on_a_tiny_prior(trained, data, tmp_path, capsys):
   assert rec["judge"] == "strict" and 0.0 <= rec["txt2img_blob"] <= 1.0
   assert rec["inpaint_mask"]["kind"] == "square" and rec["prior_train_images_per_s"] > 0
   assert 0.0 <= rec["diffedit"]["iou_mask"] <= 1.0 and 0.0 <= rec["diffedit"]["iou_box"] <= 1.0
+  assert 0.0 <= rec["diffedit"]["iou_refined"] <= 1.0 and rec["diffedit"]["refine_band"] == "1,4"
   out = capsys.readouterr().out
+  assert "colour refinement (band 1,4 x mean) IoU" in out
+  with pytest.raises(SpurjaxError, match="--diffedit-refine: 0 <= low < high"):
+    bench_prior.main(["--prior", str(trained), "--diffedit-refine", "4,1", "--workdir", str(tmp_path / "c")])
+  assert not (tmp_path / "c").exists()
   assert "a photo of a <c1> flower" in out and "'a photo of a flower' (class word)" in out
   assert "'a photo of a bird' (same class, class word)" in out
 

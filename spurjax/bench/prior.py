@@ -335,7 +335,7 @@ def _diffedit_rows(pipe, images_u8, true_masks, src_y, nouns, args, record, work
                                               threshold=args.diffedit_threshold, box="box", box_grow=args.grow)
   refined, iou_refined = None, None
   if args.diffedit_refine:
-    low, high = (float(v) for v in args.diffedit_refine.split(","))
+    low, high = diffedit.parse_band(args.diffedit_refine, "bench prior: --diffedit-refine")
     _, refined = diffedit.pipeline_contrast_masks(pipe, images, src, tgt, seed=args.seed + 11,
                                                   n_draws=args.diffedit_draws, strength=args.diffedit_strength,
                                                   threshold=args.diffedit_threshold, refine=True,
@@ -415,11 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.ti_mask_weight > 0:
     raise SpurjaxError(f"bench prior: --ti-mask-weight must be > 0, got {args.ti_mask_weight}")
   if args.diffedit_refine:
-    try:
-      low, high = (float(v) for v in args.diffedit_refine.split(","))
-    except ValueError:
-      raise SpurjaxError(f"bench prior: --diffedit-refine must be LOW,HIGH, got {args.diffedit_refine!r}") from None
-    if not 0 <= low < high:
-      raise SpurjaxError(f"bench prior: --diffedit-refine needs 0 <= LOW < HIGH, got {args.diffedit_refine!r}")
+    from spurjax.ddb.diffedit import parse_band
+    parse_band(args.diffedit_refine, "bench prior: --diffedit-refine")
   run(args)
   return 0

@@ -77,6 +77,21 @@ class Settings:
     return self
 
 
+def parse_band(band, where: str) -> tuple[float, float]:
+  """(low, high) of the colour refinement from a pair or a "LOW,HIGH" string; `where` names the
+  setting in the one-line error."""
+  parts = band.split(",") if isinstance(band, str) else list(band)
+  if len(parts) != 2:
+    raise SpurjaxError(f"{where}: (low, high) needed, got {band!r}")
+  try:
+    low, high = float(parts[0]), float(parts[1])
+  except (TypeError, ValueError):
+    raise SpurjaxError(f"{where}: numbers needed, got {band!r}") from None
+  if not 0 <= low < high:
+    raise SpurjaxError(f"{where}: 0 <= low < high needed, got {band!r}")
+  return low, high
+
+
 def _pool(x: jax.Array, radius: int, op: str) -> jax.Array:
   """(B, H, W) windowed max / min / mean over a (2r + 1)^2 window, same size."""
   if radius == 0:

@@ -456,15 +456,8 @@ def refine_settings(d) -> dict:
   `ddb.diffedit_refine_band` ((low, high) in units of the map's mean)."""
   if not bool(d.get("diffedit_refine", False)):
     return {}
-  band = tuple(d.get("diffedit_refine_band", (1.0, 4.0)))
-  if len(band) != 2:
-    raise SpurjaxError(f"config ddb.diffedit_refine_band: (low, high) needed, got {band}")
-  try:
-    low, high = float(band[0]), float(band[1])
-  except (TypeError, ValueError):
-    raise SpurjaxError(f"config ddb.diffedit_refine_band: numbers needed, got {band}") from None
-  if not 0 <= low < high:
-    raise SpurjaxError(f"config ddb.diffedit_refine_band: 0 <= low < high needed, got {band}")
+  from spurjax.ddb import diffedit
+  low, high = diffedit.parse_band(tuple(d.get("diffedit_refine_band", (1.0, 4.0))), "config ddb.diffedit_refine_band")
   return {"refine": True, "refine_low": low, "refine_high": high}
 
 
