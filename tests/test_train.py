@@ -211,3 +211,28 @@ def test_interpolation_settings_fail_before_anything_is_written(tmp_path, setup,
   with pytest.raises(SpurjaxError, match=match):
     fit(cfg, table, str(tmp_path / "w"), init_vars=variables if start else None)
   assert not (tmp_path / "w").exists()
+
+
+def test_selection_ties_go_to_the_higher_validation_average():
+  """The criterion decides; among equal criteria the plain validation average accuracy does (no group label)."""
+  from spurjax.train.loop import _as_score, selection_score
+
+  def entry(wga, avg, worst_class=0.9):
+    return {"epoch": 1, "val": {"worst_group_accuracy": wga, "average_accuracy": avg,
+                                "worst_class_accuracy": worst_class}}
+  assert selection_score("val_wga", entry(0.9, 0.96)) > selection_score("val_wga", entry(0.9, 0.95))
+  assert selection_score("val_wga", entry(0.91, 0.5)) > selection_score("val_wga", entry(0.9, 0.99))
+  assert selection_score("val_worst_class", entry(0.1, 0.96, 0.8)) > selection_score("val_worst_class",
+                                                                                     entry(0.9, 0.95, 0.8))
+  assert selection_score("val_avg", entry(0.1, 0.9)) == selection_score("val_avg", entry(0.9, 0.9))  # no tie-break
+  assert selection_score("val_wga", entry(None, 0.9))[0] == -np.inf
+  # a best score saved before tie-breaks (a bare number) still compares, below any tie-broken equal score
+  assert _as_score(0.9) < selection_score("val_wga", entry(0.9, 0.0)) and _as_score([0.9, 0.5]) == (0.9, 0.5)
+
+
+def test_fit_selects_the_epoch_with_the_best_criterion_then_average(tmp_path, setup):
+  _, table, _, _ = setup
+  cfg = toy_config(num_epochs=3, select="val_wga")
+  rep = fit(cfg, table, str(tmp_path / "w"))
+  keys = [(h["val"]["worst_group_accuracy"], h["val"]["average_accuracy"], -h["epoch"]) for h in rep["history"]]
+  assert rep["selected_epoch"] == -max(keys)[2] and rep["tie_break"] == "val average_accuracy"
