@@ -24,7 +24,8 @@ def split_summary(report: dict) -> dict:
 def markdown(title: str, report: dict, class_names=None, place_names=None) -> str:
   lines = [f"# {title}", ""]
   alpha = report.get("selected_alpha")
-  lines.append(f"Model selected by `{report.get('selection')}` at epoch {report.get('selected_epoch')}"
+  tie = f" (ties: {report['tie_break']})" if report.get("tie_break") else ""
+  lines.append(f"Model selected by `{report.get('selection')}`{tie} at epoch {report.get('selected_epoch')}"
                + ("." if alpha is None else f", interpolated with its starting weights at alpha {alpha:g}."))
   lines.append("")
   lines.append("| split | worst-group acc | avg acc (train-weighted) | avg acc (plain) |")

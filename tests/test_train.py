@@ -236,3 +236,6 @@ def test_fit_selects_the_epoch_with_the_best_criterion_then_average(tmp_path, se
   rep = fit(cfg, table, str(tmp_path / "w"))
   keys = [(h["val"]["worst_group_accuracy"], h["val"]["average_accuracy"], -h["epoch"]) for h in rep["history"]]
   assert rep["selected_epoch"] == -max(keys)[2] and rep["tie_break"] == "val average_accuracy"
+  from spurjax import report as R
+  from spurjax.ddb.report import _section
+  assert "(ties: val average_accuracy)" in R.markdown("t", rep) and _section(rep)["tie_break"] == "val average_accuracy"

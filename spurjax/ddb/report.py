@@ -16,6 +16,8 @@ def _section(rep: dict) -> dict:
     out[s]["worst_class_accuracy"] = rep[s].get("worst_class_accuracy")
     out[s]["mean_group_accuracy"] = rep[s].get("mean_group_accuracy")
   out["selection"] = rep.get("selection")
+  if rep.get("tie_break"):
+    out["tie_break"] = rep["tie_break"]
   out["selected_epoch"] = rep.get("selected_epoch")
   if rep.get("selected_alpha") is not None:
     out["selected_alpha"] = rep["selected_alpha"]
