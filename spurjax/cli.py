@@ -24,11 +24,12 @@ commands:
   pretrain --data DIR --out FILE.npz [--config FILE] [...]            pretrain the classifier backbone
   data    synth --out DIR [--image-size N] [--scale F] [--seed N]       write the built-in benchmark
   data    broad --out DIR [--train-per-combo N]                          write the backbone pretraining corpus
-  bench   erm | unet | ig | conv | prior | methods [options]            speed figures, the methods table
+  bench   erm | unet | ig | conv | prior | methods | artefact [options] speed figures, the methods table, checks
 """
 
 BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet", "methods": "spurjax.bench.methods",
-           "prior": "spurjax.bench.prior", "ig": "spurjax.bench.ig", "conv": "spurjax.bench.conv"}
+           "prior": "spurjax.bench.prior", "ig": "spurjax.bench.ig", "conv": "spurjax.bench.conv",
+           "artefact": "spurjax.bench.artefact"}
 DATA = {"synth": "spurjax.data.synth", "broad": "spurjax.data.broad"}
 
 

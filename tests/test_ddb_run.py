@@ -80,3 +80,41 @@ def test_run_end_to_end_and_resume(tmp_path, prior_dir, monkeypatch, capsys):
   rep_b = json.load(open(tmp_path / "b" / "report.json"))
   rep.pop("diffusion_path"), rep_b.pop("diffusion_path")
   assert rep_b == rep
+
+
+def test_plan_edits_same_class_keeps_the_label():
+  from spurjax.ddb.inpaint import Edit, plan_edits
+  assert plan_edits([1, 0], 3, 2, same_class=True) == [Edit(0, 1, 1, 0), Edit(0, 1, 1, 1), Edit(1, 0, 0, 0),
+                                                       Edit(1, 0, 0, 1)]
+  assert all(e.target_class != e.source_class for e in plan_edits([1, 0], 3, 2))
+
+
+def test_artefact_accuracy_helpers():
+  import numpy as np
+  from spurjax.bench import artefact
+  assert artefact.class_accuracy(np.array([0, 1, 1, 0]), np.array([0, 0, 1, 1]), 3) == [0.5, 0.5, None]
+  acc = {"ddb": {"real": {"all": 1.0}, "reinpaint": {"all": 0.75}}, "erm": {"real": {"all": None}, "reinpaint": {"all": 1.0}}}
+  assert artefact.reliance(acc) == {"ddb": 0.25, "erm": None}
+
+
+def test_bench_artefact_on_a_finished_run(tmp_path, prior_dir, capsys):
+  data, work = tmp_path / "data", tmp_path / "r"
+  args = _args(work, data, prior_dir)
+  assert cli.main(["bench", "artefact"] + args[1:]) == 2          # nothing has run there yet
+  assert "no finished 'select' stage" in capsys.readouterr().err
+  assert not (work / "artefact").exists()
+  assert cli.main(args) == 0
+  rep = json.load(open(work / "report.json"))
+  assert cli.main(["bench", "artefact"] + args[1:] + ["--n-samples", "2"]) == 0
+  out = capsys.readouterr().out
+  assert "same-class re-inpaints" in out and "accuracy on real images minus on same-class re-inpaints" in out
+  rec = json.load(open(work / "artefact" / "artefact.json"))
+  for model in ("erm", "ddb"):
+    got = rec["accuracy"][model]
+    assert got["real"]["n"] == 2 * 3                        # K = 3 selected images per class
+    assert got["reinpaint"]["n"] == 2 * 3 * 2               # x 2 re-inpaints each
+    assert got["edit"]["n"] == sum(rep["kept_per_class"])
+    for kind in ("real", "reinpaint"):
+      assert 0.0 <= got[kind]["all"] <= 1.0 and len(got[kind]["per_class"]) == 2
+    assert rec["real_minus_reinpaint"][model] == got["real"]["all"] - got["reinpaint"]["all"]
+  assert os.path.isfile(work / "artefact" / "artefact.png")

@@ -114,8 +114,11 @@ class Edit:
   sample: int
 
 
-def plan_edits(source_classes, num_classes: int, n_samples: int) -> list[Edit]:
-  """Every (image, other class, sample), ordered by image, then target class, then sample."""
+def plan_edits(source_classes, num_classes: int, n_samples: int, same_class: bool = False) -> list[Edit]:
+  """Every (image, other class, sample), ordered by image, then target class, then sample.
+
+  With `same_class`, every (image, its own class, sample) instead: re-inpaints that keep the label
+  (controls that carry the generator's artefacts without a change of class)."""
   if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
     raise SpurjaxError(f"config ddb.n_samples={n_samples!r} must be a positive integer")
   if num_classes < 2:
@@ -125,7 +128,8 @@ def plan_edits(source_classes, num_classes: int, n_samples: int) -> list[Edit]:
     c = int(c)
     if not 0 <= c < num_classes:
       raise SpurjaxError(f"inpaint: source class {c} of image {b} is not in 0..{num_classes - 1}")
-    out += [Edit(b, c, j, s) for j in range(num_classes) if j != c for s in range(int(n_samples))]
+    targets = [c] if same_class else [j for j in range(num_classes) if j != c]
+    out += [Edit(b, c, j, s) for j in targets for s in range(int(n_samples))]
   return out
 
 
@@ -230,11 +234,13 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
                          skip=None, desc: str | None = "inpaint", attributes: Sequence[str] = (),
-                         eta: float = 0.0) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
+                         eta: float = 0.0, same_class: bool = False
+                         ) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
   """Yields (chunk index, its edits, float32 (n, H, W, 3) images in [0, 1]) chunk by chunk.
 
   Arguments as in `make_counterfactuals`; `skip(chunk_index, edits) -> bool` marks chunks that are
-  already done (they are yielded with images None and not computed).
+  already done (they are yielded with images None and not computed); `same_class`: each image is
+  repainted with its own class's prompt instead (`plan_edits`).
   """
   images = to_float_images(images)
   masks = np.asarray(masks)
@@ -249,7 +255,7 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
   if num_classes is None:
     num_classes = max(int(source_classes.max(initial=0)) + 1, len(nouns))
   num_classes = int(num_classes)
-  edits = plan_edits(source_classes, num_classes, n_samples)
+  edits = plan_edits(source_classes, num_classes, n_samples, same_class)
   fns = sampling.pipeline_fns(pipeline)
   mode = _resolve_mode(mode, fns)
   if isinstance(batch_size, bool) or int(batch_size) < 1:
@@ -310,7 +316,7 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
                          desc: str | None = "inpaint", attributes: Sequence[str] = (),
-                         eta: float = 0.0) -> dict[str, np.ndarray]:
+                         eta: float = 0.0, same_class: bool = False) -> dict[str, np.ndarray]:
   """Counterfactual edits of every image toward every other class.
 
   Args:
@@ -331,6 +337,8 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
     paste: paste generated pixels into the original image through the mask.
     attributes: words (e.g. colours) of which each edit's prompt takes one (`attribute_of`).
     eta: sampler stochasticity (0: deterministic DDIM; 1: DDPM-like fresh noise each step).
+    same_class: repaint each image with its own class's prompt instead (label-keeping re-inpaints;
+      M = B x n_samples, target_class = source_class).
 
   Returns:
     {"images": float32 (M, H, W, 3) in [0, 1], "source": (M,) positions into `images`,
@@ -341,7 +349,8 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                                          n_samples=n_samples, mode=mode, num_steps=num_steps,
                                          guidance_scale=guidance_scale, seed=seed, mesh=mesh, template=template,
                                          sampler=sampler, batch_size=batch_size, num_classes=num_classes,
-                                         paste=paste, desc=desc, attributes=attributes, eta=eta):
+                                         paste=paste, desc=desc, attributes=attributes, eta=eta,
+                                         same_class=same_class):
     outs.append(imgs)
     edits += e
   shape = (0,) + np.shape(images)[1:3] + (3,)

@@ -1,0 +1,179 @@
+"""`spurjax bench artefact`: does a finished DDB run's classifier read the generator's artefacts?
+
+  spurjax bench artefact --config configs/synth.py --workdir runs/synth [--erm DIR] [--n-samples N]
+
+Each selected majority image is repainted through its own mask with its *own* class's prompt (and
+token), with the run's inpainting settings: a same-class re-inpaint keeps the label and carries the
+generator's traces (the repainted square, its texture). The ERM and the retrained (DDB) classifier
+are scored on the real images, on the run's kept counterfactual edits (label: the new class) and on
+the re-inpaints (label: the source class). A classifier that reads the object gets the re-inpaints
+about as right as the real images; one that learned "repainted region in this scene = the edit's
+class" calls them the other class. Give the run's own config: the stages' artefacts are read from
+the run's folders as they are.
+
+Writes `W/artefact/artefact.json` and `W/artefact/artefact.png` (rows per class: real images,
+counterfactual edits, same-class re-inpaints).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from spurjax.errors import SpurjaxError
+
+KINDS = ("real", "edit", "reinpaint")
+KIND_TEXT = {"real": "real selected images", "edit": "counterfactual edits (kept)",
+             "reinpaint": "same-class re-inpaints"}
+
+
+def class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float | None]:
+  """Accuracy per class of `labels` (None for a class with no example)."""
+  pred, labels = np.asarray(pred), np.asarray(labels)
+  return [float(np.mean(pred[labels == c] == c)) if np.any(labels == c) else None for c in range(num_classes)]
+
+
+def reliance(acc: dict) -> dict:
+  """Per model: accuracy on real images minus on same-class re-inpaints (the share the artefact flips)."""
+  out = {}
+  for name, a in acc.items():
+    r, g = a["real"]["all"], a["reinpaint"]["all"]
+    out[name] = None if r is None or g is None else r - g
+  return out
+
+
+def _stage_folder(workdir: str, name: str) -> str:
+  folder = os.path.join(workdir, name)
+  if not os.path.isfile(os.path.join(folder, "stage.json")):
+    raise SpurjaxError(f"{folder}: no finished '{name}' stage (run `spurjax run` with this workdir first)")
+  return folder
+
+
+def reinpaint(ctx, tokens, selection, masks, n_samples: int) -> dict:
+  """Same-class re-inpaints of every selected image with the run's inpainting settings."""
+  from spurjax.ddb import inpaint
+  from spurjax.ddb.nouns import nouns_for
+  from spurjax.ddb.select import selected_indices
+  cfg, d = ctx.cfg, ctx.cfg.ddb
+  sel = selected_indices(selection)
+  indices = [int(i) for c in sorted(sel) for i in sel[c]]
+  classes = [c for c in sorted(sel) for _ in sel[c]]
+  images = np.stack([ctx.sources["eval"](i) for i in indices])
+  stage_masks = inpaint._stage_masks(masks, indices, images.shape[1:3])
+  pipeline = tokens.pipeline
+  if pipeline is None:
+    raise SpurjaxError("bench artefact: the run used the paste generator; there is no diffusion model to re-inpaint with")
+  if ctx.separate_inpainter:
+    from spurjax.diffusion.invert import transfer_tokens
+    pipeline = transfer_tokens(pipeline, ctx.load_inpaint_pipeline(), tokens.embeds_file,
+                               where=(str(cfg.diffusion.path), ctx.inpaint_dir))
+  out = inpaint.make_counterfactuals(
+      pipeline, images, stage_masks, classes, tokens.tokens, nouns_for(cfg, ctx.table), n_samples=n_samples,
+      mode=str(d.inpaint_mode), num_steps=int(d.num_steps), guidance_scale=float(d.guidance_scale),
+      seed=int(cfg.seed) + 1, mesh=ctx.mesh, template=str(d.template), sampler=str(d.inpaint_sampler),
+      batch_size=int(d.inpaint_batch_size), num_classes=int(ctx.table.num_classes), paste=bool(d.inpaint_paste),
+      desc="re-inpaint", attributes=tuple(d.get("attributes", ())), eta=float(d.get("inpaint_eta", 0.0)),
+      same_class=True)
+  src = out["source"]
+  return {"real": images, "real_y": np.asarray(classes), "real_index": np.asarray(indices),
+          "reinpaint": np.round(out["images"] * 255.0).astype(np.uint8), "reinpaint_y": out["source_class"],
+          "reinpaint_index": np.asarray(indices)[src]}
+
+
+def evaluate(cfg, mesh, models: dict, sets: dict, num_classes: int) -> dict:
+  """{model: {kind: {"all": acc, "per_class": [...], "n": n}}} of every model on every image set."""
+  from spurjax.bench.prior import memory_table
+  from spurjax.data.pipeline import ImageSource
+  from spurjax.train import loop
+  out = {}
+  for name, (model, variables) in models.items():
+    out[name] = {}
+    for kind, (images, labels) in sets.items():
+      if len(images) == 0:
+        out[name][kind] = {"all": None, "per_class": [None] * num_classes, "n": 0}
+        continue
+      tab = memory_table(images, labels, np.zeros(len(images), np.int32), num_classes, 1)
+      src = ImageSource(tab, loop.preprocess_from_config(cfg))
+      pred = loop.predict(cfg, model, variables, src, tab, np.arange(len(tab)), mesh).argmax(-1)
+      out[name][kind] = {"all": float(np.mean(pred == labels)), "per_class": class_accuracy(pred, labels, num_classes),
+                         "n": int(len(images))}
+  return out
+
+
+def _picture(path: str, sets: dict, num_classes: int, per_row: int = 8) -> None:
+  from spurjax.bench.prior import save_grid
+  rows = []
+  for c in range(num_classes):
+    for kind in KINDS:
+      images, labels = sets[kind]
+      pick = images[np.asarray(labels) == c][:per_row]
+      row = np.full((per_row,) + images.shape[1:], 255, np.uint8)
+      row[:len(pick)] = pick
+      rows.append(row)
+  save_grid(path, np.concatenate(rows), cols=per_row)
+
+
+def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1) -> dict:
+  from spurjax import sharding as shd
+  from spurjax.bench.common import print_table
+  from spurjax.context import Context
+  from spurjax.data import load_table
+  from spurjax.data.table import GENERATED, concat
+  from spurjax.ddb import invert, prune_stage, retrain, segment, select
+  from spurjax.train import erm, loop
+
+  if isinstance(n_samples, bool) or int(n_samples) < 1:
+    raise SpurjaxError(f"--n-samples {n_samples!r} must be a positive integer")
+  table = load_table(cfg.data)
+  erm_dir = erm_dir or os.path.join(workdir, "erm")
+  folders = {name: _stage_folder(workdir, name) for name in ("select", "segment", "invert", "prune", "retrain")}
+  folders["erm"] = _stage_folder(os.path.dirname(erm_dir.rstrip("/")) or ".", os.path.basename(erm_dir.rstrip("/")))
+  ctx = Context(cfg=cfg, workdir=workdir, table=table, mesh=shd.make_mesh(), dirs=folders)
+  erm_res = erm.load(ctx, folders["erm"])
+  selection = select.load(ctx, folders["select"])
+  masks = segment.load(ctx, folders["segment"]).masks
+  tokens = invert.load(ctx, folders["invert"])
+  kept = prune_stage.load(ctx, folders["prune"]).table
+  both = concat(table, kept, second_split=GENERATED)
+  ddb_vars = loop.load_best_variables(retrain.retrain_config(cfg), both, folders["retrain"])
+
+  got = reinpaint(ctx, tokens, selection, masks, int(n_samples))
+  edits = np.stack([kept.image(i) for i in range(len(kept))]) if len(kept) else got["real"][:0]
+  sets = {"real": (got["real"], got["real_y"]), "edit": (edits, np.asarray(kept.y)),
+          "reinpaint": (got["reinpaint"], got["reinpaint_y"])}
+  models = {"erm": (erm_res.model, erm_res.variables), "ddb": (erm_res.model, ddb_vars)}
+  acc = evaluate(cfg, ctx.mesh, models, sets, table.num_classes)
+
+  names = list(table.class_names or [str(c) for c in range(table.num_classes)])
+  rows = []
+  for kind in KINDS:
+    for name in models:
+      a = acc[name][kind]
+      rows.append([KIND_TEXT[kind], name.upper(), a["n"], a["all"]] + list(a["per_class"]))
+  title = f"Classifier accuracy on real images, edits and same-class re-inpaints ({workdir})"
+  print_table(title, ["images", "model", "n", "accuracy"] + [f"class {n}" for n in names], rows)
+  rel = reliance(acc)
+  print("accuracy on real images minus on same-class re-inpaints: "
+        + ", ".join(f"{m.upper()} {v:+.3f}" for m, v in rel.items() if v is not None))
+  out_dir = os.path.join(workdir, "artefact")
+  record = {"accuracy": acc, "real_minus_reinpaint": rel, "n_samples": int(n_samples), "class_names": names,
+            "label_of": {"real": "own class", "edit": "new class", "reinpaint": "own class"}}
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    _picture(os.path.join(out_dir, "artefact.png"), sets, table.num_classes)
+    loop.write_json_atomic(os.path.join(out_dir, "artefact.json"), record)
+  return record
+
+
+def _arguments(p) -> None:
+  p.add_argument("--erm", default="", help="the run's ERM folder (default: WORKDIR/erm)")
+  p.add_argument("--n-samples", type=int, default=1, help="re-inpaints per selected image")
+
+
+def main(argv) -> int:
+  from spurjax.config_util import config_from, parse_command
+  args, overrides = parse_command(argv, "spurjax bench artefact", workdir=True, add_arguments=_arguments)
+  run(config_from(args.config, overrides), args.workdir, erm_dir=args.erm, n_samples=args.n_samples)
+  return 0
