@@ -105,6 +105,8 @@ def test_bench_artefact_on_a_finished_run(tmp_path, prior_dir, capsys):
   assert not (work / "artefact").exists()
   assert cli.main(args) == 0
   rep = json.load(open(work / "report.json"))
+  assert cli.main(["bench", "artefact"] + args[1:] + ["--erm", str(tmp_path / "nowhere")]) == 2
+  assert "nowhere: no finished 'erm' stage (give the run's ERM folder with --erm)" in capsys.readouterr().err
   assert cli.main(["bench", "artefact"] + args[1:] + ["--n-samples", "2"]) == 0
   out = capsys.readouterr().out
   assert "same-class re-inpaints" in out and "accuracy on real images minus on same-class re-inpaints" in out

@@ -44,10 +44,9 @@ def reliance(acc: dict) -> dict:
   return out
 
 
-def _stage_folder(workdir: str, name: str) -> str:
-  folder = os.path.join(workdir, name)
+def _stage_folder(folder: str, name: str, hint: str = "run `spurjax run` with this workdir first") -> str:
   if not os.path.isfile(os.path.join(folder, "stage.json")):
-    raise SpurjaxError(f"{folder}: no finished '{name}' stage (run `spurjax run` with this workdir first)")
+    raise SpurjaxError(f"{folder}: no finished '{name}' stage ({hint})")
   return folder
 
 
@@ -128,8 +127,9 @@ def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1) -> dict:
     raise SpurjaxError(f"--n-samples {n_samples!r} must be a positive integer")
   table = load_table(cfg.data)
   erm_dir = erm_dir or os.path.join(workdir, "erm")
-  folders = {name: _stage_folder(workdir, name) for name in ("select", "segment", "invert", "prune", "retrain")}
-  folders["erm"] = _stage_folder(os.path.dirname(erm_dir.rstrip("/")) or ".", os.path.basename(erm_dir.rstrip("/")))
+  folders = {name: _stage_folder(os.path.join(workdir, name), name)
+             for name in ("select", "segment", "invert", "prune", "retrain")}
+  folders["erm"] = _stage_folder(erm_dir, "erm", "give the run's ERM folder with --erm")
   ctx = Context(cfg=cfg, workdir=workdir, table=table, mesh=shd.make_mesh(), dirs=folders)
   erm_res = erm.load(ctx, folders["erm"])
   selection = select.load(ctx, folders["select"])
