@@ -3,9 +3,10 @@ import json
 import os
 
 import jax
+import numpy as np
 import pytest
 
-from spurjax import cli
+from spurjax import cli, sharding
 from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
 
 pytest.importorskip("transformers")
@@ -97,17 +98,38 @@ def test_artefact_accuracy_helpers():
   assert artefact.reliance(acc) == {"ddb": 0.25, "erm": None}
 
 
-def test_bench_artefact_on_a_finished_run(tmp_path, prior_dir, capsys):
+def test_bench_artefact_on_a_finished_run(tmp_path, prior_dir, capsys, monkeypatch):
   data, work = tmp_path / "data", tmp_path / "r"
   args = _args(work, data, prior_dir)
   assert cli.main(["bench", "artefact"] + args[1:]) == 2          # nothing has run there yet
-  assert "no finished 'select' stage" in capsys.readouterr().err
+  assert "r/erm: no finished 'erm' stage (give the run's ERM folder with --erm)" in capsys.readouterr().err
   assert not (work / "artefact").exists()
   assert cli.main(args) == 0
   rep = json.load(open(work / "report.json"))
   assert cli.main(["bench", "artefact"] + args[1:] + ["--erm", str(tmp_path / "nowhere")]) == 2
   assert "nowhere: no finished 'erm' stage (give the run's ERM folder with --erm)" in capsys.readouterr().err
-  assert cli.main(["bench", "artefact"] + args[1:] + ["--n-samples", "2"]) == 0
+  os.rename(work / "select", tmp_path / "elsewhere_select")   # a stage shared with another run
+  assert cli.main(["bench", "artefact"] + args[1:]) == 2
+  assert "r/select: no finished 'select' stage" in capsys.readouterr().err
+  os.makedirs(tmp_path / "shared")
+  os.rename(tmp_path / "elsewhere_select", tmp_path / "shared" / "select")
+  shared = ["--shared", str(tmp_path / "shared")]
+  # A setting the run was not made with is named, before any work.
+  assert cli.main(["bench", "artefact"] + args[1:] + shared + ["--config.ddb.prune_threshold=1e9"]) == 2
+  err = capsys.readouterr().err
+  assert "prune: the 'prune' stage does not match the config given (changed ddb.prune_threshold)" in err
+  assert not (work / "artefact").exists()
+  from spurjax.ddb import inpaint
+  real, calls = inpaint.make_counterfactuals, []
+
+  def spy(*a, **k):
+    out = real(*a, **k)
+    calls.append((k.get("same_class"), out["source_class"].tolist(), out["target_class"].tolist()))
+    return out
+
+  monkeypatch.setattr(inpaint, "make_counterfactuals", spy)
+  assert cli.main(["bench", "artefact"] + args[1:] + shared + ["--n-samples", "2"]) == 0
+  assert len(calls) == 1 and calls[0][0] is True and calls[0][1] == calls[0][2] == [0] * 6 + [1] * 6
   out = capsys.readouterr().out
   assert "same-class re-inpaints" in out and "accuracy on real images minus on same-class re-inpaints" in out
   rec = json.load(open(work / "artefact" / "artefact.json"))
@@ -119,4 +141,18 @@ def test_bench_artefact_on_a_finished_run(tmp_path, prior_dir, capsys):
     for kind in ("real", "reinpaint"):
       assert 0.0 <= got[kind]["all"] <= 1.0 and len(got[kind]["per_class"]) == 2
     assert rec["real_minus_reinpaint"][model] == got["real"]["all"] - got["reinpaint"]["all"]
+  # The real images are scored as the run scores its own: ERM on them agrees with a direct prediction.
+  from spurjax.config_util import config_from
+  from spurjax.context import Context
+  from spurjax.data import load_table
+  from spurjax.ddb import select
+  from spurjax.train import erm, loop
+  cfg = config_from("configs/synth.py:tiny", args[args.index("--workdir") + 2:])
+  table = load_table(cfg.data)
+  ctx = Context(cfg=cfg, workdir=str(work), table=table, mesh=None)
+  sel = select.load(ctx, str(tmp_path / "shared" / "select")).selected
+  idx = np.concatenate([np.asarray(sel[c]) for c in sorted(sel)])
+  e = erm.load(ctx, str(work / "erm"))
+  pred = loop.predict(cfg, e.model, e.variables, ctx.sources["eval"], table, idx, sharding.make_mesh()).argmax(-1)
+  assert rec["accuracy"]["erm"]["real"]["all"] == pytest.approx(float(np.mean(pred == table.y[idx])))
   assert os.path.isfile(work / "artefact" / "artefact.png")

@@ -8,18 +8,24 @@ generator's traces (the repainted square, its texture). The ERM and the retraine
 are scored on the real images, on the run's kept counterfactual edits (label: the new class) and on
 the re-inpaints (label: the source class). A classifier that reads the object gets the re-inpaints
 about as right as the real images; one that learned "repainted region in this scene = the edit's
-class" calls them the other class. Give the run's own config: the stages' artefacts are read from
-the run's folders as they are.
+class" calls them the other class.
 
-Writes `W/artefact/artefact.json` and `W/artefact/artefact.png` (rows per class: real images,
-counterfactual edits, same-class re-inpaints).
+Give the run's own config and overrides (for a `bench methods` run: `--config.seed=<k>` and any
+`--config.*` it was given): every stage folder's fingerprint is checked against them, and a
+mismatch is a one-line error naming the folder and the setting. The re-inpaints use the run's
+inpainting settings with seed `cfg.seed + 1` (fresh noise) and `--n-samples` per image. Stages
+that the run shared with another (`bench methods`' `ddb_nolabels` keeps its select .. prune in
+`W/ddb/seed<k>`) are found with `--shared DIR`.
+
+Writes `W/artefact/artefact.json` and `W/artefact/artefact.png`: per class c three rows, the real
+selected images of class c, the kept edits labelled c (drawn into the other class's scenes) and
+the same-class re-inpaints of class c.
 """
 from __future__ import annotations
 
 import json
 import os
 
-import jax
 import numpy as np
 
 from spurjax.errors import SpurjaxError
@@ -44,14 +50,46 @@ def reliance(acc: dict) -> dict:
   return out
 
 
-def _stage_folder(folder: str, name: str, hint: str = "run `spurjax run` with this workdir first") -> str:
-  if not os.path.isfile(os.path.join(folder, "stage.json")):
-    raise SpurjaxError(f"{folder}: no finished '{name}' stage ({hint})")
-  return folder
+STAGE_NAMES = ("erm", "select", "segment", "invert", "inpaint", "prune", "retrain")
+
+
+def stage_folders(workdir: str, erm_dir: str = "", shared: str = "") -> dict:
+  """{stage: folder} of a finished run: `workdir/<stage>`, else `shared/<stage>`; ERM from `erm_dir`."""
+  folders = {}
+  for name in STAGE_NAMES:
+    if name == "erm":
+      where = [erm_dir or os.path.join(workdir, "erm")]
+      hint = "give the run's ERM folder with --erm"
+    else:
+      where = [os.path.join(workdir, name)] + ([os.path.join(shared, name)] if shared else [])
+      hint = "run `spurjax run` with this workdir first" + ("" if shared else ", or give --shared DIR")
+    found = [f for f in where if os.path.isfile(os.path.join(f, "stage.json"))]
+    if not found:
+      raise SpurjaxError(f"{where[0]}: no finished '{name}' stage ({hint})")
+    folders[name] = found[0]
+  return folders
+
+
+def check_fingerprints(ctx) -> None:
+  """Every stage folder was made with the settings in `ctx.cfg` (a one-line error naming the first that was not)."""
+  from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
+  from spurjax.stages import _why, fingerprint, read_stage_file
+  from spurjax.train import erm
+  fps = {}
+  for stage in (erm.STAGE, select.STAGE, segment.STAGE, invert.STAGE, inpaint.STAGE, prune_stage.STAGE,
+                retrain.STAGE):
+    folder = ctx.stage_dir(stage.name)
+    fp, record = fingerprint(stage, ctx, fps)
+    old = read_stage_file(folder)
+    if old is None or old.get("fingerprint") != fp or not old.get("complete", True):
+      why = "unfinished" if old and old.get("fingerprint") == fp else _why(old, record)
+      raise SpurjaxError(f"{folder}: the '{stage.name}' stage does not match the config given ({why}); give the "
+                         "run's config and overrides")
+    fps[stage.name] = fp
 
 
 def reinpaint(ctx, tokens, selection, masks, n_samples: int) -> dict:
-  """Same-class re-inpaints of every selected image with the run's inpainting settings."""
+  """Same-class re-inpaints of every selected image: the run's inpainting settings, seed cfg.seed + 1."""
   from spurjax.ddb import inpaint
   from spurjax.ddb.nouns import nouns_for
   from spurjax.ddb.select import selected_indices
@@ -75,17 +113,22 @@ def reinpaint(ctx, tokens, selection, masks, n_samples: int) -> dict:
       batch_size=int(d.inpaint_batch_size), num_classes=int(ctx.table.num_classes), paste=bool(d.inpaint_paste),
       desc="re-inpaint", attributes=tuple(d.get("attributes", ())), eta=float(d.get("inpaint_eta", 0.0)),
       same_class=True)
-  src = out["source"]
-  return {"real": images, "real_y": np.asarray(classes), "real_index": np.asarray(indices),
-          "reinpaint": np.round(out["images"] * 255.0).astype(np.uint8), "reinpaint_y": out["source_class"],
-          "reinpaint_index": np.asarray(indices)[src]}
+  if not np.array_equal(out["source_class"], out["target_class"]):
+    raise SpurjaxError("bench artefact: a re-inpaint changed its class")  # the label below is the source class
+  return {"real": images, "real_y": np.asarray(classes),
+          "reinpaint": np.round(out["images"] * 255.0).astype(np.uint8), "reinpaint_y": out["source_class"]}
 
 
 def evaluate(cfg, mesh, models: dict, sets: dict, num_classes: int) -> dict:
-  """{model: {kind: {"all": acc, "per_class": [...], "n": n}}} of every model on every image set."""
+  """{model: {kind: {"all": acc, "per_class": [...], "n": n}}} of every model on every image set.
+
+  The images are base images (the eval source's: already centre-cropped and resized), so only the
+  eval view (the centre crop to `image_size`) is applied, as for the run's own test images."""
+  import dataclasses
   from spurjax.bench.prior import memory_table
   from spurjax.data.pipeline import ImageSource
   from spurjax.train import loop
+  pp = dataclasses.replace(loop.preprocess_from_config(cfg), center_crop=None)
   out = {}
   for name, (model, variables) in models.items():
     out[name] = {}
@@ -94,7 +137,7 @@ def evaluate(cfg, mesh, models: dict, sets: dict, num_classes: int) -> dict:
         out[name][kind] = {"all": None, "per_class": [None] * num_classes, "n": 0}
         continue
       tab = memory_table(images, labels, np.zeros(len(images), np.int32), num_classes, 1)
-      src = ImageSource(tab, loop.preprocess_from_config(cfg))
+      src = ImageSource(tab, pp)
       pred = loop.predict(cfg, model, variables, src, tab, np.arange(len(tab)), mesh).argmax(-1)
       out[name][kind] = {"all": float(np.mean(pred == labels)), "per_class": class_accuracy(pred, labels, num_classes),
                          "n": int(len(images))}
@@ -114,7 +157,8 @@ def _picture(path: str, sets: dict, num_classes: int, per_row: int = 8) -> None:
   save_grid(path, np.concatenate(rows), cols=per_row)
 
 
-def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1) -> dict:
+def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1, shared: str = "") -> dict:
+  from spurjax import distributed
   from spurjax import sharding as shd
   from spurjax.bench.common import print_table
   from spurjax.context import Context
@@ -125,12 +169,13 @@ def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1) -> dict:
 
   if isinstance(n_samples, bool) or int(n_samples) < 1:
     raise SpurjaxError(f"--n-samples {n_samples!r} must be a positive integer")
+  if str(cfg.ddb.generator) != "diffusion":
+    raise SpurjaxError(f"bench artefact: config ddb.generator={str(cfg.ddb.generator)!r}: there is no diffusion "
+                       "model to re-inpaint with")
+  folders = stage_folders(workdir, erm_dir, shared)
   table = load_table(cfg.data)
-  erm_dir = erm_dir or os.path.join(workdir, "erm")
-  folders = {name: _stage_folder(os.path.join(workdir, name), name)
-             for name in ("select", "segment", "invert", "prune", "retrain")}
-  folders["erm"] = _stage_folder(erm_dir, "erm", "give the run's ERM folder with --erm")
   ctx = Context(cfg=cfg, workdir=workdir, table=table, mesh=shd.make_mesh(), dirs=folders)
+  check_fingerprints(ctx)
   erm_res = erm.load(ctx, folders["erm"])
   selection = select.load(ctx, folders["select"])
   masks = segment.load(ctx, folders["segment"]).masks
@@ -160,7 +205,7 @@ def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1) -> dict:
   out_dir = os.path.join(workdir, "artefact")
   record = {"accuracy": acc, "real_minus_reinpaint": rel, "n_samples": int(n_samples), "class_names": names,
             "label_of": {"real": "own class", "edit": "new class", "reinpaint": "own class"}}
-  if jax.process_index() == 0:
+  if distributed.is_main():
     os.makedirs(out_dir, exist_ok=True)
     _picture(os.path.join(out_dir, "artefact.png"), sets, table.num_classes)
     loop.write_json_atomic(os.path.join(out_dir, "artefact.json"), record)
@@ -170,10 +215,13 @@ def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1) -> dict:
 def _arguments(p) -> None:
   p.add_argument("--erm", default="", help="the run's ERM folder (default: WORKDIR/erm)")
   p.add_argument("--n-samples", type=int, default=1, help="re-inpaints per selected image")
+  p.add_argument("--shared", default="", help="folder of the stages the run shared with another (bench methods' "
+                 "ddb_nolabels: W/ddb/seed<k>)")
 
 
 def main(argv) -> int:
   from spurjax.config_util import config_from, parse_command
   args, overrides = parse_command(argv, "spurjax bench artefact", workdir=True, add_arguments=_arguments)
-  run(config_from(args.config, overrides), args.workdir, erm_dir=args.erm, n_samples=args.n_samples)
+  run(config_from(args.config, overrides), args.workdir, erm_dir=args.erm, n_samples=args.n_samples,
+      shared=args.shared)
   return 0

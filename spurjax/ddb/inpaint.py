@@ -342,7 +342,8 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
 
   Returns:
     {"images": float32 (M, H, W, 3) in [0, 1], "source": (M,) positions into `images`,
-     "source_class", "target_class" (the labels), "sample"}, M = B x (K - 1) x n_samples.
+     "source_class", "target_class" (the labels), "sample"}, M = B x (K - 1) x n_samples
+    (B x n_samples with `same_class`).
   """
   outs, edits = [], []
   for _, e, imgs in iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens, nouns,
