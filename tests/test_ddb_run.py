@@ -101,6 +101,8 @@ def test_artefact_accuracy_helpers():
 def test_bench_artefact_on_a_finished_run(tmp_path, prior_dir, capsys, monkeypatch):
   data, work = tmp_path / "data", tmp_path / "r"
   args = _args(work, data, prior_dir)
+  assert cli.main(["bench", "artefact"] + args[1:] + ["--method", "jtt"]) == 2
+  assert "--method 'jtt': not a DDB row of bench methods" in capsys.readouterr().err
   assert cli.main(["bench", "artefact"] + args[1:]) == 2          # nothing has run there yet
   assert "r/erm: no finished 'erm' stage (give the run's ERM folder with --erm)" in capsys.readouterr().err
   assert not (work / "artefact").exists()

@@ -10,8 +10,8 @@ the re-inpaints (label: the source class). A classifier that reads the object ge
 about as right as the real images; one that learned "repainted region in this scene = the edit's
 class" calls them the other class.
 
-Give the run's own config and overrides (for a `bench methods` run: `--config.seed=<k>` and any
-`--config.*` it was given): every stage folder's fingerprint is checked against them, and a
+Give the run's own config and overrides (for a `bench methods` run: `--method <row>`,
+`--config.seed=<k>` and any `--config.*` it was given): every stage folder's fingerprint is checked against them, and a
 mismatch is a one-line error naming the folder and the setting. The re-inpaints use the run's
 inpainting settings with seed `cfg.seed + 1` (fresh noise) and `--n-samples` per image. Stages
 that the run shared with another (`bench methods`' `ddb_nolabels` keeps its select .. prune in
@@ -212,9 +212,21 @@ def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1, shared: str = 
   return record
 
 
+def methods_config(spec: str, method: str, overrides):
+  """The config `bench methods` runs DDB row `method` with (before its seed: give --config.seed=<k>)."""
+  from spurjax.baselines import hparams
+  from spurjax.bench.methods import DDB_VARIANTS, _with
+  from spurjax.config_util import load_config
+  if method not in DDB_VARIANTS:
+    raise SpurjaxError(f"--method {method!r}: not a DDB row of bench methods ({', '.join(DDB_VARIANTS)})")
+  return _with(hparams.method_config(load_config(spec), "erm", overrides), DDB_VARIANTS[method])
+
+
 def _arguments(p) -> None:
   p.add_argument("--erm", default="", help="the run's ERM folder (default: WORKDIR/erm)")
   p.add_argument("--n-samples", type=int, default=1, help="re-inpaints per selected image")
+  p.add_argument("--method", default="", help="a DDB row of `bench methods` (ddb, ddb_nolabels, ...): the config is "
+                 "built as that command builds it (the ERM row's settings, then the overrides, then the row's)")
   p.add_argument("--shared", default="", help="folder of the stages the run shared with another (bench methods' "
                  "ddb_nolabels: W/ddb/seed<k>)")
 
@@ -222,6 +234,6 @@ def _arguments(p) -> None:
 def main(argv) -> int:
   from spurjax.config_util import config_from, parse_command
   args, overrides = parse_command(argv, "spurjax bench artefact", workdir=True, add_arguments=_arguments)
-  run(config_from(args.config, overrides), args.workdir, erm_dir=args.erm, n_samples=args.n_samples,
+  run(methods_config(args.config, args.method, overrides) if args.method else config_from(args.config, overrides), args.workdir, erm_dir=args.erm, n_samples=args.n_samples,
       shared=args.shared)
   return 0
