@@ -91,10 +91,10 @@ def test_plan_edits_same_class_keeps_the_label():
 
 
 def test_artefact_accuracy_helpers():
-  import numpy as np
   from spurjax.bench import artefact
   assert artefact.class_accuracy(np.array([0, 1, 1, 0]), np.array([0, 0, 1, 1]), 3) == [0.5, 0.5, None]
-  acc = {"ddb": {"real": {"all": 1.0}, "reinpaint": {"all": 0.75}}, "erm": {"real": {"all": None}, "reinpaint": {"all": 1.0}}}
+  acc = {"ddb": {"real": {"all": 1.0}, "reinpaint": {"all": 0.75}},
+         "erm": {"real": {"all": None}, "reinpaint": {"all": 1.0}}}
   assert artefact.reliance(acc) == {"ddb": 0.25, "erm": None}
 
 

@@ -1,6 +1,7 @@
 """`spurjax bench artefact`: does a finished DDB run's classifier read the generator's artefacts?
 
-  spurjax bench artefact --config configs/synth.py --workdir runs/synth [--erm DIR] [--n-samples N]
+  spurjax bench artefact --config configs/synth.py --workdir runs/synth [--erm DIR] [--shared DIR]
+      [--method ddb|ddb_nolabels|...] [--n-samples N] [--config.key=value ...]
 
 Each selected majority image is repainted through its own mask with its *own* class's prompt (and
 token), with the run's inpainting settings: a same-class re-inpaint keeps the label and carries the
@@ -11,9 +12,9 @@ about as right as the real images; one that learned "repainted region in this sc
 class" calls them the other class.
 
 Give the run's own config and overrides (for a `bench methods` run: `--method <row>`,
-`--config.seed=<k>` and any `--config.*` it was given): every stage folder's fingerprint is checked against them, and a
-mismatch is a one-line error naming the folder and the setting. The re-inpaints use the run's
-inpainting settings with seed `cfg.seed + 1` (fresh noise) and `--n-samples` per image. Stages
+`--config.seed=<k>` and any `--config.*` it was given): every stage folder's fingerprint is
+checked against them, and a mismatch is a one-line error naming the folder and the setting. The
+re-inpaints use the run's inpainting settings with seed `cfg.seed + 1` (fresh noise) and `--n-samples` per image. Stages
 that the run shared with another (`bench methods`' `ddb_nolabels` keeps its select .. prune in
 `W/ddb/seed<k>`) are found with `--shared DIR`.
 
@@ -23,7 +24,6 @@ the same-class re-inpaints of class c.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -93,26 +93,16 @@ def reinpaint(ctx, tokens, selection, masks, n_samples: int) -> dict:
   from spurjax.ddb import inpaint
   from spurjax.ddb.nouns import nouns_for
   from spurjax.ddb.select import selected_indices
-  cfg, d = ctx.cfg, ctx.cfg.ddb
   sel = selected_indices(selection)
   indices = [int(i) for c in sorted(sel) for i in sel[c]]
   classes = [c for c in sorted(sel) for _ in sel[c]]
   images = np.stack([ctx.sources["eval"](i) for i in indices])
   stage_masks = inpaint._stage_masks(masks, indices, images.shape[1:3])
-  pipeline = tokens.pipeline
-  if pipeline is None:
-    raise SpurjaxError("bench artefact: the run used the paste generator; there is no diffusion model to re-inpaint with")
-  if ctx.separate_inpainter:
-    from spurjax.diffusion.invert import transfer_tokens
-    pipeline = transfer_tokens(pipeline, ctx.load_inpaint_pipeline(), tokens.embeds_file,
-                               where=(str(cfg.diffusion.path), ctx.inpaint_dir))
   out = inpaint.make_counterfactuals(
-      pipeline, images, stage_masks, classes, tokens.tokens, nouns_for(cfg, ctx.table), n_samples=n_samples,
-      mode=str(d.inpaint_mode), num_steps=int(d.num_steps), guidance_scale=float(d.guidance_scale),
-      seed=int(cfg.seed) + 1, mesh=ctx.mesh, template=str(d.template), sampler=str(d.inpaint_sampler),
-      batch_size=int(d.inpaint_batch_size), num_classes=int(ctx.table.num_classes), paste=bool(d.inpaint_paste),
-      desc="re-inpaint", attributes=tuple(d.get("attributes", ())), eta=float(d.get("inpaint_eta", 0.0)),
-      same_class=True)
+      inpaint.inpaint_pipeline(ctx, tokens), images, stage_masks, classes, tokens.tokens,
+      nouns_for(ctx.cfg, ctx.table),
+      n_samples=n_samples, seed=int(ctx.cfg.seed) + 1, desc="re-inpaint", same_class=True,
+      **inpaint.generator_settings(ctx))
   if not np.array_equal(out["source_class"], out["target_class"]):
     raise SpurjaxError("bench artefact: a re-inpaint changed its class")  # the label below is the source class
   return {"real": images, "real_y": np.asarray(classes),
@@ -234,6 +224,6 @@ def _arguments(p) -> None:
 def main(argv) -> int:
   from spurjax.config_util import config_from, parse_command
   args, overrides = parse_command(argv, "spurjax bench artefact", workdir=True, add_arguments=_arguments)
-  run(methods_config(args.config, args.method, overrides) if args.method else config_from(args.config, overrides), args.workdir, erm_dir=args.erm, n_samples=args.n_samples,
-      shared=args.shared)
+  cfg = methods_config(args.config, args.method, overrides) if args.method else config_from(args.config, overrides)
+  run(cfg, args.workdir, erm_dir=args.erm, n_samples=args.n_samples, shared=args.shared)
   return 0

@@ -460,6 +460,26 @@ def _row(table, i: int, e: Edit, name: str, mask_name: str = "") -> dict:
           "target_class": e.target_class, "sample": e.sample, "file": name, "mask_file": mask_name}
 
 
+def inpaint_pipeline(ctx, tokens):
+  """The pipeline that inpaints: the inverted one, or the second model (`diffusion.inpaint_path`) with the
+  learned token rows moved into its text encoder."""
+  if not ctx.separate_inpainter:
+    return tokens.pipeline
+  from spurjax.diffusion.invert import transfer_tokens
+  return transfer_tokens(tokens.pipeline, ctx.load_inpaint_pipeline(), tokens.embeds_file,
+                         where=(str(ctx.cfg.diffusion.path), ctx.inpaint_dir))
+
+
+def generator_settings(ctx) -> dict:
+  """The `iter_counterfactuals` keywords that the config's `ddb.*` keys set (all but samples and seed)."""
+  d = ctx.cfg.ddb
+  return dict(mode=str(d.inpaint_mode), num_steps=int(d.num_steps), guidance_scale=float(d.guidance_scale),
+              mesh=ctx.mesh, template=str(d.template), sampler=str(d.inpaint_sampler),
+              batch_size=int(d.inpaint_batch_size), num_classes=int(ctx.table.num_classes),
+              paste=bool(d.inpaint_paste), attributes=tuple(d.get("attributes", ())),
+              eta=float(d.get("inpaint_eta", 0.0)))
+
+
 def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) -> list[dict]:
   """The diffusion generator: each edit inpainted with its target class's prompt, chunk by chunk."""
   cfg, table, d = ctx.cfg, ctx.table, ctx.cfg.ddb
@@ -468,19 +488,10 @@ def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) ->
   def done(c, edits):
     return all(os.path.isfile(os.path.join(folder, edit_file(indices[e.source], e))) for e in edits)
 
-  pipeline = tokens.pipeline
-  if ctx.separate_inpainter:   # the learned rows move into the second model's text encoder
-    from spurjax.diffusion.invert import transfer_tokens
-    pipeline = transfer_tokens(tokens.pipeline, ctx.load_inpaint_pipeline(), tokens.embeds_file,
-                               where=(str(ctx.cfg.diffusion.path), ctx.inpaint_dir))
   rows = []
   for _, edits, imgs in iter_counterfactuals(
-      pipeline, images, masks, source_classes, tokens.tokens, nouns_for(cfg, table),
-      n_samples=int(d.n_samples), mode=str(d.inpaint_mode), num_steps=int(d.num_steps),
-      guidance_scale=float(d.guidance_scale), seed=int(cfg.seed), mesh=ctx.mesh, template=str(d.template),
-      sampler=str(d.inpaint_sampler), batch_size=int(d.inpaint_batch_size), num_classes=int(table.num_classes),
-      paste=bool(d.inpaint_paste), skip=done, desc="inpaint", attributes=tuple(d.get("attributes", ())),
-      eta=float(d.get("inpaint_eta", 0.0))):
+      inpaint_pipeline(ctx, tokens), images, masks, source_classes, tokens.tokens, nouns_for(cfg, table),
+      n_samples=int(d.n_samples), seed=int(cfg.seed), skip=done, desc="inpaint", **generator_settings(ctx)):
     for n, e in enumerate(edits):
       i = indices[e.source]
       name = edit_file(i, e)
