@@ -144,6 +144,8 @@ def base_config() -> ml_collections.ConfigDict:
   # retrain: L_train + sum_j gamma_j L_gen,j from the ERM weights
   c.ddb.gammas = (6.0, 10.0)      # loss weight of kept edits per target class (reference code: 6, 10)
   c.ddb.gen_fraction = 0.5        # share of each retraining epoch made of (repeated) kept edits
+  c.ddb.background_weight = 0.0   # >0: selected images with their object erased, once per label at this weight (0: off)
+  c.ddb.background_grow = 2       # px the segment mask grows before erasing
   c.ddb.retrain = ml_collections.ConfigDict()
   c.ddb.retrain.name = "adam"     # paper: Adam, lr 5e-6, 200 epochs, batch 32, selection by val WGA
   c.ddb.retrain.lr = 5e-6

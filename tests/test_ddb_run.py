@@ -56,6 +56,9 @@ def test_run_end_to_end_and_resume(tmp_path, prior_dir, monkeypatch, capsys):
   assert os.path.isfile(tmp_path / "a" / "prune" / "prune_log.csv")
   assert os.path.isfile(tmp_path / "a" / "plots" / "group_accuracy.png")
   assert "DDB" in open(tmp_path / "a" / "report.md").read()
+  assert rep["background_images"] == 2 * 3          # every selected image erased (configs/synth.py turns it on)
+  assert os.path.isfile(tmp_path / "a" / "retrain" / "backgrounds.png")
+  assert "Erased backgrounds" in open(tmp_path / "a" / "report.md").read()
   # The real stages reused as a whole, then a pruning setting redoes pruning and retraining only.
   assert cli.main(_args(tmp_path / "a", data, prior_dir)) == 0
   assert f"stages: reused {stages}\n" in capsys.readouterr().out

@@ -77,13 +77,14 @@ AFTER_SEGMENT = ["segment", "inpaint", "prune", "retrain"]  # nor, by default, i
     ("ddb.n_samples=3", ["inpaint", "prune", "retrain"]),
     ("ddb.prune_threshold=0.5", ["prune", "retrain"]),
     ("ddb.retrain.num_epochs=3", ["retrain"]),
+    ("ddb.background_weight=0", ["retrain"]),
     # The masks use the diffusion model too: the attention masks are scored in segment/iou.json.
     ("diffusion.path={sd_b}", ["segment", "invert", "inpaint", "prune", "retrain"]),
 ])
 def test_a_change_redoes_its_stage_and_everything_downstream(tmp_path, capsys, dry_pipeline, override, want):
   line = _run(tmp_path, capsys)
   assert _redone(line) == list(ORDER) and "reused" not in line
-  assert dry_pipeline[0] == ("erm", []) and dry_pipeline[-1] == ("retrain", ["erm", "prune"])
+  assert dry_pipeline[0] == ("erm", []) and dry_pipeline[-1] == ("retrain", ["erm", "prune", "segment"])
   # Nothing changed: everything reused, nothing computed.
   del dry_pipeline[:]
   line = _run(tmp_path, capsys)

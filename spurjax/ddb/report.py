@@ -46,6 +46,7 @@ def build(ctx, erm_rep: dict, ddb_rep: dict, masks, edits, kept) -> dict:
       "masks": masks.iou,
       "generated_per_class": [int(v) for v in gen],
       "kept_per_class": [int(v) for v in kept_n],
+      "background_images": int(ddb_rep.get("background_images", 0)),
       "passed_probability_criterion": int(crit_psi),
       "passed_attribution_criterion": int(crit_rho),
       "diffusion_path": str(ctx.cfg.diffusion.path),
@@ -83,6 +84,9 @@ def write_markdown(workdir: str, rep: dict, table) -> None:
   L.append("")
   L.append(f"Edits passing the probability criterion (psi < Psi_i): {rep['passed_probability_criterion']}; "
            f"the attribution criterion: {rep['passed_attribution_criterion']}. Log: `prune/prune_log.csv`.")
+  if rep.get("background_images"):
+    L.append(f"Erased backgrounds (selected images without their object, each under every class label): "
+             f"{rep['background_images']}; some are in `retrain/backgrounds.png`.")
   if rep.get("masks"):
     m = rep["masks"]
     L += ["", "## Masks", "", f"Method `{m.get('method')}` on {m.get('num_images')} selected images with true masks; "

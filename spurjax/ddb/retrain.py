@@ -8,26 +8,37 @@ validation worst-group accuracy (`val_wga`, uses validation group labels) or, ne
 labels at all, worst-class validation accuracy (`val_worst_class`). With `ddb.retrain.interpolate`
 the kept model is the best (by the same criterion) of (1 - alpha) * ERM + alpha * retrained over
 the listed alphas and every epoch (WiSE-FT's weight-space ensemble).
+
+With `ddb.background_weight > 0` every selected image also enters with its object erased
+(`spurjax.ddb.erase`), once under each class label at that weight and repeated as often as the
+edits: the scene alone should predict no class.
 """
 from __future__ import annotations
 
 import json
 import os
 
+import jax
 import numpy as np
 
 from spurjax.data.table import GENERATED, TRAIN, Table, concat
+from spurjax.ddb import erase
 from spurjax.errors import SpurjaxError
 from spurjax.stages import Stage
 from spurjax.train.erm import config_keys as erm_keys
-from spurjax.train.loop import TrainSet, fit, interpolation_alphas
+from spurjax.train.loop import TrainSet, fit, interpolation_alphas, write_json_atomic
 
 
-def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float) -> TrainSet:
-  """Train rows (weight 1) plus generated rows [gen_start:] repeated, weighted by gamma of their label."""
+def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float, background_start: int | None = None,
+                background_weight: float = 0.0) -> TrainSet:
+  """Train rows (weight 1) plus generated rows [gen_start:background_start) (the edits) repeated so
+  they make up about `gen_fraction` of the train + edit rows, weighted by gamma of their label; rows
+  [background_start:] (erased backgrounds) are repeated as often as the edits, at `background_weight`."""
   train_idx = table.indices(TRAIN)
   gen_idx = np.nonzero(table.split == GENERATED)[0]
   gen_idx = gen_idx[gen_idx >= gen_start]
+  bg_idx = gen_idx[gen_idx >= background_start] if background_start is not None else gen_idx[:0]
+  gen_idx = gen_idx[:len(gen_idx) - len(bg_idx)]
   if len(gen_idx) == 0:
     return TrainSet.from_table(table, train_idx)
   gammas = np.asarray(gammas, np.float32).reshape(-1)
@@ -38,17 +49,40 @@ def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float) -> Tr
   f = float(gen_fraction)
   target = f / max(1e-6, 1 - f) * len(train_idx)
   repeat = max(1, int(round(target / len(gen_idx))))
-  idx = np.concatenate([train_idx, np.tile(gen_idx, repeat)])
-  w = np.concatenate([np.ones(len(train_idx), np.float32), np.tile(gammas[table.y[gen_idx]], repeat)])
+  idx = np.concatenate([train_idx, np.tile(gen_idx, repeat), np.tile(bg_idx, repeat)])
+  w = np.concatenate([np.ones(len(train_idx), np.float32), np.tile(gammas[table.y[gen_idx]], repeat),
+                      np.full(len(bg_idx) * repeat, float(background_weight), np.float32)])
   return TrainSet.from_table(table, idx, w)
 
 
-def retrain(cfg, table: Table, kept: Table, erm_variables, workdir: str, hooks=(), mesh=None) -> dict:
-  """Core: fits on table's train split + `kept` (as generated rows) from the ERM weights; returns the report."""
+def retrain(cfg, table: Table, kept: Table, erm_variables, workdir: str, hooks=(), mesh=None,
+            backgrounds: Table | None = None) -> dict:
+  """Core: fits on table's train split + `kept` (as generated rows) + optional erased `backgrounds` from
+  the ERM weights; returns the report."""
   both = concat(table, kept, second_split=GENERATED)
-  ts = retrain_set(both, len(table), cfg.ddb.gammas, cfg.ddb.gen_fraction)
-  return fit(retrain_config(cfg), both, workdir, train_set=ts, init_vars=erm_variables, hooks=hooks, mesh=mesh,
-             name="retrain")
+  bg_start, bg_weight = None, 0.0
+  if backgrounds is not None and len(backgrounds):
+    bg_start, bg_weight = len(both), float(cfg.ddb.background_weight)
+    both = concat(both, backgrounds, second_split=GENERATED)
+  ts = retrain_set(both, len(table), cfg.ddb.gammas, cfg.ddb.gen_fraction, bg_start, bg_weight)
+  rep = fit(retrain_config(cfg), both, workdir, train_set=ts, init_vars=erm_variables, hooks=hooks, mesh=mesh,
+            name="retrain")
+  rep["background_images"] = 0 if bg_start is None else len(backgrounds) // max(1, table.num_classes)
+  if jax.process_index() == 0:
+    write_json_atomic(os.path.join(workdir, "report.json"), rep)
+    if bg_start is not None:
+      save_background_grid(os.path.join(workdir, "backgrounds.png"), backgrounds, table.num_classes)
+  return rep
+
+
+def save_background_grid(path: str, backgrounds: Table, num_classes: int, n: int = 16) -> None:
+  """Up to `n` erased backgrounds side by side (one row of 8 per 8 images)."""
+  from spurjax.data.images import save_png
+  imgs = [np.asarray(backgrounds.image(r)) for r in range(0, min(len(backgrounds), n * num_classes), num_classes)]
+  per_row = 8
+  imgs += [np.zeros_like(imgs[0])] * (-len(imgs) % per_row)
+  rows = [np.concatenate(imgs[i:i + per_row], axis=1) for i in range(0, len(imgs), per_row)]
+  save_png(path, np.concatenate(rows, axis=0))
 
 
 def retrain_config(cfg):
@@ -66,13 +100,29 @@ def retrain_config(cfg):
 
 
 def check_config(ctx) -> None:
-  """Before any work: `ddb.retrain.interpolate` is a list of alphas in (0, 1] with a validation criterion."""
+  """Before any work: `ddb.retrain.interpolate` is a list of alphas in (0, 1] with a validation criterion,
+  and `ddb.background_weight` / `background_grow` are not negative."""
   rcfg = retrain_config(ctx.cfg)
   interpolation_alphas(rcfg, rcfg.train.get("select", "val_wga"), True, key="ddb.retrain.interpolate")
+  d = ctx.cfg.ddb
+  if float(d.get("background_weight", 0.0)) < 0:
+    raise SpurjaxError(f"config ddb.background_weight = {d.background_weight}: must be >= 0 (0: off)")
+  if int(d.get("background_grow", 0)) < 0:
+    raise SpurjaxError(f"config ddb.background_grow = {d.background_grow}: must be >= 0")
+
+
+def backgrounds(ctx, masks) -> Table | None:
+  """The erased selected images (`spurjax.ddb.erase`) when `ddb.background_weight > 0`, else None."""
+  if float(ctx.cfg.ddb.get("background_weight", 0.0)) <= 0:
+    return None
+  raw = masks.raw
+  images = {i: ctx.sources["eval"](i) for i in raw}
+  return erase.background_table(ctx.table, images, raw, int(ctx.cfg.ddb.background_grow))
 
 
 def compute(ctx, inputs, folder: str) -> None:
-  retrain(ctx.cfg, ctx.table, inputs["prune"].table, inputs["erm"].variables, folder, hooks=ctx.hooks, mesh=ctx.mesh)
+  retrain(ctx.cfg, ctx.table, inputs["prune"].table, inputs["erm"].variables, folder, hooks=ctx.hooks, mesh=ctx.mesh,
+          backgrounds=backgrounds(ctx, inputs["segment"]))
 
 
 def load(ctx, folder: str) -> dict:
@@ -80,6 +130,7 @@ def load(ctx, folder: str) -> dict:
     return json.load(f)
 
 
-STAGE = Stage(name="retrain", upstream=("erm", "prune"),
-              keys=lambda cfg: erm_keys(cfg) + ["ddb.gammas", "ddb.gen_fraction", "ddb.retrain"],
+STAGE = Stage(name="retrain", upstream=("erm", "segment", "prune"),
+              keys=lambda cfg: erm_keys(cfg) + ["ddb.gammas", "ddb.gen_fraction", "ddb.retrain", "ddb.background_weight",
+                                                "ddb.background_grow"],
               compute=compute, load=load)
