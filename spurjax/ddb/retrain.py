@@ -76,9 +76,12 @@ def retrain(cfg, table: Table, kept: Table, erm_variables, workdir: str, hooks=(
 
 
 def save_background_grid(path: str, backgrounds: Table, num_classes: int, n: int = 16) -> None:
-  """Up to `n` erased backgrounds side by side (one row of 8 per 8 images)."""
+  """Up to `n` erased backgrounds, evenly spaced over the selected images (so every class's scenes show),
+  in rows of 8."""
   from spurjax.data.images import save_png
-  imgs = [np.asarray(backgrounds.image(r)) for r in range(0, min(len(backgrounds), n * num_classes), num_classes)]
+  count = len(backgrounds) // max(1, num_classes)
+  picks = np.unique(np.linspace(0, count - 1, min(n, count)).round().astype(int))
+  imgs = [np.asarray(backgrounds.image(int(p) * num_classes)) for p in picks]
   per_row = 8
   imgs += [np.zeros_like(imgs[0])] * (-len(imgs) % per_row)
   rows = [np.concatenate(imgs[i:i + per_row], axis=1) for i in range(0, len(imgs), per_row)]
