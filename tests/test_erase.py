@@ -57,6 +57,12 @@ def test_background_table_has_one_row_per_class_and_no_group_label():
   np.testing.assert_array_equal(bg.image(k), erase_object(img, obj, 1))
   with pytest.raises(SpurjaxError, match="table index 5"):
     background_table(table, {}, {5: obj})
+  # nothing to erase (the object would stay under every label) or no scene left: skipped
+  full = np.ones_like(obj)
+  full[0, 0] = False                          # whole once grown by 1 px
+  bg = background_table(table, {1: img, 2: img, 7: img}, {1: np.zeros_like(obj), 2: full, 7: obj}, grow=1)
+  assert len(bg) == k
+  np.testing.assert_array_equal(bg.image(0), erase_object(img, obj, 1))
 
 
 def test_retrain_set_repeats_backgrounds_like_the_edits_at_their_weight():
@@ -76,3 +82,17 @@ def test_retrain_set_repeats_backgrounds_like_the_edits_at_their_weight():
   assert is_bg.sum() == 2 * reps and np.all(ts.weights[is_bg] == np.float32(0.7))
   np.testing.assert_array_equal(np.bincount(ts.labels[is_bg]), [reps, reps])   # each scene under both labels
   np.testing.assert_array_equal(ts.weights[is_edit], 2.0)
+
+
+def test_retrain_set_without_kept_edits_still_trains_on_the_backgrounds():
+  table = toy_table()
+  img, obj = _scene()
+  from test_retrain import _gen
+  edits = concat(table, _gen((0, 0)), second_split=GENERATED)
+  bg = background_table(table, {0: img, 1: img[::-1]}, {0: obj, 1: obj[::-1]})
+  both = concat(edits, bg, second_split=GENERATED)
+  ts = retrain_set(both, len(table), (2.0, 2.0), 0.5, background_start=len(edits), background_weight=1.5)
+  is_bg = ts.indices >= len(edits)
+  n_train = len(table.indices("train"))
+  assert (~is_bg).sum() == n_train and is_bg.sum() == 4 * round(n_train / 4)
+  assert np.all(ts.weights[is_bg] == np.float32(1.5))

@@ -56,12 +56,19 @@ def erase_object(image: np.ndarray, mask: np.ndarray, grow: int = 2) -> np.ndarr
 
 def background_table(table: Table, images: dict, masks: dict, grow: int = 2) -> Table:
   """Generated rows: for each table index in `masks` (sorted), `images[i]` with its object erased, once
-  per class label. Attribute (`place`) 0 on every row: nothing here reads a group label."""
+  per class label. An empty mask (nothing to erase: the image would keep its object) or one that covers
+  the whole image once grown (no scene left) is skipped. Attribute (`place`) 0 on every row: nothing
+  here reads a group label."""
   indices = sorted(int(i) for i in masks)
   missing = [i for i in indices if i not in images]
   if missing:
     raise SpurjaxError(f"erase: no image for table index {missing[0]}")
-  erased = [erase_object(images[i], masks[i], grow) for i in indices]
+  erased = []
+  for i in indices:
+    m = np.asarray(masks[i], bool)
+    grown = ndimage.binary_dilation(m, iterations=int(grow)) if grow > 0 and m.any() else m
+    if m.any() and not grown.all():
+      erased.append(erase_object(images[i], m, grow))
   k = int(table.num_classes)
   refs = [n for n in range(len(erased)) for _ in range(k)]
   y = np.tile(np.arange(k, dtype=np.int32), len(erased))

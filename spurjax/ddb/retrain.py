@@ -33,13 +33,15 @@ def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float, backg
                 background_weight: float = 0.0) -> TrainSet:
   """Train rows (weight 1) plus generated rows [gen_start:background_start) (the edits) repeated so
   they make up about `gen_fraction` of the train + edit rows, weighted by gamma of their label; rows
-  [background_start:] (erased backgrounds) are repeated as often as the edits, at `background_weight`."""
+  [background_start:] (erased backgrounds) are repeated as often as the edits (with no kept edits, as often
+  as edits of their number would be), at `background_weight`."""
   train_idx = table.indices(TRAIN)
   gen_idx = np.nonzero(table.split == GENERATED)[0]
   gen_idx = gen_idx[gen_idx >= gen_start]
   bg_idx = gen_idx[gen_idx >= background_start] if background_start is not None else gen_idx[:0]
   gen_idx = gen_idx[:len(gen_idx) - len(bg_idx)]
-  if len(gen_idx) == 0:
+  anchor = len(gen_idx) or len(bg_idx)      # no kept edits: the backgrounds take their share
+  if anchor == 0:
     return TrainSet.from_table(table, train_idx)
   gammas = np.asarray(gammas, np.float32).reshape(-1)
   if len(gammas) == 0:
@@ -48,7 +50,7 @@ def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float, backg
     gammas = np.concatenate([gammas, np.full(table.num_classes - len(gammas), gammas[-1], np.float32)])
   f = float(gen_fraction)
   target = f / max(1e-6, 1 - f) * len(train_idx)
-  repeat = max(1, int(round(target / len(gen_idx))))
+  repeat = max(1, int(round(target / anchor)))
   idx = np.concatenate([train_idx, np.tile(gen_idx, repeat), np.tile(bg_idx, repeat)])
   w = np.concatenate([np.ones(len(train_idx), np.float32), np.tile(gammas[table.y[gen_idx]], repeat),
                       np.full(len(bg_idx) * repeat, float(background_weight), np.float32)])
@@ -67,10 +69,11 @@ def retrain(cfg, table: Table, kept: Table, erm_variables, workdir: str, hooks=(
   ts = retrain_set(both, len(table), cfg.ddb.gammas, cfg.ddb.gen_fraction, bg_start, bg_weight)
   rep = fit(retrain_config(cfg), both, workdir, train_set=ts, init_vars=erm_variables, hooks=hooks, mesh=mesh,
             name="retrain")
-  rep["background_images"] = 0 if bg_start is None else len(backgrounds) // max(1, table.num_classes)
+  used = bg_start is not None and bool(np.any(ts.indices >= bg_start))   # as trained on, not as built
+  rep["background_images"] = len(backgrounds) // max(1, table.num_classes) if used else 0
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(workdir, "report.json"), rep)
-    if bg_start is not None:
+    if rep["background_images"]:
       save_background_grid(os.path.join(workdir, "backgrounds.png"), backgrounds, table.num_classes)
   return rep
 
@@ -134,6 +137,6 @@ def load(ctx, folder: str) -> dict:
 
 
 STAGE = Stage(name="retrain", upstream=("erm", "segment", "prune"),
-              keys=lambda cfg: erm_keys(cfg) + ["ddb.gammas", "ddb.gen_fraction", "ddb.retrain", "ddb.background_weight",
-                                                "ddb.background_grow"],
+              keys=lambda cfg: erm_keys(cfg) + ["ddb.gammas", "ddb.gen_fraction", "ddb.retrain", "ddb.background_weight"]
+              + (["ddb.background_grow"] if float(cfg.ddb.get("background_weight", 0.0)) > 0 else []),
               compute=compute, load=load)
