@@ -21,14 +21,19 @@ from spurjax.data.table import GENERATED, Table
 from spurjax.errors import SpurjaxError
 
 
+def grown(mask: np.ndarray, grow: int) -> np.ndarray:
+  """`mask` (bool) dilated by `grow` px (an empty mask stays empty)."""
+  mask = np.asarray(mask, bool)
+  return ndimage.binary_dilation(mask, iterations=int(grow)) if grow > 0 and mask.any() else mask
+
+
 def erase_object(image: np.ndarray, mask: np.ndarray, grow: int = 2) -> np.ndarray:
   """`image` (H, W, C) with the pixels of `mask` (H, W; grown by `grow` px) filled with nearby scene texture."""
   image = np.asarray(image)
   mask = np.asarray(mask, bool)
   if mask.shape != image.shape[:2]:
     raise SpurjaxError(f"erase: mask shape {mask.shape} does not match image shape {image.shape[:2]}")
-  if grow > 0 and mask.any():
-    mask = ndimage.binary_dilation(mask, iterations=int(grow))
+  mask = grown(mask, grow)
   if not mask.any():
     return image.copy()
   if mask.all():
@@ -66,8 +71,7 @@ def background_table(table: Table, images: dict, masks: dict, grow: int = 2) -> 
   erased = []
   for i in indices:
     m = np.asarray(masks[i], bool)
-    grown = ndimage.binary_dilation(m, iterations=int(grow)) if grow > 0 and m.any() else m
-    if m.any() and not grown.all():
+    if m.any() and not grown(m, grow).all():
       erased.append(erase_object(images[i], m, grow))
   k = int(table.num_classes)
   refs = [n for n in range(len(erased)) for _ in range(k)]

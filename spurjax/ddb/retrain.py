@@ -79,16 +79,11 @@ def retrain(cfg, table: Table, kept: Table, erm_variables, workdir: str, hooks=(
 
 
 def save_background_grid(path: str, backgrounds: Table, num_classes: int, n: int = 16) -> None:
-  """Up to `n` erased backgrounds, evenly spaced over the selected images (so every class's scenes show),
-  in rows of 8."""
-  from spurjax.data.images import save_png
+  """Up to `n` erased backgrounds, evenly spaced over the selected images (so every class's scenes show)."""
+  from spurjax.bench.prior import save_grid
   count = len(backgrounds) // max(1, num_classes)
   picks = np.unique(np.linspace(0, count - 1, min(n, count)).round().astype(int))
-  imgs = [np.asarray(backgrounds.image(int(p) * num_classes)) for p in picks]
-  per_row = 8
-  imgs += [np.zeros_like(imgs[0])] * (-len(imgs) % per_row)
-  rows = [np.concatenate(imgs[i:i + per_row], axis=1) for i in range(0, len(imgs), per_row)]
-  save_png(path, np.concatenate(rows, axis=0))
+  save_grid(path, np.stack([backgrounds.image(int(p) * num_classes) for p in picks]), cols=8)
 
 
 def retrain_config(cfg):
