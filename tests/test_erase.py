@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from helpers import toy_table
-from spurjax.data.table import GENERATED, concat
+from spurjax.data.table import GENERATED, Table, concat
 from spurjax.ddb.erase import background_table, erase_object
 from spurjax.ddb.retrain import retrain_set
 from spurjax.errors import SpurjaxError
@@ -96,3 +96,18 @@ def test_retrain_set_without_kept_edits_still_trains_on_the_backgrounds():
   n_train = len(table.indices("train"))
   assert (~is_bg).sum() == n_train and is_bg.sum() == 4 * round(n_train / 4)
   assert np.all(ts.weights[is_bg] == np.float32(1.5))
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_generated_rows_are_not_centre_cropped_a_second_time(cache):
+  from spurjax.data.pipeline import ImageSource, Preprocess
+  table = toy_table(size=16)
+  pp = Preprocess(image_size=16, resize=16, center_crop=12)
+  src = ImageSource(table, pp, cache=cache)
+  base = src(0)                                                   # crop 12 of 16, resize back to 16
+  gen = Table(name="gen", refs=[0], y=np.zeros(1, np.int32), place=np.zeros(1, np.int32),
+              split=np.full(1, GENERATED, np.int32), num_classes=2, num_places=2, read_image=lambda r: base)
+  both = concat(table, gen, second_split=GENERATED)
+  out = ImageSource(both, pp, cache=cache)
+  np.testing.assert_array_equal(out(len(table)), base)           # already a base image: kept as it is
+  np.testing.assert_array_equal(out(0), base)                     # dataset rows: cropped and resized as before

@@ -364,3 +364,14 @@ def test_segment_stage_diffedit_with_colour_refinement(tmp_path, mesh, pipe):
     with pytest.raises(SpurjaxError, match=f"ddb.diffedit_refine_band.*{match}"):
       run_stage(bad, segment.STAGE, erm=None, select=SELECTED)
     assert not (tmp_path / "bad" / "segment").exists()
+
+
+def test_report_names_the_masks_iou_and_that_of_their_boxes():
+  from spurjax.ddb.report import masks_line
+  m = {"method": "diffedit", "num_images": 6, "mask_box": "square", "mask_box_grow": 4,
+       "mean_iou": {"diffedit": 0.15, "attention": 0.13}, "mean_iou_raw": {"diffedit": 0.74, "attention": 0.42}}
+  line = masks_line(m)
+  assert "of the masks: diffedit 0.740, attention 0.420; of their squares (grown 4 px" in line
+  assert line.index("0.740") < line.index("0.150")
+  plain = masks_line({**m, "mask_box": "none", "mean_iou": {"given": 1.0}, "mean_iou_raw": {"given": 1.0}})
+  assert "of the masks" not in plain and "mean IoU given 1.000" in plain

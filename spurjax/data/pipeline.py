@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from spurjax import rng as rng_ids
-from spurjax.data.table import Table
+from spurjax.data.table import GENERATED, Table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +103,21 @@ class ImageSource:
       s = pp.resize_to
       arr = np.zeros((len(table), s, s, 3), np.uint8)
       for i in tqdm(idx, desc=f"loading {table.name}", leave=False, mininterval=1.0, disable=len(idx) < 500):
-        arr[i] = base_image(table.image(int(i)), pp)
+        arr[i] = self._base(int(i))
       self._cache = arr
+
+  def _base(self, i: int) -> np.ndarray:
+    """Row i as a base image. Generated rows (DDB's edits, erased backgrounds) were made from base images
+    and are base images already: they are only resized, never centre-cropped a second time."""
+    pp = self.pp
+    if pp.center_crop and self.table.split[i] == GENERATED:
+      pp = dataclasses.replace(pp, center_crop=None)
+    return base_image(self.table.image(i), pp)
 
   def __call__(self, i: int) -> np.ndarray:
     if self._cache is not None:
       return self._cache[i]
-    return base_image(self.table.image(int(i)), self.pp)
+    return self._base(int(i))
 
 
 def _process_slice(n_global: int) -> tuple[int, int]:

@@ -60,6 +60,17 @@ def _pct(v):
   return "n/a" if v is None else f"{100 * v:.1f}"
 
 
+def masks_line(m: dict) -> str:
+  """The report's sentence on the masks (`segment/iou.json`): mean IoU of each method's own masks and, when
+  `ddb.mask_box` replaces them by boxes, of the boxes too (what inpainting repaints)."""
+  fmt = lambda d: ", ".join(f"{k} {v:.3f}" for k, v in (d or {}).items())  # noqa: E731
+  raw, box = m.get("mean_iou_raw") or {}, m.get("mask_box", "none")
+  line = f"Method `{m.get('method')}` on {m.get('num_images')} selected images with true masks; mean IoU "
+  if raw and box not in (None, "none"):
+    line += f"of the masks: {fmt(raw)}; of their {box}s (grown {m.get('mask_box_grow')} px, what is inpainted): "
+  return line + fmt(m.get("mean_iou")) + " (per image: `segment/iou.json`)."
+
+
 def write_markdown(workdir: str, rep: dict, table) -> None:
   L = ["# DDB vs ERM", "", f"Dataset `{table.name}`, diffusion model `{rep['diffusion_path']}`, seed {rep['seed']}.", "",
        "| method | split | worst-group acc | avg acc (train-weighted) | avg acc (plain) | selected by |",
@@ -88,10 +99,7 @@ def write_markdown(workdir: str, rep: dict, table) -> None:
     L.append(f"Erased backgrounds (selected images without their object, each under every class label): "
              f"{rep['background_images']}; some are in `retrain/backgrounds.png`.")
   if rep.get("masks"):
-    m = rep["masks"]
-    L += ["", "## Masks", "", f"Method `{m.get('method')}` on {m.get('num_images')} selected images with true masks; "
-          "mean IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in (m.get("mean_iou") or {}).items())
-          + " (per image: `segment/iou.json`)."]
+    L += ["", "## Masks", "", masks_line(rep["masks"])]
   L += ["", "Averages: *train-weighted* weights each group's accuracy by its share of the training set; *plain* is the "
         "accuracy over all examples.", "", "Plots: `plots/group_accuracy.png`, `plots/edits.png`, `plots/psi_rho.png`."]
   tmp = os.path.join(workdir, "report.md.tmp")
