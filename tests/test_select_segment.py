@@ -373,5 +373,7 @@ def test_report_names_the_masks_iou_and_that_of_their_boxes():
   line = masks_line(m)
   assert "of the masks: diffedit 0.740, attention 0.420; of their squares (grown 4 px" in line
   assert line.index("0.740") < line.index("0.150")
+  assert "of their boxes (grown 4 px, what is inpainted)" in masks_line({**m, "mask_box": "box"})
+  assert "of their squares (grown 4 px): " in masks_line({**m, "method": "given"})
   plain = masks_line({**m, "mask_box": "none", "mean_iou": {"given": 1.0}, "mean_iou_raw": {"given": 1.0}})
   assert "of the masks" not in plain and "mean IoU given 1.000" in plain

@@ -67,7 +67,9 @@ def masks_line(m: dict) -> str:
   raw, box = m.get("mean_iou_raw") or {}, m.get("mask_box", "none")
   line = f"Method `{m.get('method')}` on {m.get('num_images')} selected images with true masks; mean IoU "
   if raw and box not in (None, "none"):
-    line += f"of the masks: {fmt(raw)}; of their {box}s (grown {m.get('mask_box_grow')} px, what is inpainted): "
+    plural = {"box": "boxes"}.get(str(box), f"{box}s")
+    what = "" if m.get("method") == "given" else ", what is inpainted"   # given masks are never boxed
+    line += f"of the masks: {fmt(raw)}; of their {plural} (grown {m.get('mask_box_grow')} px{what}): "
   return line + fmt(m.get("mean_iou")) + " (per image: `segment/iou.json`)."
 
 
