@@ -11,8 +11,8 @@ Erasing needs no generator and no group label: the object's pixels (the segment 
 its box, grown) are filled with the scene texture found at the same place shifted by the object's
 width (then height, then both) where that lands outside the mask, and any pixel still missing takes
 the colour of its nearest unmasked pixel. `spurjax.ddb.paste.erase` (the paste generator's) fills a
-hole smoothly instead; a smooth patch in a textured scene would itself mark where the object was, so
-these rows keep the scene's texture. `grown` dilates 4-connected (paste's `dilate` 8-connected); the
+hole smoothly instead; a smooth patch in a textured scene could itself mark where the object was, so
+these rows keep the scene's texture (the two fills were not compared in retraining). `grown` dilates 4-connected (paste's `dilate` 8-connected); the
 erased-background numbers in README and `configs/synth.py` were measured with it.
 """
 from __future__ import annotations
