@@ -120,7 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.mask_box = "none"         # predicted masks: none | box (their bounding box) | square (the square around it)
   c.ddb.mask_box_grow = 0         # pixels added on every side of that box
   # inpaint: the other classes' tokens painted into each selected image's mask
-  c.ddb.generator = "diffusion"   # diffusion | paste (another selected image's object cut by its mask and pasted)
+  # diffusion | paste (another selected image's object cut by its mask and pasted) | redraw (the built-in
+  # benchmark only: the same scene drawn again by its renderer with the other class's object; a perfect edit)
+  c.ddb.generator = "diffusion"
   c.ddb.template = "a photo of a {token} {noun}"
   # words of which each edit's prompt names one (template with {attribute} or {a_attribute}), e.g. colours
   c.ddb.attributes = ()

@@ -244,3 +244,23 @@ def test_ddb_rows_declare_the_group_labels_they_read():
   assert labels["ddb_nolabels"] == {"train": "no", "val": "no"}
   assert bench.ddb_group_labels(bench._with(erm_cfg, {"train.select": "val_wga",
                                                      "ddb.retrain.select": "val_worst_class"}))["val"] == "yes"
+
+
+def test_shared_stage_folders_have_the_same_fingerprint_inputs():
+  """A bench methods row that reads another row's stage folders may only share stages whose config values
+  and upstream stages are the same under both rows' settings (else it would reuse the wrong artefact)."""
+  from spurjax.config_util import config_from
+  from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
+  from spurjax.stages import config_values
+  stages = {m.STAGE.name: m.STAGE for m in (select, segment, invert, inpaint, prune_stage, retrain)}
+  base = config_from("configs/synth.py:tiny", [])
+  assert set(bench.SHARES_STAGES_WITH) == {"ddb_nolabels", "ddb_redraw"}
+  for method, (other, shared) in bench.SHARES_STAGES_WITH.items():
+    a, b = bench._with(base, bench.DDB_VARIANTS[other]), bench._with(base, bench.DDB_VARIANTS[method])
+    for name in shared:
+      st = stages[name]
+      assert config_values(a, st.config_keys(a)) == config_values(b, st.config_keys(b)), (method, name)
+      assert set(st.upstream_of(b)) <= set(shared) | {"erm"}, (method, name)
+    later = [s for s in stages if s not in shared]
+    assert any(config_values(a, stages[s].config_keys(a)) != config_values(b, stages[s].config_keys(b))
+               for s in later), method                                   # the row does differ somewhere

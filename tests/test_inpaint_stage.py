@@ -247,3 +247,35 @@ def test_paste_generator_through_the_stage(tmp_path, mesh):
     if r["target_class"] == 1:
       assert (img[changed][:, 1] >= 250).mean() > 0.3 and (src[:, :, 1] < 250).all()
   assert "diffusion.path" not in runner.summary()
+
+
+def test_redraw_generator_through_the_stage(tmp_path, mesh):
+  """`ddb.generator=redraw` on the built-in benchmark: each edit is its source scene with an object of the
+  target class, unchanged outside the saved changed region; other data is refused before any work."""
+  from spurjax.data import synth
+  from spurjax.data.folder import read_folder
+  root = tmp_path / "bench"
+  synth.generate(str(root), image_size=32, scale=0.02, seed=3, corpus_per_combo=0, workers=1)
+  table = read_folder(str(root))
+  ctx = _stage_ctx(tmp_path / "w", mesh, None)
+  ctx.table, ctx.cfg.ddb.generator, ctx.cfg.ddb.n_samples = table, "redraw", 2
+  inpaint.check_config(ctx)
+  first = {c: np.nonzero((table.y == c) & (table.split == 0))[0][:2] for c in (0, 1)}
+  selected = select.Selection(k=2, selected=first, psi_ref={}, loss={})
+  masks = segment.Masks({int(i): np.zeros((32, 32), bool) for c in first for i in first[c]}, {})
+  edits, runner = run_stage(ctx, inpaint.STAGE, select=selected, segment=masks,
+                            invert=invert.Tokens({0: "", 1: ""}, None))
+  assert len(edits) == 8 and sorted({r["sample"] for r in edits.rows}) == [0, 1]
+  for r in edits.rows:
+    img, changed = read_image(r["path"]), read_mask(r["mask_path"])
+    src = table.read_image(table.refs[r["source_index"]])
+    assert r["target_class"] == 1 - r["source_class"] == 1 - table.y[r["source_index"]]
+    np.testing.assert_array_equal(img[~changed], src[~changed])
+    assert changed.mean() < 0.5
+    assert changed.any() and (img[changed] != src[changed]).any()
+  a, b = (read_image(r["path"]) for r in edits.rows[:2])     # two samples of one image differ
+  assert not np.array_equal(a, b)
+  assert "diffusion.path" not in runner.summary()
+  ctx.table = toy_table()
+  with pytest.raises(SpurjaxError, match="not an image of a benchmark"):
+    inpaint.check_config(ctx)

@@ -184,3 +184,35 @@ def test_cli(tmp_path, capsys):
   assert np.asarray(Image.open(next((out / "images" / "test").rglob("*.png")))).shape == (16, 16, 3)
   with pytest.raises(SpurjaxError):
     synth.main(["--out", str(out), "--scale", "0.001", "--image-size", "16"])
+
+
+def test_redraw_keeps_the_scene_and_swaps_the_object(ds):
+  """`redraw` draws a benchmark image again: with its own class and stream it is the file itself; with the
+  other class only the old and new objects' pixels change (and thin antialiased parts, legs and stems, that
+  cover under half a pixel and so are outside the masks, within 2 px of them)."""
+  from spurjax.ddb.paste import dilate
+  rows = [r for r in _rows(ds / "metadata.csv") if r["split"] == "0"][:6]
+  for r in rows:
+    info, index = synth.image_origin(str(ds / r["img_filename"]))
+    assert index == int(r["img_id"]) and info["seed"] == 0
+    y, place = int(r["y"]), int(r["place"])
+    own, old = synth.redraw(info, index, y, place)
+    np.testing.assert_array_equal(own, np.asarray(Image.open(ds / r["img_filename"]).convert("RGB")))
+    np.testing.assert_array_equal(old, np.asarray(Image.open(ds / r["mask_filename"])) > 127)
+    swapped, new = synth.redraw(info, index, 1 - y, place, (5, index))
+    chex.assert_shape(swapped, (SIZE, SIZE, 3))
+    chex.assert_shape(new, (SIZE, SIZE))
+    outside = ~dilate(old | new, 2)
+    np.testing.assert_array_equal(swapped[outside], own[outside])
+    assert new.any() and (swapped[new] != own[new]).any()
+    np.testing.assert_array_equal(synth.redraw(info, index, 1 - y, place, (5, index))[0], swapped)
+    assert not np.array_equal(synth.redraw(info, index, 1 - y, place, (6, index))[0], swapped)
+
+
+def test_redraw_refuses_other_data(ds, tmp_path):
+  with pytest.raises(SpurjaxError, match="not an image of a benchmark"):
+    synth.image_origin(str(tmp_path / "images" / "train" / "x" / "000001.png"))
+  with pytest.raises(SpurjaxError, match="not an image of a benchmark"):
+    synth.image_origin(str(ds / "images" / "train" / "bird_land" / "cat.png"))
+  with pytest.raises(SpurjaxError, match="redraw needs a benchmark"):
+    synth.redraw({"generator": "spurjax.data.broad", "seed": 0, "image_size": 32}, 1, 0, 0)

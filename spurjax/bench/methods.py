@@ -24,13 +24,15 @@ DDB_VARIANTS = {
     "ddb_paste_true": {"ddb.generator": "paste", "ddb.mask": "given",   # ceiling: a perfect object swap
                        "ddb.segment_compare": ()},
     "ddb_paste": {"ddb.generator": "paste"},                            # DaC-style, with predicted masks
+    "ddb_redraw": {"ddb.generator": "redraw"},                          # ceiling: perfect edits (built-in benchmark)
     # No group label anywhere: the shared ERM run selects by validation average accuracy (as the ERM
     # row does) and retraining by worst-class validation accuracy.
     "ddb_nolabels": {"ddb.retrain.select": "val_worst_class"},
 }
-# Variants that differ from another only in retraining share that run's other stage folders.
-SHARES_STAGES_WITH = {"ddb_nolabels": "ddb"}
+# Variants that differ from another only in later stages share that run's earlier stage folders.
 SHARED_STAGES = ("select", "segment", "invert", "inpaint", "prune")
+SHARES_STAGES_WITH = {"ddb_nolabels": ("ddb", SHARED_STAGES),      # only retraining differs
+                      "ddb_redraw": ("ddb", ("select", "segment"))}   # the generator and what follows
 METRICS = (("worst_group_accuracy", "worst-group acc"),
            ("average_accuracy_train_weighted", "avg acc (train-weighted)"),
            ("average_accuracy", "avg acc (plain)"))
@@ -149,8 +151,8 @@ def run(base_cfg, methods, seeds: int, workdir: str, overrides=(), table=None) -
       if m in DDB_VARIANTS:  # its ERM stage is the ERM row's run (same settings, so the same fingerprint)
         from spurjax.ddb.run import run as run_ddb
         cfg = _with(erm_cfg, DDB_VARIANTS[m])
-        other = SHARES_STAGES_WITH.get(m)
-        shared = {s: os.path.join(workdir, other, f"seed{k}", s) for s in SHARED_STAGES} if other else None
+        other, stages = SHARES_STAGES_WITH.get(m, (None, ()))
+        shared = {s: os.path.join(workdir, other, f"seed{k}", s) for s in stages} if other else None
         full = run_ddb(cfg, run_dir, erm_dir=erm_dir, table=table, stage_dirs=shared)
         rep = {**full["ddb"], "method": m, "group_labels": ddb_group_labels(cfg)}
       else:

@@ -287,10 +287,12 @@ def colour_word(hue: float) -> str:
   return "red"
 
 
-def _render(y: int, place: int, rng: np.random.Generator, image_size: int):
-  """Returns (uint8 HWC image, bool HW mask, object hue)."""
+def _render(y: int, place: int, rng: np.random.Generator, image_size: int, object_rng=None):
+  """Returns (uint8 HWC image, bool HW mask, object hue). The scene takes the first draws of `rng`, the
+  object the following ones, or those of `object_rng` when given (the same scene with another object)."""
   n = 2 * image_size
   canvas = (_land if place == 0 else _water)(rng, n)
+  rng = rng if object_rng is None else object_rng
   hue = float(rng.uniform())
   parts = (_bird if y == 0 else _flower)(rng, hue)
   size = rng.uniform(0.42, 0.62) * n
@@ -327,6 +329,35 @@ def render(y: int, place: int, rng: np.random.Generator, image_size: int = 64):
 
 def _image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
   return np.random.default_rng(np.random.SeedSequence([seed, stream, index]))
+
+
+def image_origin(path: str) -> tuple[dict, int]:
+  """(classes.json of the benchmark, image index) of a benchmark image file `.../images/<split>/<group>/<index>.png`."""
+  path = str(path)
+  root, sep, _ = path.replace(os.sep, "/").rpartition("/images/")
+  stem = os.path.splitext(os.path.basename(path))[0]
+  info_path = os.path.join(root, "classes.json")
+  if not sep or not stem.isdigit() or not os.path.isfile(info_path):
+    raise SpurjaxError(f"synth: {path} is not an image of a benchmark written by `spurjax data synth` "
+                       f"(expected <root>/images/<split>/<group>/<index>.png beside <root>/classes.json)")
+  with open(info_path) as f:
+    return json.load(f), int(stem)
+
+
+def redraw(info: dict, index: int, y: int, place: int, object_seed=None):
+  """Benchmark image `index` (of the benchmark whose classes.json is `info`) drawn again on the same scene,
+  pixel for pixel, with an object of class `y`: the object's draws come from `object_seed` (any
+  `np.random.SeedSequence` entropy), or with None from the image's own stream (the image itself when `y`
+  is its class). Returns (uint8 HWC image, bool HW mask of the object drawn)."""
+  if info.get("generator") != "spurjax.data.synth":
+    raise SpurjaxError(f"synth: redraw needs a benchmark written by `spurjax data synth` (classes.json generator "
+                       f"{info.get('generator')!r})")
+  if y not in (0, 1) or place not in (0, 1):
+    raise SpurjaxError(f"synth: y and place must be 0 or 1, got y={y} place={place}")
+  rng = _image_rng(int(info["seed"]), _BENCH_STREAM, int(index))
+  object_rng = None if object_seed is None else np.random.default_rng(np.random.SeedSequence(object_seed))
+  image, mask, _ = _render(y, place, rng, int(info["image_size"]), object_rng)
+  return image, mask
 
 
 # ----------------------------------------------------------------------------- writing

@@ -20,6 +20,12 @@ Artefact `Edits`; on disk `inpaint/images/<index>_to<j>_s<s>.png` and `inpaint/e
 with columns source_index, source_file, source_class, target_class, sample, file (relative to
 `inpaint/`), written chunk by chunk (a killed run resumes from the chunks it wrote).
 
+Two generators need no diffusion model (`ddb.generator`): `paste` (another selected image's object
+cut out by its mask and pasted in place of the erased object) and `redraw` (the built-in benchmark
+only: the source scene drawn again by the benchmark's renderer with an object of the other class, a
+perfect counterfactual and so the ceiling of every generator); both save each edit's changed region
+as `inpaint/masks/...`, which the prune stage then scores.
+
 Config keys (`cfg.ddb`): n_samples, inpaint_mode, num_steps, guidance_scale, template, nouns,
 attributes, inpaint_sampler, inpaint_eta, inpaint_batch_size, inpaint_paste; the seed is `cfg.seed`. With
 `attributes` (e.g. colour words) each edit's prompt also names one of them, drawn from
@@ -46,7 +52,9 @@ from spurjax.stages import Stage
 
 STAGE = "inpaint"
 CSV_COLUMNS = ("source_index", "source_file", "source_class", "target_class", "sample", "file", "mask_file")
-GENERATORS = ("diffusion", "paste")
+GENERATORS = ("diffusion", "paste", "redraw")
+# Generators that use no diffusion model (no tokens, no prompts, no model identity in the fingerprint).
+MODEL_FREE = ("paste", "redraw")
 MODES = ("blended", "channels", "auto")
 
 
@@ -445,6 +453,8 @@ def compute(ctx, inputs, folder: str) -> None:
   if generator == "paste":   # donors are cut by the method's own masks, not their boxes
     donor_masks = _stage_masks(inputs["segment"].raw, indices, images.shape[1:3])
     rows = _paste_all(ctx, folder, images, stage_masks, donor_masks, indices, source_classes)
+  elif generator == "redraw":
+    rows = _redraw_all(ctx, folder, indices, source_classes)
   else:
     rows = _diffuse_all(ctx, folder, inputs["invert"], images, stage_masks, indices, source_classes)
   if main:
@@ -527,11 +537,43 @@ def _paste_all(ctx, folder, images, masks, donor_masks, indices, source_classes)
   return rows
 
 
+def _redraw_all(ctx, folder, indices, source_classes) -> list[dict]:
+  """The redraw generator (the built-in benchmark only): each edit is its source image drawn again by the
+  benchmark's renderer from the same random stream, so the scene is the same pixel for pixel, with an
+  object of the target class (its own draws per edit). A perfect counterfactual: the ceiling of any
+  generator. The changed region (old object | new object | any pixel that differs) is saved as the edit's mask."""
+  from spurjax.data import synth
+  from spurjax.data.images import save_png
+  table = ctx.table
+  edits = plan_edits(np.asarray(source_classes), int(table.num_classes), int(ctx.cfg.ddb.n_samples))
+  os.makedirs(os.path.join(folder, "masks"), exist_ok=True)
+  rows = []
+  for e in edits:
+    i = indices[e.source]
+    name = edit_file(i, e)
+    mask_name = name.replace("images/", "masks/")
+    if jax.process_index() == 0 and not os.path.isfile(os.path.join(folder, mask_name)):
+      info, index = synth.image_origin(table.refs[i])
+      place = int(table.place[i])
+      source, old = synth.redraw(info, index, e.source_class, place)
+      if not np.array_equal(source, table.read_image(table.refs[i])):
+        raise SpurjaxError(f"ddb.generator=redraw: {table.refs[i]} is not what its benchmark's renderer draws "
+                           "(written by another version of `spurjax data synth`?)")
+      image, new = synth.redraw(info, index, e.target_class, place, (int(ctx.cfg.seed), index, e.target_class, e.sample))
+      _write_png(os.path.join(folder, name), image)
+      save_png(os.path.join(folder, mask_name), old | new | (image != source).any(-1))   # + thin antialiased parts
+    rows.append(_row(table, i, e, name, mask_name))
+  return rows
+
+
 def check_config(ctx) -> None:
   """Before any work: `ddb.template` and `ddb.attributes` make valid prompts, `ddb.inpaint_eta` is
-  in [0, 1] (diffusion generator)."""
+  in [0, 1] (diffusion generator); the data is the built-in benchmark (redraw generator)."""
   cfg = ctx.cfg
-  if str(cfg.ddb.generator) == "paste":
+  if str(cfg.ddb.generator) == "redraw":   # only the built-in benchmark can draw a scene again
+    from spurjax.data import synth
+    synth.image_origin(ctx.table.refs[0])
+  if str(cfg.ddb.generator) in MODEL_FREE:
     return
   eta = cfg.ddb.get("inpaint_eta", 0.0)
   if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
@@ -541,7 +583,7 @@ def check_config(ctx) -> None:
 
 
 def config_keys(cfg) -> list[str]:
-  if str(cfg.ddb.generator) == "paste":
+  if str(cfg.ddb.generator) in MODEL_FREE:
     return ["seed", "ddb.generator", "ddb.n_samples"]
   second = ["diffusion.inpaint_path"] if str(cfg.diffusion.get("inpaint_path", "") or "") else []
   # Keys that joined later enter the fingerprint only when set, so older workdirs keep theirs.
@@ -557,4 +599,4 @@ def load(ctx, folder: str) -> Edits:
 
 
 STAGE = Stage(name="inpaint", upstream=("select", "invert", "segment"), keys=config_keys, compute=compute, load=load,
-              identity=lambda ctx: None if str(ctx.cfg.ddb.generator) == "paste" else ctx.inpaint_digest)
+              identity=lambda ctx: None if str(ctx.cfg.ddb.generator) in MODEL_FREE else ctx.inpaint_digest)

@@ -42,8 +42,9 @@ def device_batch(batch: int, accum: int, devices: int) -> tuple[int, int]:
 
 
 def _learns(cfg) -> bool:
-  """Whether tokens are learned: not for the paste generator, nor with ddb.invert_steps = 0."""
-  return str(cfg.ddb.generator) != "paste" and int(cfg.ddb.invert_steps) > 0
+  """Whether tokens are learned: not for the paste or redraw generators, nor with ddb.invert_steps = 0."""
+  from spurjax.ddb.inpaint import MODEL_FREE
+  return str(cfg.ddb.generator) not in MODEL_FREE and int(cfg.ddb.invert_steps) > 0
 
 
 INVERT_MASKS = ("full", "segment")
@@ -93,7 +94,8 @@ def compute(ctx, inputs, folder: str) -> None:
 def load(ctx, folder: str) -> Tokens:
   with open(os.path.join(folder, INFO_FILE)) as f:
     info = json.load(f)["tokens"]
-  pipeline = None if str(ctx.cfg.ddb.generator) == "paste" else ctx.load_pipeline()
+  from spurjax.ddb.inpaint import MODEL_FREE
+  pipeline = None if str(ctx.cfg.ddb.generator) in MODEL_FREE else ctx.load_pipeline()
   if not info:
     return Tokens({c: "" for c in range(ctx.table.num_classes)}, pipeline)
   embeds = os.path.join(folder, inv.EMBEDS_FILE)

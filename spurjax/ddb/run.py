@@ -40,7 +40,7 @@ def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None,
   ctx = Context(cfg=cfg, workdir=workdir, table=table, mesh=shd.make_mesh(), hooks=tuple(hooks),
                 dirs={**({"erm": erm_dir} if erm_dir else {}), **(stage_dirs or {})})
   ctx.diffusion_dir, ctx.inpaint_dir                                                # a bad diffusion.path fails before any work
-  if ctx.separate_inpainter and str(cfg.ddb.generator) != "paste":                  # so do mismatched text encoders
+  if ctx.separate_inpainter and str(cfg.ddb.generator) not in inpaint.MODEL_FREE:   # so do mismatched text encoders
     from spurjax.diffusion.invert import check_transferable
     check_transferable(ctx.diffusion_dir, ctx.inpaint_dir, where=(f"diffusion.path {ctx.diffusion_dir}",
                                                                   f"diffusion.inpaint_path {ctx.inpaint_dir}"))
