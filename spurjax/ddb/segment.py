@@ -483,7 +483,9 @@ def diffedit_masks(ctx, images: np.ndarray, classes) -> np.ndarray:
                                threshold=float(d.diffedit_threshold), **refine_settings(d))
   bs = max(1, int(d.segment_batch_size))
   out = []
-  for c, start in enumerate(range(0, len(small), bs)):
+  from tqdm import tqdm
+  for c, start in enumerate(tqdm(range(0, len(small), bs), desc="segment: diffedit", leave=False,
+                                 disable=jax.process_index() != 0)):
     rows = slice(start, start + bs)
     seed = int(np.random.SeedSequence([int(cfg.seed), rng_ids.DIFFEDIT, c]).generate_state(1)[0] >> 1)
     _, m = diffedit.pipeline_contrast_masks(pipeline, small[rows], source[rows], target[rows], seed=seed,
