@@ -315,11 +315,15 @@ def test_segment_stage_attention_scores_every_method(tmp_path, mesh, pipe, class
   assert iou["mean_iou"]["attention"] == pytest.approx(np.mean(list(per.values())))
 
 
-def test_segment_stage_keeps_raw_masks_beside_boxed(tmp_path, mesh, pipe, classifier):
+def test_segment_stage_keeps_raw_masks_beside_boxed(tmp_path, mesh, pipe, classifier, monkeypatch):
   ctx = _ctx(tmp_path, mesh, _masked_table(), "gradcam", pipeline=pipe)
   ctx.cfg.ddb.segment_compare = ()
   ctx.cfg.ddb.mask_box = "square"
+  calls, box_masks = [], segment.box_masks
+  monkeypatch.setattr(segment, "box_masks", lambda *a, **k: calls.append(1) or box_masks(*a, **k))
   got, _ = run_stage(ctx, segment.STAGE, erm=erm_artefact(*classifier), select=SELECTED)
+  assert len(got.masks) > 1 and len(calls) == 1   # boxed once for the stage, not once per scored image
+  monkeypatch.undo()
   for i, m in got.masks.items():   # each used mask is the square around its raw mask
     np.testing.assert_array_equal(m, segment.box_masks(got.raw[i][None], "square")[0])
   iou = json.load(open(tmp_path / "segment" / "iou.json"))

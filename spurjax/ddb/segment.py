@@ -567,7 +567,8 @@ def compute(ctx, inputs, folder: str) -> None:
       except SpurjaxError as e:  # a comparison needing a model that is not there is skipped
         iou.setdefault("skipped", {})[other] = str(e)
     for name, m in scored.items():   # mean_iou: the masks as used (boxed); mean_iou_raw: the method's own
-      iou["mean_iou"][name] = mean_iou([boxed(name, m)[n] for n in have], [truth[n] for n in have])
+      used = masks if name == methods[0] else boxed(name, m)   # boxed once (not once per image)
+      iou["mean_iou"][name] = mean_iou([used[n] for n in have], [truth[n] for n in have])
       iou["mean_iou_raw"][name] = mean_iou([m[n] for n in have], [truth[n] for n in have])
     iou["per_image"] = {str(indices[n]): mask_iou(masks[n], truth[n]) for n in have}
   if jax.process_index() == 0:
