@@ -454,7 +454,7 @@ def compute(ctx, inputs, folder: str) -> None:
     donor_masks = _stage_masks(inputs["segment"].raw, indices, images.shape[1:3])
     rows = _paste_all(ctx, folder, images, stage_masks, donor_masks, indices, source_classes)
   elif generator == "redraw":
-    rows = _redraw_all(ctx, folder, indices, source_classes)
+    rows = _redraw_all(ctx, folder, images, indices, source_classes)
   else:
     rows = _diffuse_all(ctx, folder, inputs["invert"], images, stage_masks, indices, source_classes)
   if main:
@@ -537,14 +537,19 @@ def _paste_all(ctx, folder, images, masks, donor_masks, indices, source_classes)
   return rows
 
 
-def _redraw_all(ctx, folder, indices, source_classes) -> list[dict]:
+def _redraw_all(ctx, folder, images, indices, source_classes) -> list[dict]:
   """The redraw generator (the built-in benchmark only): each edit is its source image drawn again by the
   benchmark's renderer from the same random stream, so the scene is the same pixel for pixel, with an
   object of the target class (its own draws per edit). A perfect counterfactual: the ceiling of any
-  generator. The changed region (old object | new object | any pixel that differs) is saved as the edit's mask."""
+  generator. Like every generator's, its edits are base images (`images`, the sources as the input
+  pipeline makes them); the changed region (old object | new object | any pixel that differs) is saved
+  as the edit's mask."""
   from spurjax.data import synth
   from spurjax.data.images import save_png
+  from spurjax.data.pipeline import base_image
+  from spurjax.train.loop import preprocess_from_config
   table = ctx.table
+  pp = dataclasses.replace(preprocess_from_config(ctx.cfg), center_crop=None)   # made from base images
   edits = plan_edits(np.asarray(source_classes), int(table.num_classes), int(ctx.cfg.ddb.n_samples))
   os.makedirs(os.path.join(folder, "masks"), exist_ok=True)
   rows = []
@@ -560,8 +565,10 @@ def _redraw_all(ctx, folder, indices, source_classes) -> list[dict]:
         raise SpurjaxError(f"ddb.generator=redraw: {table.refs[i]} is not what its benchmark's renderer draws "
                            "(written by another version of `spurjax data synth`?)")
       image, new = synth.redraw(info, index, e.target_class, place, (int(ctx.cfg.seed), index, e.target_class, e.sample))
+      image, base = base_image(image, pp), images[e.source]
+      objects = resize_masks((old | new)[None].astype(np.float32), base.shape[:2])[0] > 0
       _write_png(os.path.join(folder, name), image)
-      save_png(os.path.join(folder, mask_name), old | new | (image != source).any(-1))   # + thin antialiased parts
+      save_png(os.path.join(folder, mask_name), objects | (image != base).any(-1))
     rows.append(_row(table, i, e, name, mask_name))
   return rows
 
