@@ -249,9 +249,11 @@ def test_paste_generator_through_the_stage(tmp_path, mesh):
   assert "diffusion.path" not in runner.summary()
 
 
-def test_redraw_generator_through_the_stage(tmp_path, mesh):
+@pytest.mark.parametrize("crop", [0, 24])
+def test_redraw_generator_through_the_stage(tmp_path, mesh, crop):
   """`ddb.generator=redraw` on the built-in benchmark: each edit is its source scene with an object of the
-  target class, unchanged outside the saved changed region; other data is refused before any work."""
+  target class, a base image framed as its source is (with or without a centre crop), unchanged outside the
+  saved changed region; other data, or a benchmark the renderer did not draw, is refused before any work."""
   from spurjax.data import synth
   from spurjax.data.folder import read_folder
   root = tmp_path / "bench"
@@ -259,6 +261,7 @@ def test_redraw_generator_through_the_stage(tmp_path, mesh):
   table = read_folder(str(root))
   ctx = _stage_ctx(tmp_path / "w", mesh, None)
   ctx.table, ctx.cfg.ddb.generator, ctx.cfg.ddb.n_samples = table, "redraw", 2
+  ctx.cfg.data.center_crop = crop
   inpaint.check_config(ctx)
   first = {c: np.nonzero((table.y == c) & (table.split == 0))[0][:2] for c in (0, 1)}
   selected = select.Selection(k=2, selected=first, psi_ref={}, loss={})
@@ -278,4 +281,9 @@ def test_redraw_generator_through_the_stage(tmp_path, mesh):
   assert "diffusion.path" not in runner.summary()
   ctx.table = toy_table()
   with pytest.raises(SpurjaxError, match="not an image of a benchmark"):
+    inpaint.check_config(ctx)
+  ctx.table = table
+  from spurjax.data.images import save_png
+  save_png(table.refs[0], 255 - table.image(0))
+  with pytest.raises(SpurjaxError, match="is not what its benchmark's renderer draws"):
     inpaint.check_config(ctx)

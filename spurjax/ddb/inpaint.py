@@ -532,7 +532,7 @@ def _paste_all(ctx, folder, images, masks, donor_masks, indices, source_classes)
                              seed=int(np.random.SeedSequence([int(ctx.cfg.seed), i, e.target_class, e.sample])
                                       .generate_state(1)[0]))
       _write_png(os.path.join(folder, name), out.image)
-      save_png(os.path.join(folder, mask_name), out.mask)
+      _write_png(os.path.join(folder, mask_name), out.mask)   # last (atomic): marks the edit done
     rows.append(_row(table, i, e, name, mask_name))
   return rows
 
@@ -545,11 +545,10 @@ def _redraw_all(ctx, folder, images, indices, source_classes) -> list[dict]:
   pipeline makes them); the changed region (old object | new object | any pixel that differs) is saved
   as the edit's mask."""
   from spurjax.data import synth
-  from spurjax.data.images import save_png
   from spurjax.data.pipeline import base_image
   from spurjax.train.loop import preprocess_from_config
   table = ctx.table
-  pp = dataclasses.replace(preprocess_from_config(ctx.cfg), center_crop=None)   # made from base images
+  pp = preprocess_from_config(ctx.cfg)   # the redraws are raw dataset images: cropped and resized as the sources
   edits = plan_edits(np.asarray(source_classes), int(table.num_classes), int(ctx.cfg.ddb.n_samples))
   os.makedirs(os.path.join(folder, "masks"), exist_ok=True)
   rows = []
@@ -566,20 +565,28 @@ def _redraw_all(ctx, folder, images, indices, source_classes) -> list[dict]:
                            "(written by another version of `spurjax data synth`?)")
       image, new = synth.redraw(info, index, e.target_class, place, (int(ctx.cfg.seed), index, e.target_class, e.sample))
       image, base = base_image(image, pp), images[e.source]
-      objects = resize_masks((old | new)[None].astype(np.float32), base.shape[:2])[0] > 0
+      objects = base_image(np.repeat((old | new)[..., None].astype(np.uint8) * 255, 3, axis=-1), pp)[..., 0] > 0
       _write_png(os.path.join(folder, name), image)
-      save_png(os.path.join(folder, mask_name), objects | (image != base).any(-1))
+      _write_png(os.path.join(folder, mask_name), objects | (image != base).any(-1))   # last: marks the edit done
     rows.append(_row(table, i, e, name, mask_name))
   return rows
+
+
+def check_redraw(table) -> None:
+  """The table's first image is what the built-in benchmark's renderer draws (else a one-line error)."""
+  from spurjax.data import synth
+  info, index = synth.image_origin(table.refs[0])
+  if not np.array_equal(synth.redraw(info, index, int(table.y[0]), int(table.place[0]))[0], table.image(0)):
+    raise SpurjaxError(f"ddb.generator=redraw: {table.refs[0]} is not what its benchmark's renderer draws "
+                       "(not written by `spurjax data synth`, or by another version of it)")
 
 
 def check_config(ctx) -> None:
   """Before any work: `ddb.template` and `ddb.attributes` make valid prompts, `ddb.inpaint_eta` is
   in [0, 1] (diffusion generator); the data is the built-in benchmark (redraw generator)."""
   cfg = ctx.cfg
-  if str(cfg.ddb.generator) == "redraw":   # only the built-in benchmark can draw a scene again
-    from spurjax.data import synth
-    synth.image_origin(ctx.table.refs[0])
+  if str(cfg.ddb.generator) == "redraw":   # only the built-in benchmark can draw a scene again: on every process
+    check_redraw(ctx.table)
   if str(cfg.ddb.generator) in MODEL_FREE:
     return
   eta = cfg.ddb.get("inpaint_eta", 0.0)
