@@ -557,13 +557,9 @@ def _redraw_all(ctx, folder, images, indices, source_classes) -> list[dict]:
     name = edit_file(i, e)
     mask_name = name.replace("images/", "masks/")
     if jax.process_index() == 0 and not os.path.isfile(os.path.join(folder, mask_name)):
-      info, index = synth.image_origin(table.refs[i])
-      place = int(table.place[i])
-      source, old = synth.redraw(info, index, e.source_class, place)
-      if not np.array_equal(source, table.read_image(table.refs[i])):
-        raise SpurjaxError(f"ddb.generator=redraw: {table.refs[i]} is not what its benchmark's renderer draws "
-                           "(written by another version of `spurjax data synth`?)")
-      image, new = synth.redraw(info, index, e.target_class, place, (int(ctx.cfg.seed), index, e.target_class, e.sample))
+      info, index, old = _redraw_source(table, i)
+      image, new = synth.redraw(info, index, e.target_class, int(table.place[i]),
+                                (int(ctx.cfg.seed), index, e.target_class, e.sample))
       image, base = base_image(image, pp), images[e.source]
       objects = base_image(np.repeat((old | new)[..., None].astype(np.uint8) * 255, 3, axis=-1), pp)[..., 0] > 0
       _write_png(os.path.join(folder, name), image)
@@ -572,21 +568,26 @@ def _redraw_all(ctx, folder, images, indices, source_classes) -> list[dict]:
   return rows
 
 
-def check_redraw(table) -> None:
-  """The table's first image is what the built-in benchmark's renderer draws (else a one-line error)."""
+def _redraw_source(table, i: int):
+  """(classes.json, benchmark index, object mask) of table row i, checked to be what the built-in
+  benchmark's renderer draws (else a one-line error)."""
   from spurjax.data import synth
-  info, index = synth.image_origin(table.refs[0])
-  if not np.array_equal(synth.redraw(info, index, int(table.y[0]), int(table.place[0]))[0], table.image(0)):
-    raise SpurjaxError(f"ddb.generator=redraw: {table.refs[0]} is not what its benchmark's renderer draws "
+  info, index = synth.image_origin(table.refs[i])
+  image, mask = synth.redraw(info, index, int(table.y[i]), int(table.place[i]))
+  if not np.array_equal(image, table.image(i)):
+    raise SpurjaxError(f"ddb.generator=redraw: {table.refs[i]} is not what its benchmark's renderer draws "
                        "(not written by `spurjax data synth`, or by another version of it)")
+  return info, index, mask
 
 
 def check_config(ctx) -> None:
-  """Before any work: `ddb.template` and `ddb.attributes` make valid prompts, `ddb.inpaint_eta` is
-  in [0, 1] (diffusion generator); the data is the built-in benchmark (redraw generator)."""
+  """Before any work: `ddb.generator` is known; `ddb.template` and `ddb.attributes` make valid prompts,
+  `ddb.inpaint_eta` is in [0, 1] (diffusion generator); the data is the built-in benchmark (redraw)."""
   cfg = ctx.cfg
+  if str(cfg.ddb.generator) not in GENERATORS:
+    raise SpurjaxError(f"config ddb.generator={cfg.ddb.generator!r} must be one of {', '.join(GENERATORS)}")
   if str(cfg.ddb.generator) == "redraw":   # only the built-in benchmark can draw a scene again: on every process
-    check_redraw(ctx.table)
+    _redraw_source(ctx.table, 0)
   if str(cfg.ddb.generator) in MODEL_FREE:
     return
   eta = cfg.ddb.get("inpaint_eta", 0.0)
