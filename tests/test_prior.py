@@ -306,6 +306,13 @@ def test_object_weight_and_cosine_lr():
   part[:, 2:4, 2:5] = True
   assert abs(float(dtrain.diffusion_loss(*args, objects=part, object_weight=8.0)) - plain) > 1e-4
   assert float(dtrain.diffusion_loss(*args, objects=part, object_weight=1.0)) == plain
+  # object_t_max gates the weight by timestep: the loss draws t from its key's second split.
+  t = np.asarray(schedulers.random_timesteps(model.sched, jax.random.split(jax.random.key(0), 5)[1], 2))
+  n = model.sched.num_train_timesteps
+  weighted = float(dtrain.diffusion_loss(*args, objects=part, object_weight=8.0))
+  above = float(dtrain.diffusion_loss(*args, objects=part, object_weight=8.0, object_t_max=(t.max() + 1) / n))
+  below = float(dtrain.diffusion_loss(*args, objects=part, object_weight=8.0, object_t_max=t.min() / n))
+  assert above == weighted and below == plain
   # Cosine decay: the last updates of Adam shrink to nothing; a constant lr keeps them.
   from ml_collections import ConfigDict
   t = ConfigDict({"lr_schedule": "cosine", "steps": 12, "warmup_steps": 2, "end_lr_frac": 0.0})

@@ -394,6 +394,9 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
   t = cfg.train
   decay = _decay(t)
   object_weight = float(t.get("object_weight", 1.0))
+  object_t_max = float(t.get("object_t_max", 1.0))
+  if not 0.0 < object_t_max <= 1.0:
+    raise SpurjaxError(f"config train.object_t_max={object_t_max} must be in (0, 1]")
   if object_weight != 1.0 and mask_paths is None:
     raise SpurjaxError(f"{data_dir}: config train.object_weight={object_weight} needs an imagefolder column "
                        f"'{MASK_COLUMN}' with the object masks (spurjax data synth writes it)")
@@ -423,7 +426,8 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
   state = dtrain.init_state(params, paths_t, tx, ema=ema_decay > 0)
   step_fn = dtrain.make_train_step(model, tx, paths_t, mesh, cond_drop=float(t.cond_drop), uncond_ids=uncond_ids,
                                    ema_decay=ema_decay, grad_accum=accum, mask_weight=float(t.get("mask_weight", 1.0)),
-                                   min_snr_gamma=float(t.get("min_snr_gamma", 0.0)), object_weight=object_weight)
+                                   min_snr_gamma=float(t.get("min_snr_gamma", 0.0)), object_weight=object_weight,
+                                   object_t_max=object_t_max)
   seed, flip = int(cfg.seed), bool(t.flip)
   if inpaint:
     m = cfg.masks

@@ -226,7 +226,7 @@ def min_snr_weight(sched: schedulers.Schedule, t: jax.Array, gamma: float) -> ja
 def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng: jax.Array,
                    cond_drop: float = 0.0, uncond_ids: jax.Array | None = None, masks: jax.Array | None = None,
                    mask_weight: float = 1.0, min_snr_gamma: float = 0.0, objects: jax.Array | None = None,
-                   object_weight: float = 1.0) -> jax.Array:
+                   object_weight: float = 1.0, object_t_max: float = 1.0) -> jax.Array:
   """Mean squared error of the UNet's prediction against the scheduler's training target.
 
   An inpainting UNet (`model.inpaint`) gets [x_t, mask, masked x0] as in SD-2-inpainting, the
@@ -235,7 +235,10 @@ def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng:
   what textual inversion uses). `mask_weight` multiplies the loss inside the mask (the loss is
   normalised by the mean weight); `min_snr_gamma` > 0 applies min-SNR-gamma weighting.
   `objects` (B, H, W), 1 = object pixel, with `object_weight` multiplies the loss on the objects
-  (whatever the mask), so that objects a few percent of the image are not drowned by background.
+  (whatever the mask), so that objects a few percent of the image are not drowned by background;
+  only at timesteps below `object_t_max` x the number of training timesteps (1: all), where the
+  noisy sample already shows where the object is (at higher noise a weighted MSE's optimum, the
+  weight-tilted mean, paints object colours wherever the object might be).
   """
   k_vae, k_t, k_noise, k_drop, k_vae2 = jax.random.split(rng, 5)
   images = to_model_input(pixels)
@@ -267,6 +270,9 @@ def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng:
     w = 1.0 + (mask_weight - 1.0) * grid
   if objects is not None and object_weight != 1.0:
     obj = _mask_to_grid(objects.astype(jnp.float32), x0.shape[1:3])
+    if object_t_max < 1.0:
+      low = t < int(round(object_t_max * model.sched.num_train_timesteps))
+      obj = obj * low[:, None, None, None].astype(jnp.float32)
     w = (1.0 if w is None else w) + (object_weight - 1.0) * obj
   if w is not None:
     per_example = jnp.mean(err * w, axis=(1, 2, 3)) / jnp.mean(w, axis=(1, 2, 3))
@@ -280,15 +286,16 @@ def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng:
 def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh, *, cond_drop: float = 0.0,
                     uncond_ids: np.ndarray | None = None, ema_decay: float = 0.0, grad_accum: int = 1,
                     row_masks: Mapping[str, np.ndarray] | None = None, mask_weight: float = 1.0,
-                    min_snr_gamma: float = 0.0, object_weight: float = 1.0) -> Callable:
+                    min_snr_gamma: float = 0.0, object_weight: float = 1.0,
+                    object_t_max: float = 1.0) -> Callable:
   """`step(state, batch, rng) -> (state, {"loss"})`, jitted: state replicated and donated, batch sharded.
 
   Only the leaves in `paths` are differentiated and updated; leaves named in `row_masks`
   keep their masked-out rows exactly (copied, never re-added). The EMA (if the state has
   one) moves once per optimizer update, with decay min(ema_decay, (1 + n) / (10 + n))
   after n updates. A batch may carry `masks` (B, H, W) for an inpainting UNet and `objects`
-  (B, H, W) object masks (see `diffusion_loss`, with `mask_weight`, `min_snr_gamma` and
-  `object_weight`).
+  (B, H, W) object masks (see `diffusion_loss`, with `mask_weight`, `min_snr_gamma`,
+  `object_weight` and `object_t_max`).
   """
   paths = tuple(paths)
   masks = {k: jnp.asarray(np.asarray(m, bool)) for k, m in (row_masks or {}).items()}
@@ -303,7 +310,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh,
       full = merge({p: flat_params[_key(p)] for p in paths}, frozen)
       return diffusion_loss(model, full, batch["pixels"], batch["ids"], rng, cond_drop, uncond,
                             masks=batch.get("masks"), mask_weight=mask_weight, min_snr_gamma=min_snr_gamma,
-                            objects=batch.get("objects"), object_weight=object_weight)
+                            objects=batch.get("objects"), object_weight=object_weight,
+                            object_t_max=object_t_max)
 
     loss, grads = jax.value_and_grad(loss_fn)(flat)
     updates, opt_state = tx.update(grads, state.opt_state, flat)
