@@ -143,6 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.ig_dtype = "float32"
   c.ddb.prune_threshold = 0.3     # keep an edit when its attribution score exceeds this (reference code: 0.3)
   c.ddb.prune_score = "rho"       # rho (IG sum inside the mask) | rho_norm (that over the IG total)
+  c.ddb.prune_top = 1.0           # < 1: of the edits passing both criteria, keep this share per target class, highest score first
   # retrain: L_train + sum_j gamma_j L_gen,j from the ERM weights
   c.ddb.gammas = (6.0, 10.0)      # loss weight of kept edits per target class (reference code: 6, 10)
   c.ddb.gen_fraction = 0.5        # share of each retraining epoch made of (repeated) kept edits

@@ -43,7 +43,7 @@ SCORES = ("rho", "rho_norm")
 
 
 def prune_settings(cfg) -> tuple[float, str]:
-  """(threshold, score name) from cfg.ddb."""
+  """(threshold, score name) from cfg.ddb (`ddb.prune_top` is read by the stage)."""
   threshold = float(cfg.ddb.prune_threshold)
   score = str(cfg.ddb.prune_score)
   if score not in SCORES:
@@ -86,11 +86,33 @@ def prune_decisions(psi, Psi_source, rho, threshold: float) -> np.ndarray:  # no
   return (psi < ref) & (rho > float(threshold))
 
 
+def keep_top(kept, score, target_class, top: float) -> np.ndarray:
+  """Of the kept edits, only the `top` fraction with the highest score per target class (rounded up).
+
+  A stricter third criterion than the threshold: the attribution score ranks edits by how much of
+  the classifier's move toward the new class lies inside the mask, and its absolute scale changes
+  with the ERM network, so a share is kept rather than a value. top = 1 keeps every kept edit.
+  """
+  kept = np.asarray(kept, bool).reshape(-1).copy()
+  score, target = np.asarray(score, np.float64).reshape(-1), np.asarray(target_class).reshape(-1)
+  if not 0.0 < top <= 1.0:
+    raise SpurjaxError(f"config ddb.prune_top = {top}; it must be in (0, 1]")
+  if top == 1.0:
+    return kept
+  for c in np.unique(target):
+    idx = np.flatnonzero(kept & (target == c))
+    n = int(np.ceil(top * len(idx)))
+    drop = idx[np.argsort(-score[idx], kind="stable")[n:]]
+    kept[drop] = False
+  return kept
+
+
 def build_records(*, source_file: Sequence, source_class, target_class, sample, place, psi, rho, rho_norm,
-                  Psi: Sequence[float], threshold: float, score: str = "rho") -> list[dict]:  # noqa: N803
+                  Psi: Sequence[float], threshold: float, score: str = "rho", top: float = 1.0) -> list[dict]:  # noqa: N803
   """One record per edit, with Psi_i looked up by source class and `kept` decided.
 
-  `score` picks which of rho / rho_norm is compared with the threshold.
+  `score` picks which of rho / rho_norm is compared with the threshold; `top` < 1 then keeps only
+  that share of the passing edits per target class, highest score first (`keep_top`).
   """
   src = np.asarray(source_class).astype(np.int64).reshape(-1)
   Psi = np.asarray(Psi, np.float64)  # noqa: N806
@@ -100,7 +122,8 @@ def build_records(*, source_file: Sequence, source_class, target_class, sample, 
     raise SpurjaxError(f"pruning: source class {int(src.max())} has no Psi ({len(Psi)} classes)")
   psi_i = Psi[src]
   rho, rho_norm = np.asarray(rho, np.float64).reshape(-1), np.asarray(rho_norm, np.float64).reshape(-1)
-  kept = prune_decisions(psi, psi_i, rho if score == "rho" else rho_norm, threshold)
+  ranked = rho if score == "rho" else rho_norm
+  kept = keep_top(prune_decisions(psi, psi_i, ranked, threshold), ranked, target_class, float(top))
   cols = {"source_file": list(source_file), "source_class": src, "target_class": np.asarray(target_class).reshape(-1),
           "sample": np.asarray(sample).reshape(-1), "place": np.asarray(place).reshape(-1),
           "psi": np.asarray(psi, np.float64).reshape(-1), "Psi_i": psi_i, "rho": rho, "rho_norm": rho_norm,

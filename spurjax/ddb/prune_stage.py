@@ -76,7 +76,8 @@ def compute(ctx, inputs, folder: str) -> None:
   recs = prune.build_records(
       source_file=[r["source_file"] for r in edits], source_class=sc["source"], target_class=sc["target"],
       sample=[int(r["sample"]) for r in edits], place=[int(ctx.table.place[int(r["source_index"])]) for r in edits],
-      psi=sc["psi"], rho=sc["rho"], rho_norm=sc["rho_norm"], Psi=Psi, threshold=threshold, score=score)
+      psi=sc["psi"], rho=sc["rho"], rho_norm=sc["rho_norm"], Psi=Psi, threshold=threshold, score=score,
+      top=float(ctx.cfg.ddb.get("prune_top", 1.0)))
   if distributed.is_main():
     edit_base = [read_image(r["path"]) for r in edits]
     mask_base = [edit_mask(r, masks) for r in edits]
@@ -89,9 +90,14 @@ def load(ctx, folder: str) -> Kept:
   return Kept(kept_table(folder, ctx.table), prune.read_prune_log(folder))
 
 
-STAGE = Stage(name="prune", upstream=("erm", "select", "segment", "inpaint"),
-              keys=("ddb.ig_steps", "ddb.ig_method", "ddb.ig_output", "ddb.ig_chunk", "ddb.ig_batch_size",
-                    "ddb.ig_dtype", "ddb.prune_threshold", "ddb.prune_score"),
+def stage_keys(cfg) -> list[str]:
+  keys = ["ddb.ig_steps", "ddb.ig_method", "ddb.ig_output", "ddb.ig_chunk", "ddb.ig_batch_size",
+          "ddb.ig_dtype", "ddb.prune_threshold", "ddb.prune_score"]
+  # read only when set: a folder pruned before the key existed stays valid at its default
+  return keys + (["ddb.prune_top"] if float(cfg.ddb.get("prune_top", 1.0)) != 1.0 else [])
+
+
+STAGE = Stage(name="prune", upstream=("erm", "select", "segment", "inpaint"), keys=stage_keys,
               compute=compute, load=load)
 
 
