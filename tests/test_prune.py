@@ -45,6 +45,32 @@ def test_build_records_looks_up_psi_by_source_class():
   assert [r["kept"] for r in by_norm] == [True, True, False]
 
 
+def test_keep_top_keeps_the_best_share_of_passing_edits_per_target_class():
+  kept = np.array([True, True, True, False, True, True, True])
+  score = np.array([0.5, 0.9, 0.7, 5.0, 0.2, 0.4, 0.3])
+  target = np.array([1, 1, 1, 1, 0, 0, 0])
+  # target 1: 3 passing edits, ceil(0.5 * 3) = 2 best (0.9, 0.7); the failed one stays out whatever its
+  # score. Target 0: ceil(0.5 * 3) = 2 best (0.4, 0.3).
+  np.testing.assert_array_equal(P.keep_top(kept, score, target, 0.5), [False, True, True, False, False, True, True])
+  np.testing.assert_array_equal(P.keep_top(kept, score, target, 1.0), kept)
+  np.testing.assert_array_equal(P.keep_top(kept, score, target, 0.01), [False, True, False, False, False, True, False])
+  with pytest.raises(SpurjaxError, match="ddb.prune_top"):
+    P.keep_top(kept, score, target, 0.0)
+  recs = P.build_records(source_file=["a", "b", "c"], source_class=[0, 0, 0], target_class=[1, 1, 1],
+                         sample=[0, 1, 2], place=[0, 0, 0], psi=[0.5, 0.5, 0.5], rho=[1.0, 3.0, 2.0],
+                         rho_norm=[0.9, 0.9, 0.9], Psi=[0.8, 0.9], threshold=0.3, top=0.5)
+  assert [r["kept"] for r in recs] == [False, True, True]
+
+
+def test_prune_top_enters_the_fingerprint_only_when_set():
+  from spurjax.config_base import base_config
+  from spurjax.ddb.prune_stage import STAGE
+  cfg = base_config()
+  assert "ddb.prune_top" not in STAGE.config_keys(cfg)
+  cfg.ddb.prune_top = 0.5
+  assert "ddb.prune_top" in STAGE.config_keys(cfg)
+
+
 def _records(n=5):
   rng = np.random.default_rng(0)
   src = np.array([0, 0, 1, 1, 0])[:n]
