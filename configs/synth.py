@@ -32,7 +32,13 @@ def get_config(arg=None):
   c.train.num_epochs = 8
   # DDB on a 2-core CPU in minutes, with the prior spurjax ships (32-px pixel space).
   c.diffusion.path = "builtin"
-  c.ddb.k = 30
+  # 400 lowest-loss images per class, one edit each (800 edits), inpainted in their masks' grown boxes
+  # and retrained at ERM's learning rate: mean validation WGA over seeds 0-2 96.0 (97.3 / 94.0 / 96.7)
+  # against 95.3 for the earlier defaults below (30 per class, two edits each, squares, gammas (2, 2),
+  # Adam 3e-5 for 10 epochs, erased backgrounds); squares at this scale 95.1; boxes at ddb.k=300
+  # 96.0 / 90.7 (seeds 0-1). The main command takes 7 min 53 s with these on a fresh clone (2-core
+  # EPYC). The comments further down describe the earlier 30-per-class settings (docs/experiments.md).
+  c.ddb.k = 400
   c.ddb.nouns = ("bird", "flower")
   # Measured with the previous shipped prior (1800 steps, no pooled prompt; not re-measured with the
   # current one): textual inversion is off by default here: a learned token (trained with the
@@ -63,10 +69,10 @@ def get_config(arg=None):
   c.ddb.mask = "diffedit"
   c.ddb.diffedit_refine = True
   c.ddb.diffedit_refine_band = (1.0, 4.0)
-  c.ddb.mask_box = "square"
+  c.ddb.mask_box = "box"
   c.ddb.mask_box_grow = 4
   c.ddb.inpaint_mode = "auto"     # channels for an inpainting UNet such as the shipped prior, else blended
-  c.ddb.n_samples = 2
+  c.ddb.n_samples = 1
   c.ddb.num_steps = 25
   c.ddb.guidance_scale = 3.0
   c.ddb.ig_steps = 32
@@ -86,12 +92,12 @@ def get_config(arg=None):
   # retraining settings (a perfect object swap): test 92.3 +- 3.1 (validation 93.6).
   # Stochastic sampling (`ddb.inpaint_eta=1`, birds come out more uniformly coloured): 93.1
   # (94.7 / 92.7 / 92.0), test 89.8 +- 1.7: not kept.
-  c.ddb.gammas = (2.0, 2.0)
+  c.ddb.gammas = (1.0, 1.0)
   c.ddb.retrain.name = "adam"
-  c.ddb.retrain.lr = 3e-5
+  c.ddb.retrain.lr = 1e-3
   c.ddb.retrain.weight_decay = 0.0
   c.ddb.retrain.schedule = "cosine"
-  c.ddb.retrain.num_epochs = 10
+  c.ddb.retrain.num_epochs = 8
   c.ddb.retrain.batch_size = 64
   # The retrained network overshoots: its minority groups end above its majority groups (birds on
   # land, flowers on water fall to 90-96 %). Mixing it with the ERM weights (WiSE-FT), alpha and
@@ -110,7 +116,7 @@ def get_config(arg=None):
   # 64 px): 95.3 (95.3 / 94.7 / 96.0; test 94.7 / 92.0 / 93.7) against 94.4 without (test 95.0 / 91.7 / 92.3);
   # weight 4 (each image twice per label) 94.7; grow 4 95.3 (the same); without them but 15 epochs (the same
   # number of steps) 94.4.
-  c.ddb.background_weight = 2.0
+  c.ddb.background_weight = 0.0   # at 400 per class the edits balance the scenes themselves
   c.ddb.background_grow = 2
   if arg == "tiny":
     c.data.synth_size = 32
@@ -121,4 +127,6 @@ def get_config(arg=None):
     c.train.eval_batch_size = 32
     c.train.num_epochs = 2
     c.ddb.retrain.num_epochs = 5
+    c.ddb.k = 30
+    c.ddb.n_samples = 2
   return c

@@ -35,7 +35,8 @@ def _args(work, data, prior):
   return ["run", "--config", "configs/synth.py:tiny", "--workdir", str(work), f"--config.data.cache_dir={data}",
           f"--config.diffusion.path={prior}", "--config.ddb.k=3", "--config.ddb.invert_steps=2",
           "--config.ddb.n_samples=1", "--config.ddb.num_steps=2", "--config.ddb.ig_steps=4",
-          "--config.ddb.retrain.num_epochs=1", "--config.ddb.retrain.batch_size=16", "--config.ddb.mask=given"]
+          "--config.ddb.retrain.num_epochs=1", "--config.ddb.retrain.batch_size=16", "--config.ddb.mask=given",
+          "--config.ddb.background_weight=2"]
 
 
 class Killed(Exception):
@@ -56,7 +57,7 @@ def test_run_end_to_end_and_resume(tmp_path, prior_dir, monkeypatch, capsys):
   assert os.path.isfile(tmp_path / "a" / "prune" / "prune_log.csv")
   assert os.path.isfile(tmp_path / "a" / "plots" / "group_accuracy.png")
   assert "DDB" in open(tmp_path / "a" / "report.md").read()
-  assert rep["background_images"] == 2 * 3          # every selected image erased (configs/synth.py turns it on)
+  assert rep["background_images"] == 2 * 3          # every selected image erased (background_weight > 0)
   assert os.path.isfile(tmp_path / "a" / "retrain" / "backgrounds.png")
   assert "Erased backgrounds" in open(tmp_path / "a" / "report.md").read()
   # The real stages reused as a whole, then a pruning setting redoes pruning and retraining only.

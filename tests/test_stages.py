@@ -77,7 +77,7 @@ AFTER_SEGMENT = ["segment", "inpaint", "prune", "retrain"]  # nor, by default, i
     ("ddb.n_samples=3", ["inpaint", "prune", "retrain"]),
     ("ddb.prune_threshold=0.5", ["prune", "retrain"]),
     ("ddb.retrain.num_epochs=3", ["retrain"]),
-    ("ddb.background_weight=0", ["retrain"]),
+    ("ddb.background_weight=2", ["retrain"]),
     # The masks use the diffusion model too: the attention masks are scored in segment/iou.json.
     ("diffusion.path={sd_b}", ["segment", "invert", "inpaint", "prune", "retrain"]),
 ])
