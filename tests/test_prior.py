@@ -336,3 +336,7 @@ def test_bad_training_settings_fail_before_anything_is_written(data, tmp_path, c
   err = capsys.readouterr().err
   assert "config train.lr_schedule='linear' must be 'constant' or 'cosine'" in err and err.strip().count("\n") == 0
   assert not os.listdir(tmp_path)
+  assert cli.main(base + ["--config.train.object_t_max=1.5"]) == 2
+  err = capsys.readouterr().err
+  assert "config train.object_t_max=1.5 must be in (0, 1]" in err and err.strip().count("\n") == 0
+  assert not os.listdir(tmp_path)

@@ -149,6 +149,8 @@ def test_bad_prompt_settings_fail_before_any_stage(tmp_path, capsys, dry_pipelin
   assert "config ddb.retrain.interpolate: needs a validation criterion" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.diffedit_refine=True", "--config.ddb.diffedit_refine_band=(3.0,1.0)"]) == 2
   assert "config ddb.diffedit_refine_band: 0 <= low < high needed" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.prune_top=0"]) == 2
+  assert "config ddb.prune_top = 0.0; it must be in (0, 1]" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.generator=dream"]) == 2
   assert "config ddb.generator='dream' must be one of diffusion, paste, redraw" in capsys.readouterr().err
   assert dry_pipeline == [] and not (tmp_path / "w").exists()

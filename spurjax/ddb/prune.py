@@ -42,13 +42,16 @@ SCORES = ("rho", "rho_norm")
 
 
 
-def prune_settings(cfg) -> tuple[float, str]:
-  """(threshold, score name) from cfg.ddb (`ddb.prune_top` is read by the stage)."""
+def prune_settings(cfg) -> tuple[float, str, float]:
+  """(threshold, score name, top share) from cfg.ddb, checked."""
   threshold = float(cfg.ddb.prune_threshold)
   score = str(cfg.ddb.prune_score)
   if score not in SCORES:
     raise SpurjaxError(f"config ddb.prune_score = {score!r}; valid: {', '.join(SCORES)}")
-  return threshold, score
+  top = float(cfg.ddb.get("prune_top", 1.0))
+  if not 0.0 < top <= 1.0:
+    raise SpurjaxError(f"config ddb.prune_top = {top}; it must be in (0, 1]")
+  return threshold, score, top
 
 
 def source_reference_prob(probs, labels, num_classes: Optional[int] = None) -> np.ndarray:

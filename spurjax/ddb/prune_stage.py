@@ -70,14 +70,13 @@ class Kept:
 def compute(ctx, inputs, folder: str) -> None:
   """Scores every edit (psi, rho), applies both criteria, writes the log and the kept dataset."""
   selected, masks, edits = inputs["select"], inputs["segment"].masks, inputs["inpaint"].rows
-  threshold, score = prune.prune_settings(ctx.cfg)
+  threshold, score, top = prune.prune_settings(ctx.cfg)
   sc = score_edits(ctx, inputs["erm"], masks, edits)
   Psi = np.asarray([selected.psi_ref[c] for c in range(ctx.table.num_classes)], np.float64)
   recs = prune.build_records(
       source_file=[r["source_file"] for r in edits], source_class=sc["source"], target_class=sc["target"],
       sample=[int(r["sample"]) for r in edits], place=[int(ctx.table.place[int(r["source_index"])]) for r in edits],
-      psi=sc["psi"], rho=sc["rho"], rho_norm=sc["rho_norm"], Psi=Psi, threshold=threshold, score=score,
-      top=float(ctx.cfg.ddb.get("prune_top", 1.0)))
+      psi=sc["psi"], rho=sc["rho"], rho_norm=sc["rho_norm"], Psi=Psi, threshold=threshold, score=score, top=top)
   if distributed.is_main():
     edit_base = [read_image(r["path"]) for r in edits]
     mask_base = [edit_mask(r, masks) for r in edits]
@@ -88,6 +87,11 @@ def compute(ctx, inputs, folder: str) -> None:
 
 def load(ctx, folder: str) -> Kept:
   return Kept(kept_table(folder, ctx.table), prune.read_prune_log(folder))
+
+
+def check_config(ctx) -> None:
+  """Before any work: `ddb.prune_score` is known and `ddb.prune_top` is in (0, 1]."""
+  prune.prune_settings(ctx.cfg)
 
 
 def stage_keys(cfg) -> list[str]:

@@ -38,7 +38,7 @@ def build(ctx, erm_rep: dict, ddb_rep: dict, masks, edits, kept) -> dict:
   gen = np.bincount([int(r["target_class"]) for r in edits.rows], minlength=k)
   kept_n = np.bincount(np.asarray(kept.table.y, np.int64), minlength=k) if len(kept.table) else np.zeros(k, int)
   crit_psi = sum(float(r["psi"]) < float(r["Psi_i"]) for r in kept.log)
-  thr, score = prune_settings(ctx.cfg)
+  thr, score, _ = prune_settings(ctx.cfg)
   crit_rho = sum(float(r[score]) > thr for r in kept.log)
   return {
       "erm": _section(erm_rep),

@@ -47,6 +47,7 @@ def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None,
   segment.check_config(ctx)                                                         # and a bad refinement band
   invert.check_config(ctx)                                                          # or ddb.invert_mask
   inpaint.check_config(ctx)                                                         # or ddb.template / attributes
+  prune_stage.check_config(ctx)                                                     # or ddb.prune_score / prune_top
   retrain.check_config(ctx)                                                         # or ddb.retrain.interpolate
   os.makedirs(workdir, exist_ok=True)
   runner = Runner(ctx)
