@@ -35,8 +35,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from spurjax.data.synth import (_check_target, _publish, _clutter, _ellipse, _hsv_image, _image_rng, _land, _poly, _rgb,
-                                _smooth_noise, _water)
+from spurjax.data.synth import (_check_target, _clutter, _draw_object, _ellipse, _hsv_image, _image_rng, _land, _poly,
+                                _publish, _rgb, _smooth_noise, _water)
 from spurjax.errors import SpurjaxError
 
 OBJECT_NAMES = ("fish", "tree", "house", "boat", "butterfly", "star", "car", "leaf", "mushroom", "balloon")
@@ -329,19 +329,7 @@ def render(y: int, place: int, rng: np.random.Generator, image_size: int = 64):
   angle = rng.uniform(-tilt, tilt)
   flip = -1.0 if rng.random() < 0.5 else 1.0
   centre = rng.uniform(0.35, 0.65, 2) * n
-  rot = np.asarray([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-  outline = _rgb(hue, 0.6, 0.12)
-  width = max(1, n // 64)
-  mask = Image.new("L", (n, n), 0)
-  draw, mdraw = ImageDraw.Draw(canvas), ImageDraw.Draw(mask)
-  for poly, fill, outlined in parts:
-    pts = (poly * np.asarray([flip, 1.0])) @ rot.T * size + centre
-    xy = [tuple(p) for p in pts]
-    draw.polygon(xy, fill=fill, outline=outline if outlined else None, width=width)
-    mdraw.polygon(xy, fill=255, outline=255 if outlined else None, width=width)
-  image = np.asarray(canvas.resize((image_size, image_size), Image.BOX))
-  mask_arr = np.asarray(mask.resize((image_size, image_size), Image.BOX)) >= 128
-  return image, mask_arr
+  return _draw_object(canvas, parts, hue, size, angle, flip, centre, image_size)
 
 
 # ----------------------------------------------------------------------------- writing

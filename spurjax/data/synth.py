@@ -287,18 +287,11 @@ def colour_word(hue: float) -> str:
   return "red"
 
 
-def _render(y: int, place: int, rng: np.random.Generator, image_size: int, object_rng=None):
-  """Returns (uint8 HWC image, bool HW mask, object hue). The scene takes the first draws of `rng`, the
-  object the following ones, or those of `object_rng` when given (the same scene with another object)."""
-  n = 2 * image_size
-  canvas = (_land if place == 0 else _water)(rng, n)
-  rng = rng if object_rng is None else object_rng
-  hue = float(rng.uniform())
-  parts = (_bird if y == 0 else _flower)(rng, hue)
-  size = rng.uniform(0.42, 0.62) * n
-  angle = rng.uniform(-0.5, 0.5) if y == 0 else rng.uniform(-0.4, 0.4)
-  flip = -1.0 if rng.random() < 0.5 else 1.0
-  centre = rng.uniform(0.36, 0.64, 2) * n
+def _draw_object(canvas: Image.Image, parts, hue: float, size: float, angle: float, flip: float, centre,
+                 image_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Draws an object's polygons (unit coordinates, scaled by `size`, turned by `angle`, mirrored when
+  `flip` is -1, centred at `centre`) on the 2x canvas; returns the box-downsampled (image, bool mask)."""
+  n = canvas.size[0]
   rot = np.asarray([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
   outline = _rgb(hue, 0.6, 0.12)
   width = max(1, n // 64)
@@ -311,6 +304,22 @@ def _render(y: int, place: int, rng: np.random.Generator, image_size: int, objec
     mdraw.polygon(xy, fill=255, outline=255 if outlined else None, width=width)
   image = np.asarray(canvas.resize((image_size, image_size), Image.BOX))
   mask_arr = np.asarray(mask.resize((image_size, image_size), Image.BOX)) >= 128
+  return image, mask_arr
+
+
+def _render(y: int, place: int, rng: np.random.Generator, image_size: int, object_rng=None):
+  """Returns (uint8 HWC image, bool HW mask, object hue). The scene takes the first draws of `rng`, the
+  object the following ones, or those of `object_rng` when given (the same scene with another object)."""
+  n = 2 * image_size
+  canvas = (_land if place == 0 else _water)(rng, n)
+  rng = rng if object_rng is None else object_rng
+  hue = float(rng.uniform())
+  parts = (_bird if y == 0 else _flower)(rng, hue)
+  size = rng.uniform(0.42, 0.62) * n
+  angle = rng.uniform(-0.5, 0.5) if y == 0 else rng.uniform(-0.4, 0.4)
+  flip = -1.0 if rng.random() < 0.5 else 1.0
+  centre = rng.uniform(0.36, 0.64, 2) * n
+  image, mask_arr = _draw_object(canvas, parts, hue, size, angle, flip, centre, image_size)
   return image, mask_arr, hue
 
 
