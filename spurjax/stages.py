@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -160,6 +161,7 @@ class Runner:
     self.fingerprints: dict[str, str] = {}
     self.reused: list[str] = []
     self.redone: list[tuple[str, str]] = []
+    self.seconds: dict[str, float] = {}  # wall time of each stage this runner computed
 
   def provide(self, name: str, artefact, fingerprint_: str) -> None:
     """Uses `artefact` as stage `name`'s result (fingerprint given by the caller)."""
@@ -188,9 +190,12 @@ class Runner:
         os.makedirs(tmp, exist_ok=True)
         _write_json(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": False})
       distributed.barrier(f"{stage.name}_start")
+      start = time.perf_counter()
       stage.compute(self.ctx, inputs, tmp)
+      self.seconds[stage.name] = time.perf_counter() - start
       if distributed.is_main():
-        _write_json(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": True})
+        _write_json(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": True,
+                                                    "seconds": round(self.seconds[stage.name], 1)})
         _remove_own(folder)
         os.replace(tmp, folder)
       distributed.barrier(f"{stage.name}_done")
@@ -207,9 +212,18 @@ class Runner:
       parts.append("redid " + ", ".join(f"{n} ({why})" for n, why in self.redone))
     return "stages: " + ("; ".join(parts) if parts else "none run")
 
+  def timing(self) -> str:
+    """One line with the wall time of each stage computed by this runner ("" when none was)."""
+    if not self.seconds:
+      return ""
+    parts = ", ".join(f"{n} {s:.0f} s" for n, s in self.seconds.items())
+    return f"stage wall time: {parts} (total {sum(self.seconds.values()):.0f} s)"
+
   def report(self) -> None:
     if self.verbose and distributed.is_main():
       print(self.summary(), flush=True)
+      if self.seconds:
+        print(self.timing(), flush=True)
 
 
 def _write_json(path: str, obj) -> None:
