@@ -238,3 +238,20 @@ def test_every_key_a_stage_reads_is_in_the_base_config():
     stages.config_values(cfg, mod.STAGE.config_keys(cfg))  # raises on a missing key
   with pytest.raises(SpurjaxError, match="missing"):
     stages.config_values(cfg, ["ddb.not_a_key"])
+
+
+def test_wall_time_is_printed_and_recorded_for_computed_stages_only(tmp_path, capsys, dry_pipeline):
+  args = ["run", "--config", "configs/synth.py:tiny", "--workdir", str(tmp_path / "w"),
+          f"--config.data.cache_dir={tmp_path / 'data'}", f"--config.diffusion.path={tmp_path / 'sd_a'}",
+          "--config.ddb.mask=given", "--config.ddb.invert_steps=2"]
+  capsys.readouterr()
+  assert cli.main(args) == 0
+  timing = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stage wall time:")]
+  assert len(timing) == 1 and all(f" {name} " in timing[0] for name in ORDER), timing
+  for name in ORDER:
+    record = json.load(open(tmp_path / "w" / name / stages.STAGE_FILE))
+    assert record["complete"] and record["seconds"] >= 0
+  # A rerun that redoes only retraining times only retraining.
+  assert cli.main(args + ["--config.ddb.retrain.num_epochs=3"]) == 0
+  timing = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stage wall time:")]
+  assert len(timing) == 1 and timing[0].startswith("stage wall time: retrain ") and "erm" not in timing[0]
