@@ -222,8 +222,9 @@ class Runner:
   def report(self) -> None:
     if self.verbose and distributed.is_main():
       print(self.summary(), flush=True)
-      if self.seconds:
-        print(self.timing(), flush=True)
+      line = self.timing()
+      if line:
+        print(line, flush=True)
 
 
 def _write_json(path: str, obj) -> None:
