@@ -132,6 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.guidance_scale = 7.5
   c.ddb.inpaint_sampler = "ddim"  # ddim | dpmpp_2m
   c.ddb.inpaint_eta = 0.0         # sampler stochasticity: 0 deterministic DDIM, 1 DDPM-like
+  # < 1: start from the source image noised part way (the last int(num_steps x strength) steps run;
+  # diffusers' inpainting `strength`); 1: from pure noise inside the mask
+  c.ddb.inpaint_strength = 1.0
   c.ddb.inpaint_batch_size = 8    # rows per compiled call (rounded up to the devices)
   c.ddb.inpaint_paste = True      # paste generated pixels into the original through the mask
   # prune: Integrated Gradients (original -> edit) inside the mask, and the two criteria

@@ -95,13 +95,13 @@ def test_no_retrace_for_same_shapes(data):
                     params=data.p4)
 
 
-def _inpaint(data, mode, **kw):
+def _inpaint(data, mode, denoise_fn=tiny_denoise, **kw):
   fn = sampling.inpaint_blended if mode == "blended" else sampling.inpaint_channels
   params = data.p3 if mode == "blended" else data.p7
   args = dict(images=data.images, masks=data.masks, context=data.ctx, uncond_context=data.uncond,
               guidance_scale=2.0, num_steps=4, rng=jax.random.key(3), params=params)
   args.update(kw)
-  return np.asarray(fn(tiny_denoise, SCHED, **args))
+  return np.asarray(fn(denoise_fn, SCHED, **args))
 
 
 @pytest.mark.parametrize("mode", ["blended", "channels"])
@@ -132,6 +132,45 @@ def test_channels_mode_feeds_mask_and_masked_image(data):
   # Without keep_known the model alone decides the background.
   free = _inpaint(data, "channels", keep_known=False)
   assert np.abs(np.where(data.masks[..., None] < 0.5, free - data.images, 0)).max() > 1e-2
+
+
+def test_first_step_follows_diffusers_strength_rule():
+  assert sampling.first_step(16, 1.0) == 0
+  assert sampling.first_step(16, 0.8) == 4      # int(12.8) = 12 steps run
+  assert sampling.first_step(25, 0.6) == 10
+  for bad in (0.0, -0.5, 1.01, 0.05):
+    with pytest.raises(SpurjaxError, match="strength="):
+      sampling.first_step(16, bad)
+
+
+@pytest.mark.parametrize("mode,sampler", [("channels", "dpmpp_2m"), ("blended", "ddim")])
+def test_strength_starts_from_the_noised_image_at_its_step(data, mode, sampler):
+  calls = []
+
+  def spy(params, x, t, ctx):
+    calls.append((np.asarray(x), np.asarray(t)))
+    return tiny_denoise(params, x, t, ctx)
+
+  n, rng = 6, jax.random.key(3)
+  full = _inpaint(data, mode, sampler=sampler, num_steps=n, rng=rng)
+  np.testing.assert_array_equal(_inpaint(data, mode, sampler=sampler, num_steps=n, rng=rng, strength=1.0), full)
+  out = _inpaint(data, mode, sampler=sampler, num_steps=n, rng=rng, strength=0.5, denoise_fn=spy,
+                 debug_python_loop=True)
+  ts = S.get_sampler(sampler).timesteps(SCHED, n)
+  start = sampling.first_step(len(ts), 0.5)
+  assert start == 3 and len(calls) == len(ts) - start
+  assert [int(t[0]) for _, t in calls] == [int(t) for t in ts[start:]]
+  # The first model input is the whole image (masked region included) noised to step `start`.
+  noise = np.asarray(sampling._noise_program((8, 8, 3), None)(rng, jnp.arange(4, dtype=jnp.int32)))
+  want = np.asarray(S.add_noise(SCHED, jnp.asarray(data.images * 2 - 1), jnp.asarray(noise), int(ts[start])))
+  np.testing.assert_allclose(calls[0][0][::2, ..., :3], want, atol=1e-5)  # rows interleave uncond / cond
+  keep = data.masks[..., None] < 0.5
+  np.testing.assert_allclose(np.where(keep, out, 0), np.where(keep, data.images, 0), atol=1e-6)
+  # Starting later leaves the repainted region closer to the image than starting from noise.
+  inside = ~keep[..., 0]
+  assert np.abs(out - data.images)[inside].mean() < np.abs(full - data.images)[inside].mean()
+  np.testing.assert_allclose(_inpaint(data, mode, sampler=sampler, num_steps=n, rng=rng, strength=0.5), out,
+                             atol=1e-5)  # the compiled scan agrees with the Python loop
 
 
 @pytest.mark.parametrize("mode", ["blended", "channels"])

@@ -183,6 +183,31 @@ def test_dpmpp_2m_matches_diffusers(torch, dsched, schedule, prediction, n, extr
   _assert_trajectories_close(_run_ours(s, "dpmpp_2m", n, x, outs, jit=n == 7), _run_reference(torch, ref, x, outs))
 
 
+def test_dpmpp_2m_from_a_later_step_matches_diffusers(torch, dsched):
+  cfg = _config("scaled_linear", "v_prediction", timestep_spacing="trailing")
+  n, start = 16, 4
+  ref = dsched.DPMSolverMultistepScheduler(**cfg)
+  ref.set_timesteps(n)
+  ref.set_begin_index(start)   # as diffusers' inpainting pipeline does for strength < 1
+  s = S.make_schedule(cfg)
+  x, outs = _outputs(n - start, seed=2)
+  smp = S.get_sampler("dpmpp_2m")
+  xj = _nhwc(x)
+  state = S.start_at(smp.init(s, n, xj), start)
+  got = []
+  for k in range(n - start):
+    xj, state = smp.step(s, state, _nhwc(outs[k]), start + k, xj)
+    got.append(_nchw(xj))
+  want, sample = [], torch.from_numpy(x)
+  for t, out in zip(ref.timesteps[start:], outs):
+    sample = ref.step(torch.from_numpy(out), t, sample).prev_sample
+    want.append(sample.numpy())
+  _assert_trajectories_close(got, want)
+  # Without start_at the first step would be second order against a zero history.
+  plain = smp.step(s, smp.init(s, n, _nhwc(x)), _nhwc(outs[0]), start, _nhwc(x))[0]
+  assert np.abs(_nchw(plain) - got[0]).max() > 1e-3
+
+
 def test_steps_work_inside_scan():
   s = S.make_schedule(_config("scaled_linear", "epsilon"))
   x, outs = _outputs(5, shape=(1, 4, 2, 2))

@@ -143,6 +143,10 @@ def test_bad_prompt_settings_fail_before_any_stage(tmp_path, capsys, dry_pipelin
   assert "config ddb.template" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.inpaint_eta=1.5"]) == 2
   assert "config ddb.inpaint_eta=1.5 must be a number in [0, 1]" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.inpaint_strength=0.01"]) == 2   # int(num_steps x 0.01) = 0 steps
+  assert "config ddb.inpaint_strength: strength=0.01 with" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.inpaint_strength=1.5"]) == 2
+  assert "must be in (0, 1]" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.retrain.interpolate=(0.5,2.0)"]) == 2
   assert "config ddb.retrain.interpolate = (0.5, 2.0): every alpha must be" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.retrain.select=last"]) == 2

@@ -242,7 +242,7 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
                          skip=None, desc: str | None = "inpaint", attributes: Sequence[str] = (),
-                         eta: float = 0.0, same_class: bool = False
+                         eta: float = 0.0, same_class: bool = False, strength: float = 1.0
                          ) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
   """Yields (chunk index, its edits, float32 (n, H, W, 3) images in [0, 1]) chunk by chunk.
 
@@ -294,7 +294,8 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
     out = run(fns.denoise, prep["sched"], images=prep["images"][rows], masks=prep["masks"][rows],
               context=prep["contexts"][targets], uncond_context=prep["uncond"],
               guidance_scale=float(guidance_scale), num_steps=int(num_steps), rng=jax.random.fold_in(base_rng, c),
-              sampler=sampler, eta=float(eta), params=params, encode_fn=fns.encode, decode_fn=fns.decode, mesh=mesh)
+              sampler=sampler, eta=float(eta), params=params, encode_fn=fns.encode, decode_fn=fns.decode, mesh=mesh,
+              strength=float(strength))
     out = np.asarray(out)[:len(e)]
     src = [x.source for x in e]
     out = resize_images(out, images.shape[1:3])
@@ -324,7 +325,7 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
                          desc: str | None = "inpaint", attributes: Sequence[str] = (),
-                         eta: float = 0.0, same_class: bool = False) -> dict[str, np.ndarray]:
+                         eta: float = 0.0, same_class: bool = False, strength: float = 1.0) -> dict[str, np.ndarray]:
   """Counterfactual edits of every image toward every other class.
 
   Args:
@@ -347,6 +348,8 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
     eta: sampler stochasticity (0: deterministic DDIM; 1: DDPM-like fresh noise each step).
     same_class: repaint each image with its own class's prompt instead (label-keeping re-inpaints;
       M = B x n_samples, target_class = source_class).
+    strength: in (0, 1]; below 1 the sampler starts from the image noised part way and runs the last
+      int(num_steps x strength) steps (`sampling.first_step`), keeping the source's coarse layout.
 
   Returns:
     {"images": float32 (M, H, W, 3) in [0, 1], "source": (M,) positions into `images`,
@@ -359,7 +362,7 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                                          guidance_scale=guidance_scale, seed=seed, mesh=mesh, template=template,
                                          sampler=sampler, batch_size=batch_size, num_classes=num_classes,
                                          paste=paste, desc=desc, attributes=attributes, eta=eta,
-                                         same_class=same_class):
+                                         same_class=same_class, strength=strength):
     outs.append(imgs)
     edits += e
   shape = (0,) + np.shape(images)[1:3] + (3,)
@@ -487,7 +490,7 @@ def generator_settings(ctx) -> dict:
               mesh=ctx.mesh, template=str(d.template), sampler=str(d.inpaint_sampler),
               batch_size=int(d.inpaint_batch_size), num_classes=int(ctx.table.num_classes),
               paste=bool(d.inpaint_paste), attributes=tuple(d.get("attributes", ())),
-              eta=float(d.get("inpaint_eta", 0.0)))
+              eta=float(d.get("inpaint_eta", 0.0)), strength=float(d.get("inpaint_strength", 1.0)))
 
 
 def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) -> list[dict]:
@@ -582,7 +585,7 @@ def _redraw_source(table, i: int):
 
 def check_config(ctx) -> None:
   """Before any work: `ddb.generator` is known; `ddb.template` and `ddb.attributes` make valid prompts,
-  `ddb.inpaint_eta` is in [0, 1] (diffusion generator); the data is the built-in benchmark (redraw)."""
+  `ddb.inpaint_eta` is in [0, 1] and `ddb.inpaint_strength` in (0, 1] (diffusion generator); the data is the built-in benchmark (redraw)."""
   cfg = ctx.cfg
   if str(cfg.ddb.generator) not in GENERATORS:
     raise SpurjaxError(f"config ddb.generator={cfg.ddb.generator!r} must be one of {', '.join(GENERATORS)}")
@@ -593,6 +596,14 @@ def check_config(ctx) -> None:
   eta = cfg.ddb.get("inpaint_eta", 0.0)
   if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
     raise SpurjaxError(f"config ddb.inpaint_eta={eta!r} must be a number in [0, 1]")
+  strength = cfg.ddb.get("inpaint_strength", 1.0)
+  if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+    raise SpurjaxError(f"config ddb.inpaint_strength={strength!r} must be a number in (0, 1]")
+  try:
+    from spurjax.diffusion.sampling import first_step
+    first_step(int(cfg.ddb.num_steps), float(strength))
+  except SpurjaxError as e:
+    raise SpurjaxError(f"config ddb.inpaint_strength: {e}") from None
   class_prompts(str(cfg.ddb.template), None, nouns_for(cfg, ctx.table), int(ctx.table.num_classes),
                 tuple(cfg.ddb.get("attributes", ())))
 
@@ -604,6 +615,7 @@ def config_keys(cfg) -> list[str]:
   # Keys that joined later enter the fingerprint only when set, so older workdirs keep theirs.
   optional = ["ddb.attributes"] if tuple(cfg.ddb.get("attributes", ())) else []
   optional += ["ddb.inpaint_eta"] if float(cfg.ddb.get("inpaint_eta", 0.0)) else []
+  optional += ["ddb.inpaint_strength"] if float(cfg.ddb.get("inpaint_strength", 1.0)) != 1.0 else []
   return ["seed", "diffusion.path", *second, "ddb.generator", "ddb.nouns", "ddb.template", *optional,
           "ddb.inpaint_mode", "ddb.n_samples", "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler",
           "ddb.inpaint_batch_size", "ddb.inpaint_paste"]

@@ -53,6 +53,7 @@ class _Static:
   latent_shape: tuple[int, ...]  # per example
   keep_known: bool = True
   mask_pool: str = "max"
+  strength: float = 1.0  # inpainting: start from the image noised to this fraction of the steps (1: pure noise)
 
 
 # ---------------------------------------------------------------- pieces of the loop
@@ -95,6 +96,16 @@ def _plan(st: _Static):
   return ts, next_abar
 
 
+def first_step(num_steps: int, strength: float) -> int:
+  """The step an inpainting with `strength` starts at (diffusers' img2img / inpainting rule: the last
+  int(num_steps x strength) of the steps are run)."""
+  run = min(int(num_steps * strength), num_steps)
+  if not 0.0 < strength <= 1.0 or run < 1:
+    raise SpurjaxError(f"strength={strength} with {num_steps} steps runs no step: it must be in (0, 1] and "
+                       "num_steps x strength >= 1")
+  return num_steps - run
+
+
 def _prepare(st: _Static, d: dict):
   """Initial (x, sampler state) and the per-batch constants of the loop."""
   params, noise = d["params"], d["noise"]
@@ -109,7 +120,10 @@ def _prepare(st: _Static, d: dict):
       masked = encode(params, images * (mask < 0.5)).astype(jnp.float32)
       aux["extra"] = jnp.concatenate([_mask_to(mask, z0.shape[1:3], "nearest"), masked], axis=-1)
   ts, _ = _plan(st)
-  if st.mode == "blended":
+  start = first_step(len(ts), st.strength)
+  if start:  # the whole image noised to the first step's level (inside the mask too)
+    x = schedulers.add_noise(st.sched, aux["z0"], noise, int(ts[start]))
+  elif st.mode == "blended":
     m = aux["blend"]
     known = schedulers.add_noise(st.sched, aux["z0"], noise, int(ts[0]))
     x = (1.0 - m) * known + m * noise
@@ -119,6 +133,7 @@ def _prepare(st: _Static, d: dict):
   if st.eta > 0:
     eta_keys = jax.vmap(lambda k: jax.random.fold_in(k, rng_ids.DDIM_ETA))(_example_keys(d["rng"], d["index"]))
   state = schedulers.get_sampler(st.sampler).init(st.sched, len(ts), x, eta=st.eta, noise_keys=eta_keys)
+  state = schedulers.start_at(state, start)
   ctx = d["context"]
   aux["context"] = _interleave(d["uncond"], ctx) if st.cfg else ctx
   return (x, state), aux
@@ -162,13 +177,14 @@ def _run(st: _Static, d: dict) -> jax.Array:
   def body(carry, i):
     return _body(st, d, aux, carry, i), None
 
-  (x, _), _ = jax.lax.scan(body, carry, jnp.arange(n, dtype=jnp.int32))
+  (x, _), _ = jax.lax.scan(body, carry, jnp.arange(first_step(n, st.strength), n, dtype=jnp.int32))
   return _finish(st, d, aux, x)
 
 
 def _run_python(st: _Static, d: dict) -> jax.Array:
   carry, aux = _prepare(st, d)
-  for i in range(len(_plan(st)[0])):
+  n = len(_plan(st)[0])
+  for i in range(first_step(n, st.strength), n):
     carry = _body(st, d, aux, carry, jnp.int32(i))
   return _finish(st, d, aux, carry[0])
 
@@ -342,17 +358,19 @@ def _latent_shape_cached(encode_fn, signature, image_shape, params):
 
 
 def _inpaint(mode: str, denoise_fn, sched, images, masks, context, uncond_context, guidance_scale, num_steps,
-             rng, sampler, eta, params, encode_fn, decode_fn, mesh, debug_python_loop, keep_known, mask_pool):
+             rng, sampler, eta, params, encode_fn, decode_fn, mesh, debug_python_loop, keep_known, mask_pool,
+             strength):
   if (encode_fn is None) != (decode_fn is None):
     raise SpurjaxError("give both encode_fn and decode_fn (latent model) or neither (pixel-space model)")
   if mask_pool not in ("max", "nearest"):
     raise SpurjaxError(f"mask_pool={mask_pool!r} must be 'max' or 'nearest'")
   schedulers.get_sampler(sampler)
+  first_step(len(schedulers.get_sampler(sampler).timesteps(sched, int(num_steps))), float(strength))
   images, masks = _check_images(images, masks)
   batch = images.shape[0]
   st = _Static(mode, denoise_fn, encode_fn, decode_fn, sched, sampler, int(num_steps), float(eta),
                uncond_context is not None, _latent_shape(encode_fn, params, images.shape[1:]),
-               keep_known=keep_known, mask_pool=mask_pool)
+               keep_known=keep_known, mask_pool=mask_pool, strength=float(strength))
   inputs = dict(_contexts(context, uncond_context, batch), images=images, masks=masks)
   return _dispatch(st, batch, inputs, params=params, rng=rng, guidance_scale=guidance_scale, mesh=mesh,
                    debug_python_loop=debug_python_loop)
@@ -363,7 +381,7 @@ def inpaint_blended(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, images
                     sampler: str = "ddim", eta: float = 0.0, params: Any = None,
                     encode_fn: CodecFn | None = None, decode_fn: CodecFn | None = None,
                     mesh: Mesh | None = None, debug_python_loop: bool = False,
-                    mask_pool: str = "max") -> jax.Array:
+                    mask_pool: str = "max", strength: float = 1.0) -> jax.Array:
   """Inpainting with a plain (4-channel) model by blended latents.
 
   Noise enters only inside the mask M (resized to the latent grid; "max" pooling
@@ -371,11 +389,14 @@ def inpaint_blended(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, images
   region is reset to the known latents noised to the next step's level,
   z = (1 - M) * noised_known + M * z, and after the last step to the exact known
   latents. Arguments as in `sample`, plus `images` (B, H, W, 3) in [0, 1] and
-  `masks` (B, H, W[, 1]) with 1 = repaint.
+  `masks` (B, H, W[, 1]) with 1 = repaint. With `strength` < 1 sampling starts from the image
+  noised to the level of step `first_step(num_steps, strength)` and runs the remaining steps
+  (diffusers' inpainting `strength`), so the repainted region keeps the image's coarse layout
+  and colours.
   """
   return _inpaint("blended", denoise_fn, sched, images, masks, context, uncond_context, guidance_scale,
                   num_steps, rng, sampler, eta, params, encode_fn, decode_fn, mesh, debug_python_loop, True,
-                  mask_pool)
+                  mask_pool, strength)
 
 
 def inpaint_channels(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, images, masks, context,
@@ -383,18 +404,19 @@ def inpaint_channels(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, image
                      sampler: str = "ddim", eta: float = 0.0, params: Any = None,
                      encode_fn: CodecFn | None = None, decode_fn: CodecFn | None = None,
                      mesh: Mesh | None = None, debug_python_loop: bool = False, keep_known: bool = True,
-                     mask_pool: str = "max") -> jax.Array:
+                     mask_pool: str = "max", strength: float = 1.0) -> jax.Array:
   """Inpainting with an inpainting model (SD-inpainting, 9 input channels).
 
   The model sees concat([z_t, mask, masked_image_latents]) on the channel axis,
   where the mask is nearest-resized to the latent grid and the masked image is
-  image * (mask < 0.5) in [-1, 1]. Sampling starts from pure noise. With
+  image * (mask < 0.5) in [-1, 1]. Sampling starts from pure noise, or with `strength` < 1
+  from the image noised to step `first_step(num_steps, strength)` (as `inpaint_blended`). With
   `keep_known` the final latents outside the (pooled) mask are replaced by the
   known latents before decoding, so the background is kept up to the VAE's error.
   """
   return _inpaint("channels", denoise_fn, sched, images, masks, context, uncond_context, guidance_scale,
                   num_steps, rng, sampler, eta, params, encode_fn, decode_fn, mesh, debug_python_loop,
-                  keep_known, mask_pool)
+                  keep_known, mask_pool, strength)
 
 
 # ---------------------------------------------------------------- adapters for a loaded pipeline

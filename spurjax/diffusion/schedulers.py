@@ -364,6 +364,14 @@ def dpm_step(sched: Schedule, state: DPMState, model_output: jax.Array, i, x: ja
   return x_next.astype(x.dtype), state._replace(prev_x0=x0)
 
 
+def start_at(state, i: int):
+  """A sampler state that begins at step i instead of 0 (inpainting with strength < 1): DPM-Solver++
+  has no earlier x0 there, so its step i is first order, as diffusers' first step after `begin_index`."""
+  if isinstance(state, DPMState) and i:
+    return state._replace(coef_d1=state.coef_d1.at[i].set(0.0))
+  return state
+
+
 # ---------------------------------------------------------------- registry
 
 
