@@ -600,8 +600,7 @@ def check_config(ctx) -> None:
   if isinstance(strength, bool) or not isinstance(strength, (int, float)):
     raise SpurjaxError(f"config ddb.inpaint_strength={strength!r} must be a number in (0, 1]")
   try:
-    from spurjax.diffusion.sampling import first_step
-    first_step(int(cfg.ddb.num_steps), float(strength))
+    sampling.first_step(int(cfg.ddb.num_steps), float(strength))
   except SpurjaxError as e:
     raise SpurjaxError(f"config ddb.inpaint_strength: {e}") from None
   class_prompts(str(cfg.ddb.template), None, nouns_for(cfg, ctx.table), int(ctx.table.num_classes),

@@ -101,8 +101,8 @@ def first_step(num_steps: int, strength: float) -> int:
   int(num_steps x strength) of the steps are run)."""
   run = min(int(num_steps * strength), num_steps)
   if not 0.0 < strength <= 1.0 or run < 1:
-    raise SpurjaxError(f"strength={strength} with {num_steps} steps runs no step: it must be in (0, 1] and "
-                       "num_steps x strength >= 1")
+    raise SpurjaxError(f"strength={strength} with {num_steps} steps: it must be in (0, 1] and run at least one "
+                       "step (num_steps x strength >= 1)")
   return num_steps - run
 
 
@@ -364,7 +364,6 @@ def _inpaint(mode: str, denoise_fn, sched, images, masks, context, uncond_contex
     raise SpurjaxError("give both encode_fn and decode_fn (latent model) or neither (pixel-space model)")
   if mask_pool not in ("max", "nearest"):
     raise SpurjaxError(f"mask_pool={mask_pool!r} must be 'max' or 'nearest'")
-  schedulers.get_sampler(sampler)
   first_step(len(schedulers.get_sampler(sampler).timesteps(sched, int(num_steps))), float(strength))
   images, masks = _check_images(images, masks)
   batch = images.shape[0]
