@@ -135,6 +135,9 @@ def base_config() -> ml_collections.ConfigDict:
   # < 1: start from the source image noised part way (the last int(num_steps x strength) steps run;
   # diffusers' inpainting `strength`); 1: from pure noise inside the mask
   c.ddb.inpaint_strength = 1.0
+  # (t_min, t_max): classifier-free guidance only at sampler timesteps in that range, the conditional
+  # prediction alone outside it (guidance in a limited interval); (): at every step
+  c.ddb.guidance_interval = ()
   c.ddb.inpaint_batch_size = 8    # rows per compiled call (rounded up to the devices)
   c.ddb.inpaint_paste = True      # paste generated pixels into the original through the mask
   # prune: Integrated Gradients (original -> edit) inside the mask, and the two criteria

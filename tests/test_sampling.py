@@ -173,6 +173,36 @@ def test_strength_starts_from_the_noised_image_at_its_step(data, mode, sampler):
                              atol=1e-5)  # the compiled scan agrees with the Python loop
 
 
+def test_guidance_interval_weights_and_errors():
+  ts = np.array([999, 750, 500, 250, 0])
+  np.testing.assert_array_equal(sampling.guidance_weights(ts, 3.0), [3.0] * 5)
+  np.testing.assert_array_equal(sampling.guidance_weights(ts, 3.0, ()), [3.0] * 5)
+  np.testing.assert_array_equal(sampling.guidance_weights(ts, 3.0, (250, 750)), [1.0, 3.0, 3.0, 3.0, 1.0])
+  for bad in ((5, 1), (-1, 3), (1,), "ab", (1, 2, 3)):
+    with pytest.raises(SpurjaxError, match="guidance_interval="):
+      sampling.check_guidance_interval(bad)
+
+
+@pytest.mark.parametrize("mode,sampler", [("channels", "dpmpp_2m"), ("blended", "ddim")])
+def test_guidance_interval_guides_only_its_steps(data, mode, sampler):
+  """Outside the interval each step takes the conditional prediction alone (as with guidance 1)."""
+  n = 5
+  ts = S.get_sampler(sampler).timesteps(SCHED, n)
+  plain = _inpaint(data, mode, sampler=sampler, num_steps=n)
+  np.testing.assert_array_equal(
+      _inpaint(data, mode, sampler=sampler, num_steps=n, guidance_interval=(0, 1000)), plain)
+  # An interval holding no step gives exactly what guidance 1 gives (the uncond rows are still computed).
+  none = _inpaint(data, mode, sampler=sampler, num_steps=n, guidance_interval=(2000, 3000))
+  np.testing.assert_allclose(none, _inpaint(data, mode, sampler=sampler, num_steps=n, guidance_scale=1.0),
+                             atol=1e-6)
+  # Guidance only at the noisiest step: not the same as either, and the Python loop agrees with the scan.
+  part = _inpaint(data, mode, sampler=sampler, num_steps=n, guidance_interval=(int(ts[0]), int(ts[0])))
+  assert np.abs(part - plain).max() > 1e-4 and np.abs(part - none).max() > 1e-4
+  loop = _inpaint(data, mode, sampler=sampler, num_steps=n, guidance_interval=(int(ts[0]), int(ts[0])),
+                  debug_python_loop=True)
+  np.testing.assert_allclose(loop, part, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["blended", "channels"])
 def test_inpaint_latent_codec_keeps_known_cells(data, mode):
   params = _init_params(4) if mode == "blended" else _init_params(9)

@@ -242,8 +242,8 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
                          skip=None, desc: str | None = "inpaint", attributes: Sequence[str] = (),
-                         eta: float = 0.0, same_class: bool = False, strength: float = 1.0
-                         ) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
+                         eta: float = 0.0, same_class: bool = False, strength: float = 1.0,
+                         guidance_interval=None) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
   """Yields (chunk index, its edits, float32 (n, H, W, 3) images in [0, 1]) chunk by chunk.
 
   Arguments as in `make_counterfactuals`; `skip(chunk_index, edits) -> bool` marks chunks that are
@@ -295,7 +295,7 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
               context=prep["contexts"][targets], uncond_context=prep["uncond"],
               guidance_scale=float(guidance_scale), num_steps=int(num_steps), rng=jax.random.fold_in(base_rng, c),
               sampler=sampler, eta=float(eta), params=params, encode_fn=fns.encode, decode_fn=fns.decode, mesh=mesh,
-              strength=float(strength))
+              strength=float(strength), guidance_interval=guidance_interval)
     out = np.asarray(out)[:len(e)]
     src = [x.source for x in e]
     out = resize_images(out, images.shape[1:3])
@@ -325,7 +325,8 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          mesh=None, template: str = "a photo of a {token} {noun}", sampler: str = "ddim",
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
                          desc: str | None = "inpaint", attributes: Sequence[str] = (),
-                         eta: float = 0.0, same_class: bool = False, strength: float = 1.0) -> dict[str, np.ndarray]:
+                         eta: float = 0.0, same_class: bool = False, strength: float = 1.0,
+                         guidance_interval=None) -> dict[str, np.ndarray]:
   """Counterfactual edits of every image toward every other class.
 
   Args:
@@ -350,6 +351,8 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
       M = B x n_samples, target_class = source_class).
     strength: in (0, 1]; below 1 the sampler starts from the image noised part way and runs the last
       int(num_steps x strength) steps (`sampling.first_step`), keeping the source's coarse layout.
+    guidance_interval: None, or (t_min, t_max): classifier-free guidance only at timesteps in that
+      range, the conditional prediction alone elsewhere (`sampling.guidance_weights`).
 
   Returns:
     {"images": float32 (M, H, W, 3) in [0, 1], "source": (M,) positions into `images`,
@@ -362,7 +365,8 @@ def make_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                                          guidance_scale=guidance_scale, seed=seed, mesh=mesh, template=template,
                                          sampler=sampler, batch_size=batch_size, num_classes=num_classes,
                                          paste=paste, desc=desc, attributes=attributes, eta=eta,
-                                         same_class=same_class, strength=strength):
+                                         same_class=same_class, strength=strength,
+                                         guidance_interval=guidance_interval):
     outs.append(imgs)
     edits += e
   shape = (0,) + np.shape(images)[1:3] + (3,)
@@ -490,7 +494,8 @@ def generator_settings(ctx) -> dict:
               mesh=ctx.mesh, template=str(d.template), sampler=str(d.inpaint_sampler),
               batch_size=int(d.inpaint_batch_size), num_classes=int(ctx.table.num_classes),
               paste=bool(d.inpaint_paste), attributes=tuple(d.get("attributes", ())),
-              eta=float(d.get("inpaint_eta", 0.0)), strength=float(d.get("inpaint_strength", 1.0)))
+              eta=float(d.get("inpaint_eta", 0.0)), strength=float(d.get("inpaint_strength", 1.0)),
+              guidance_interval=sampling.check_guidance_interval(tuple(d.get("guidance_interval", ()))))
 
 
 def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) -> list[dict]:
@@ -585,7 +590,8 @@ def _redraw_source(table, i: int):
 
 def check_config(ctx) -> None:
   """Before any work: `ddb.generator` is known; `ddb.template` and `ddb.attributes` make valid prompts,
-  `ddb.inpaint_eta` is in [0, 1] and `ddb.inpaint_strength` in (0, 1] (diffusion generator); the data is the built-in benchmark (redraw)."""
+  `ddb.inpaint_eta` is in [0, 1], `ddb.inpaint_strength` in (0, 1] and `ddb.guidance_interval` () or
+  (t_min, t_max) (diffusion generator); the data is the built-in benchmark (redraw)."""
   cfg = ctx.cfg
   if str(cfg.ddb.generator) not in GENERATORS:
     raise SpurjaxError(f"config ddb.generator={cfg.ddb.generator!r} must be one of {', '.join(GENERATORS)}")
@@ -603,6 +609,10 @@ def check_config(ctx) -> None:
     sampling.first_step(int(cfg.ddb.num_steps), float(strength))
   except SpurjaxError as e:
     raise SpurjaxError(f"config ddb.inpaint_strength: {e}") from None
+  try:
+    sampling.check_guidance_interval(tuple(cfg.ddb.get("guidance_interval", ())))
+  except (SpurjaxError, TypeError) as e:
+    raise SpurjaxError(f"config ddb.guidance_interval: {e}") from None
   class_prompts(str(cfg.ddb.template), None, nouns_for(cfg, ctx.table), int(ctx.table.num_classes),
                 tuple(cfg.ddb.get("attributes", ())))
 
@@ -615,6 +625,7 @@ def config_keys(cfg) -> list[str]:
   optional = ["ddb.attributes"] if tuple(cfg.ddb.get("attributes", ())) else []
   optional += ["ddb.inpaint_eta"] if float(cfg.ddb.get("inpaint_eta", 0.0)) else []
   optional += ["ddb.inpaint_strength"] if float(cfg.ddb.get("inpaint_strength", 1.0)) != 1.0 else []
+  optional += ["ddb.guidance_interval"] if tuple(cfg.ddb.get("guidance_interval", ())) else []
   return ["seed", "diffusion.path", *second, "ddb.generator", "ddb.nouns", "ddb.template", *optional,
           "ddb.inpaint_mode", "ddb.n_samples", "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler",
           "ddb.inpaint_batch_size", "ddb.inpaint_paste"]

@@ -154,7 +154,7 @@ def _body(st: _Static, d: dict, aux: dict, carry, i):
   if st.cfg:
     out = out.reshape((x.shape[0], 2) + x.shape[1:])
     uncond, cond = out[:, 0], out[:, 1]
-    out = uncond + d["guidance"] * (cond - uncond)
+    out = uncond + d["guidance"][i] * (cond - uncond)
   x, state = schedulers.get_sampler(st.sampler).step(st.sched, state, out, i, x)
   if st.mode == "blended":
     a = jnp.asarray(next_abar, jnp.float32)[i]
@@ -247,13 +247,40 @@ def _pad_rows(a, rows: int):
   return jnp.concatenate([jnp.asarray(a), jnp.repeat(jnp.asarray(a)[-1:], extra, axis=0)], axis=0)
 
 
-def _dispatch(st: _Static, batch: int, inputs: dict, *, params, rng, guidance_scale, mesh, debug_python_loop):
+def check_guidance_interval(interval) -> tuple[float, float] | None:
+  """None / () (guidance at every step) or (t_min, t_max) with 0 <= t_min <= t_max, as floats."""
+  if interval is None or (isinstance(interval, (tuple, list)) and len(interval) == 0):
+    return None
+  try:
+    lo, hi = (float(v) for v in interval)
+  except (TypeError, ValueError):
+    raise SpurjaxError(f"guidance_interval={interval!r} must be () or two timesteps (t_min, t_max)") from None
+  if not 0.0 <= lo <= hi:
+    raise SpurjaxError(f"guidance_interval={interval!r} must satisfy 0 <= t_min <= t_max")
+  return lo, hi
+
+
+def guidance_weights(timesteps, guidance_scale: float, interval=None) -> np.ndarray:
+  """The CFG weight of each step: `guidance_scale` at timesteps inside `interval` (inclusive), 1 (the
+  conditional prediction alone) outside; every step without an interval. Guidance limited to the middle
+  noise levels keeps more of the samples' diversity (Kynkaanniemi et al., 2024)."""
+  ts = np.asarray(timesteps, np.float64)
+  interval = check_guidance_interval(interval)
+  if interval is None:
+    return np.full(ts.shape, guidance_scale, np.float32)
+  inside = (ts >= interval[0]) & (ts <= interval[1])
+  return np.where(inside, guidance_scale, 1.0).astype(np.float32)
+
+
+def _dispatch(st: _Static, batch: int, inputs: dict, *, params, rng, guidance_scale, mesh, debug_python_loop,
+              guidance_interval=None):
   if rng is None:
     raise SpurjaxError("rng is required (e.g. jax.random.key(seed))")
   try:
-    guidance = jnp.float32(guidance_scale)
+    scale = float(guidance_scale)
   except (TypeError, ValueError):
     raise SpurjaxError(f"guidance_scale={guidance_scale!r} must be a number") from None
+  guidance = jnp.asarray(guidance_weights(_plan(st)[0], scale, guidance_interval))
   devices = 1 if mesh is None else mesh.devices.size
   rows = sharding.pad_to_multiple(batch, devices)
   d = {k: _pad_rows(v, rows) for k, v in inputs.items()}
@@ -302,7 +329,7 @@ def _check_images(images, masks) -> tuple[Any, Any]:
 def sample(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, shape: Sequence[int], context,
            uncond_context=None, guidance_scale: float = 7.5, num_steps: int = 50, rng: jax.Array,
            sampler: str = "ddim", eta: float = 0.0, params: Any = None, decode_fn: CodecFn | None = None,
-           mesh: Mesh | None = None, debug_python_loop: bool = False) -> jax.Array:
+           mesh: Mesh | None = None, debug_python_loop: bool = False, guidance_interval=None) -> jax.Array:
   """Text-to-image: denoises noise of `shape` = (B, h, w, c) latents and decodes it.
 
   Args:
@@ -312,6 +339,8 @@ def sample(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, shape: Sequence
     context: (B or 1, L, D) text embeddings.
     uncond_context: (B or 1, L, D) empty-prompt embeddings; None disables classifier-free guidance.
     guidance_scale: CFG weight w in uncond + w (cond - uncond).
+    guidance_interval: None, or (t_min, t_max): guidance only at timesteps in [t_min, t_max], the
+      conditional prediction alone (w = 1) at the others (`guidance_weights`).
     num_steps: sampler steps.
     rng: PRNG key; example b uses fold_in(rng, b).
     sampler: "ddim" or "dpmpp_2m".
@@ -333,7 +362,8 @@ def sample(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, shape: Sequence
   st = _Static("txt2img", denoise_fn, None, decode_fn, sched, sampler, int(num_steps), float(eta),
                uncond_context is not None, shape[1:])
   return _dispatch(st, shape[0], _contexts(context, uncond_context, shape[0]), params=params, rng=rng,
-                   guidance_scale=guidance_scale, mesh=mesh, debug_python_loop=debug_python_loop)
+                   guidance_scale=guidance_scale, mesh=mesh, debug_python_loop=debug_python_loop,
+                   guidance_interval=guidance_interval)
 
 
 def _latent_shape(encode_fn, params, image_shape) -> tuple[int, ...]:
@@ -359,7 +389,7 @@ def _latent_shape_cached(encode_fn, signature, image_shape, params):
 
 def _inpaint(mode: str, denoise_fn, sched, images, masks, context, uncond_context, guidance_scale, num_steps,
              rng, sampler, eta, params, encode_fn, decode_fn, mesh, debug_python_loop, keep_known, mask_pool,
-             strength):
+             strength, guidance_interval):
   if (encode_fn is None) != (decode_fn is None):
     raise SpurjaxError("give both encode_fn and decode_fn (latent model) or neither (pixel-space model)")
   if mask_pool not in ("max", "nearest"):
@@ -372,7 +402,7 @@ def _inpaint(mode: str, denoise_fn, sched, images, masks, context, uncond_contex
                keep_known=keep_known, mask_pool=mask_pool, strength=float(strength))
   inputs = dict(_contexts(context, uncond_context, batch), images=images, masks=masks)
   return _dispatch(st, batch, inputs, params=params, rng=rng, guidance_scale=guidance_scale, mesh=mesh,
-                   debug_python_loop=debug_python_loop)
+                   debug_python_loop=debug_python_loop, guidance_interval=guidance_interval)
 
 
 def inpaint_blended(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, images, masks, context,
@@ -380,7 +410,7 @@ def inpaint_blended(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, images
                     sampler: str = "ddim", eta: float = 0.0, params: Any = None,
                     encode_fn: CodecFn | None = None, decode_fn: CodecFn | None = None,
                     mesh: Mesh | None = None, debug_python_loop: bool = False,
-                    mask_pool: str = "max", strength: float = 1.0) -> jax.Array:
+                    mask_pool: str = "max", strength: float = 1.0, guidance_interval=None) -> jax.Array:
   """Inpainting with a plain (4-channel) model by blended latents.
 
   Noise enters only inside the mask M (resized to the latent grid; "max" pooling
@@ -391,11 +421,11 @@ def inpaint_blended(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, images
   `masks` (B, H, W[, 1]) with 1 = repaint. With `strength` < 1 sampling starts from the image
   noised to the level of step `first_step(num_steps, strength)` and runs the remaining steps
   (diffusers' inpainting `strength`), so the repainted region keeps the image's coarse layout
-  and colours.
+  and colours. `guidance_interval` as in `sample`.
   """
   return _inpaint("blended", denoise_fn, sched, images, masks, context, uncond_context, guidance_scale,
                   num_steps, rng, sampler, eta, params, encode_fn, decode_fn, mesh, debug_python_loop, True,
-                  mask_pool, strength)
+                  mask_pool, strength, guidance_interval)
 
 
 def inpaint_channels(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, images, masks, context,
@@ -403,7 +433,7 @@ def inpaint_channels(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, image
                      sampler: str = "ddim", eta: float = 0.0, params: Any = None,
                      encode_fn: CodecFn | None = None, decode_fn: CodecFn | None = None,
                      mesh: Mesh | None = None, debug_python_loop: bool = False, keep_known: bool = True,
-                     mask_pool: str = "max", strength: float = 1.0) -> jax.Array:
+                     mask_pool: str = "max", strength: float = 1.0, guidance_interval=None) -> jax.Array:
   """Inpainting with an inpainting model (SD-inpainting, 9 input channels).
 
   The model sees concat([z_t, mask, masked_image_latents]) on the channel axis,
@@ -412,10 +442,11 @@ def inpaint_channels(denoise_fn: DenoiseFn, sched: schedulers.Schedule, *, image
   from the image noised to step `first_step(num_steps, strength)` (as `inpaint_blended`). With
   `keep_known` the final latents outside the (pooled) mask are replaced by the
   known latents before decoding, so the background is kept up to the VAE's error.
+  `guidance_interval` as in `sample`.
   """
   return _inpaint("channels", denoise_fn, sched, images, masks, context, uncond_context, guidance_scale,
                   num_steps, rng, sampler, eta, params, encode_fn, decode_fn, mesh, debug_python_loop,
-                  keep_known, mask_pool, strength)
+                  keep_known, mask_pool, strength, guidance_interval)
 
 
 # ---------------------------------------------------------------- adapters for a loaded pipeline
