@@ -267,15 +267,30 @@ def file_digest(path: str) -> str:
   return h.hexdigest()[:16]
 
 
+_DOC_SUFFIXES = (".md", ".png", ".jpg", ".jpeg", ".jsonl")
+
+
+def _model_file(rel: str) -> bool:
+  """Whether a file of a model directory is part of the model: `model_index.json` and the component
+  folders' files (configs, weights, vocabularies), not READMEs, pictures, logs or top-level records."""
+  if rel.lower().endswith(_DOC_SUFFIXES):
+    return False
+  return os.sep in rel or rel == "model_index.json"
+
+
 def directory_digest(path: str, chunk: int = 1 << 20) -> str:
-  """Identity of a model directory: every JSON file's content and each weight file's size and
-  first / last MiB (whole multi-GB checkpoints are not read)."""
+  """Identity of a model directory: the content of its JSON and text files and each weight file's
+  size and first / last MiB (whole multi-GB checkpoints are not read). Documentation and training
+  records (READMEs, pictures, loss logs, top-level files other than `model_index.json`) are left
+  out, so editing them does not redo the stages that used the model."""
   h = hashlib.sha256()
   for root, dirs, files in os.walk(path):
     dirs.sort()
     for name in sorted(files):
       p = os.path.join(root, name)
       rel = os.path.relpath(p, path)
+      if not _model_file(rel):
+        continue
       size = os.path.getsize(p)
       h.update(f"{rel}:{size}".encode())
       with open(p, "rb") as f:

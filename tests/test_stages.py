@@ -259,3 +259,24 @@ def test_wall_time_is_printed_and_recorded_for_computed_stages_only(tmp_path, ca
   assert cli.main(args + ["--config.ddb.retrain.num_epochs=3"]) == 0
   timing = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stage wall time:")]
   assert len(timing) == 1 and timing[0].startswith("stage wall time: retrain ") and "erm" not in timing[0]
+
+
+def test_model_directory_digest_ignores_documentation_but_not_weights_or_configs(tmp_path):
+  model = tmp_path / "model"
+  (model / "unet").mkdir(parents=True)
+  (model / "model_index.json").write_text('{"_class_name": "StableDiffusionInpaintPipeline"}')
+  (model / "unet" / "config.json").write_text('{"in_channels": 7}')
+  (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+  base = stages.directory_digest(str(model))
+  (model / "README.md").write_text("how it was trained")
+  (model / "training.json").write_text('{"steps": 3000}')
+  (model / "loss.jsonl").write_text('{"step": 1, "loss": 0.1}\n')
+  (model / "unet" / "samples.png").write_bytes(b"png")
+  assert stages.directory_digest(str(model)) == base
+  (model / "unet" / "config.json").write_text('{"in_channels": 9}')
+  changed_config = stages.directory_digest(str(model))
+  assert changed_config != base
+  (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x01" * 64)
+  assert stages.directory_digest(str(model)) != changed_config
+  (model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+  assert stages.directory_digest(str(model)) not in (base, changed_config)
