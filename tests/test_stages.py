@@ -147,6 +147,8 @@ def test_bad_prompt_settings_fail_before_any_stage(tmp_path, capsys, dry_pipelin
   assert "config ddb.inpaint_strength: strength=0.01 with" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.inpaint_strength=1.5"]) == 2
   assert "must be in (0, 1]" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.guidance_interval=(900,150)"]) == 2
+  assert "config ddb.guidance_interval: guidance_interval=(900, 150) must satisfy" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.retrain.interpolate=(0.5,2.0)"]) == 2
   assert "config ddb.retrain.interpolate = (0.5, 2.0): every alpha must be" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.retrain.select=last"]) == 2
