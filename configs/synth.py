@@ -71,13 +71,16 @@ def get_config(arg=None):
   c.ddb.retrain.lr = 1e-3
   c.ddb.retrain.weight_decay = 0.0
   c.ddb.retrain.schedule = "cosine"
-  c.ddb.retrain.num_epochs = 8
+  # 5 epochs with the erased backgrounds below (each epoch twice as long): validation 96.4 against 96.9
+  # for 8 (a tie), and the main command stays inside 8 minutes.
+  c.ddb.retrain.num_epochs = 5
   c.ddb.retrain.batch_size = 64
   c.ddb.retrain.interpolate = (0.8, 0.85, 0.9, 0.95, 1.0)
-  # Erased backgrounds (`spurjax.ddb.erase`, each selected image with its object erased, once under
-  # each label): they helped at 30 images per class (validation 95.3 against 94.4); at 400 per class
-  # the edits balance the scenes themselves.
-  c.ddb.background_weight = 0.0
+  # Erased backgrounds (`spurjax.ddb.erase`): each of the 800 selected images with its object erased,
+  # once under each label, repeated as often as the edits; at weight 0.5 they carry as much loss as the
+  # edits, and they aim at the "repainted box in a land scene = flower" cue. Validation, seeds 0-2: 96.4
+  # (96.7 / 96.0 / 96.7) against 95.3 without; weight 1: 96.2 (docs/experiments.md).
+  c.ddb.background_weight = 0.5
   c.ddb.background_grow = 2
   if arg == "tiny":
     c.data.synth_size = 32
