@@ -81,7 +81,8 @@ def get_config(arg=None):
   c.train.ema_decay = 0.998       # a short run: the EMA should not reach back to its first half
   c.train.cond_drop = 0.1         # caption dropout, for classifier-free guidance
   # Loss weight inside the training mask (1: plain mean). 4 (41 min): the judge calls more of DDB's edits
-  # the new class (87 % against 84 %), DiffEdit IoU a little lower, DDB validation 94.2 against 95.3.
+  # the new class (87 % against 84 %), DiffEdit IoU a little lower, DDB validation 94.2 against 95.3
+  # (DDB defaults of the time, without erased backgrounds).
   c.train.mask_weight = 1.0
   # Loss weight on the object's pixels (the corpus object masks), whatever the training mask. The
   # shipped prior uses 1. Measured with 8 (and the cosine lr, 3000 steps, 47 min 44 s): text-to-image
