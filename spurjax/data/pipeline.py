@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from spurjax import rng as rng_ids
+from spurjax.data.resize import square_bilinear
 from spurjax.data.table import GENERATED, Table
 
 
@@ -51,21 +52,15 @@ def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
   return img[top:top + size_h, left:left + size_w]
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-  if img.shape[0] == size and img.shape[1] == size:
-    return img
-  return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
-
-
 def base_image(img: np.ndarray, pp: Preprocess) -> np.ndarray:
   """The deterministic part: optional center crop, then square resize (what the cache holds)."""
   if pp.center_crop:
     img = _center_crop(img, pp.center_crop)
-  return _resize(img, pp.resize_to)
+  return square_bilinear(img, pp.resize_to)
 
 
 def eval_view(base: np.ndarray, pp: Preprocess) -> np.ndarray:
-  return _resize(_center_crop(base, pp.image_size), pp.image_size)
+  return square_bilinear(_center_crop(base, pp.image_size), pp.image_size)
 
 
 def train_view(base: np.ndarray, pp: Preprocess, rng: np.random.Generator) -> np.ndarray:
