@@ -11,3 +11,4 @@ AUGMENT = 11          # classifier training: the random crop / flip of one examp
 SUBSAMPLE = 101       # baselines: SUBY / SUBG subsampling
 UPSAMPLE = 103        # baselines: group upsampling (GroupDRO's balanced batches)
 DFR_SUBSAMPLE = 202   # DFR: the group-balanced subsamples of the validation set
+BLOBS = 0xB10B        # bench prior's strict judge: the blob images and noisy objects made from one seed

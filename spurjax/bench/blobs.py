@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from spurjax import rng as rng_ids
 from spurjax.ddb.paste import bbox, dilate, erase
-
-_STREAM = 0xB10B
 
 
 def _rng(seed: int) -> np.random.Generator:
-  return np.random.default_rng(np.random.SeedSequence([int(seed), _STREAM]))
+  return np.random.default_rng(np.random.SeedSequence([int(seed), rng_ids.BLOBS]))
 
 
 def blob_region(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
