@@ -36,38 +36,38 @@ def get_config(arg=None):
   c.diffusion.path = "builtin"
   # 400 lowest-loss images per class, one edit each (800 edits). Validation 96.0 (97.3 / 94.0 / 96.7)
   # against 95.3 for the earlier 30-per-class settings; 300 per class 96.0 / 90.7 (seeds 0-1).
-  c.ddb.k = 400
+  c.ddb.select.k = 400
   c.ddb.nouns = ("bird", "flower")
   # Class words, not learned tokens: tokens pulled the inpaintings toward the source scene
-  # (validation 69.3 against 94.0 with the class word, seed 0). `ddb.invert_steps=300` turns them on.
-  c.ddb.invert_steps = 0
-  c.ddb.invert_lr = 5e-3
-  c.ddb.invert_batch = 4
-  c.ddb.invert_accum = 1
+  # (validation 69.3 against 94.0 with the class word, seed 0). `ddb.invert.steps=300` turns them on.
+  c.ddb.invert.steps = 0
+  c.ddb.invert.lr = 5e-3
+  c.ddb.invert.batch = 4
+  c.ddb.invert.accum = 1
   # Masks: DiffEdit contrast (bird vs flower prompt), refined by colour (raw mean IoU 0.74-0.76
   # against 0.44 unrefined), then the mask's box grown by 4 px is repainted (validation 96.0 against
   # 95.1 for the square around it). attention, given (true masks) and gradcam are selectable.
-  c.ddb.mask = "diffedit"
-  c.ddb.diffedit_refine = True
-  c.ddb.diffedit_refine_band = (1.0, 4.0)
-  c.ddb.mask_box = "box"
-  c.ddb.mask_box_grow = 4
-  c.ddb.inpaint_mode = "auto"     # channels for an inpainting UNet such as the shipped prior, else blended
-  c.ddb.n_samples = 1
+  c.ddb.segment.method = "diffedit"
+  c.ddb.segment.diffedit_refine = True
+  c.ddb.segment.diffedit_refine_band = (1.0, 4.0)
+  c.ddb.segment.box = "box"
+  c.ddb.segment.box_grow = 4
+  c.ddb.inpaint.mode = "auto"     # channels for an inpainting UNet such as the shipped prior, else blended
+  c.ddb.inpaint.n_samples = 1
   # DPM-Solver++ (2M) at 16 steps keeps the main command inside 8 minutes on the 2-core CPU
   # (inpainting ~100 s against ~145 s for 25 DDIM steps). Validation, seeds 0-2: 95.3 (96.7 / 93.3 /
   # 96.0); 25 DDIM steps 96.0 took the command to 7:40-8:09, 12 DPM-Solver++ steps gave 94.9.
-  c.ddb.inpaint_sampler = "dpmpp_2m"
-  c.ddb.num_steps = 16
-  c.ddb.guidance_scale = 3.0      # 5 draws the class more often, but validation fell to 88.0 (seed 0)
-  # Guidance at every step. Only at timesteps 150-900 (`ddb.guidance_interval=(150,900)`): harder edits,
+  c.ddb.inpaint.sampler = "dpmpp_2m"
+  c.ddb.inpaint.num_steps = 16
+  c.ddb.inpaint.guidance_scale = 3.0      # 5 draws the class more often, but validation fell to 88.0 (seed 0)
+  # Guidance at every step. Only at timesteps 150-900 (`ddb.inpaint.guidance_interval=(150,900)`): harder edits,
   # validation 94.9 against 94.0 over seeds 0-4 (under the one-point rule), test 93.3 against 94.1
   # (measured before erased backgrounds were on).
-  c.ddb.ig_steps = 32
+  c.ddb.prune.ig_steps = 32
   # Retraining from the ERM weights at ERM's rate, each edit weighing as much as a training image;
   # the network is then mixed with the ERM weights (WiSE-FT), alpha and epoch chosen together on
   # validation WGA (selected alphas 0.85-1).
-  c.ddb.gammas = (1.0, 1.0)
+  c.ddb.retrain.gammas = (1.0, 1.0)
   c.ddb.retrain.name = "adam"
   c.ddb.retrain.lr = 1e-3
   c.ddb.retrain.weight_decay = 0.0
@@ -81,8 +81,8 @@ def get_config(arg=None):
   # once under each label, repeated as often as the edits; at weight 0.5 they carry as much loss as the
   # edits, and they aim at the "repainted box in a land scene = flower" cue. Validation, seeds 0-2: 96.4
   # (96.7 / 96.0 / 96.7) against 95.3 without; weight 1: 96.2 (docs/experiments.md).
-  c.ddb.background_weight = 0.5
-  c.ddb.background_grow = 2
+  c.ddb.retrain.background_weight = 0.5
+  c.ddb.retrain.background_grow = 2
   if arg == "tiny":
     c.data.synth_size = 32
     c.data.image_size = 16
@@ -92,6 +92,6 @@ def get_config(arg=None):
     c.train.eval_batch_size = 32
     c.train.num_epochs = 2
     c.ddb.retrain.num_epochs = 5
-    c.ddb.k = 30
-    c.ddb.n_samples = 2
+    c.ddb.select.k = 30
+    c.ddb.inpaint.n_samples = 2
   return c

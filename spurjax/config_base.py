@@ -6,6 +6,37 @@ import ml_collections
 from spurjax.train.step import IMAGENET_MEAN, IMAGENET_STD
 
 
+# Keys of the old flat `ddb` layout -> their place in the stage groups (a one-line error names it).
+MOVED_KEYS = {
+  "ddb.k": "ddb.select.k", "ddb.mask": "ddb.segment.method", "ddb.segment_template": "ddb.segment.template",
+  "ddb.segment_timesteps": "ddb.segment.timesteps", "ddb.segment_batch_size": "ddb.segment.batch_size",
+  "ddb.segment_radius": "ddb.segment.radius", "ddb.segment_keep_ratio": "ddb.segment.keep_ratio",
+  "ddb.segment_dilate": "ddb.segment.dilate", "ddb.segment_compare": "ddb.segment.compare",
+  "ddb.diffedit_strength": "ddb.segment.diffedit_strength",
+  "ddb.diffedit_draws": "ddb.segment.diffedit_draws",
+  "ddb.diffedit_threshold": "ddb.segment.diffedit_threshold",
+  "ddb.diffedit_refine": "ddb.segment.diffedit_refine",
+  "ddb.diffedit_refine_band": "ddb.segment.diffedit_refine_band", "ddb.mask_box": "ddb.segment.box",
+  "ddb.mask_box_grow": "ddb.segment.box_grow", "ddb.invert_steps": "ddb.invert.steps",
+  "ddb.invert_lr": "ddb.invert.lr", "ddb.invert_batch": "ddb.invert.batch",
+  "ddb.invert_accum": "ddb.invert.accum", "ddb.invert_mask": "ddb.invert.mask",
+  "ddb.invert_mask_weight": "ddb.invert.mask_weight", "ddb.generator": "ddb.inpaint.generator",
+  "ddb.template": "ddb.inpaint.template", "ddb.attributes": "ddb.inpaint.attributes",
+  "ddb.inpaint_mode": "ddb.inpaint.mode", "ddb.n_samples": "ddb.inpaint.n_samples",
+  "ddb.num_steps": "ddb.inpaint.num_steps", "ddb.guidance_scale": "ddb.inpaint.guidance_scale",
+  "ddb.inpaint_sampler": "ddb.inpaint.sampler", "ddb.inpaint_eta": "ddb.inpaint.eta",
+  "ddb.inpaint_strength": "ddb.inpaint.strength", "ddb.guidance_interval": "ddb.inpaint.guidance_interval",
+  "ddb.inpaint_batch_size": "ddb.inpaint.batch_size", "ddb.inpaint_paste": "ddb.inpaint.paste",
+  "ddb.ig_steps": "ddb.prune.ig_steps", "ddb.ig_method": "ddb.prune.ig_method",
+  "ddb.ig_output": "ddb.prune.ig_output", "ddb.ig_chunk": "ddb.prune.ig_chunk",
+  "ddb.ig_batch_size": "ddb.prune.ig_batch_size", "ddb.ig_dtype": "ddb.prune.ig_dtype",
+  "ddb.prune_threshold": "ddb.prune.threshold", "ddb.prune_score": "ddb.prune.score",
+  "ddb.prune_top": "ddb.prune.top", "ddb.gammas": "ddb.retrain.gammas",
+  "ddb.gen_fraction": "ddb.retrain.gen_fraction", "ddb.background_weight": "ddb.retrain.background_weight",
+  "ddb.background_grow": "ddb.retrain.background_grow",
+}
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -88,84 +119,76 @@ def base_config() -> ml_collections.ConfigDict:
   # with SD-2-inpainting); "" = diffusion.path. The learned token rows move into its text encoder.
   c.diffusion.inpaint_path = ""
 
-  # DDB: every key any stage reads, with its one default, grouped by stage (`spurjax run`).
+  # DDB: one group per stage; a stage's fingerprint hashes its whole group (spurjax.stages).
   c.ddb = ml_collections.ConfigDict()
   c.ddb.nouns = ()                # class nouns for prompts ("bird", ...); default: the dataset's class names
-  # select: per class the k training images with the lowest per-sample ERM loss
-  c.ddb.k = 30
-  # invert: one textual-inversion token per class (paper: 3000 steps, batch 1 x accumulation 4, lr 5e-4 scaled)
-  c.ddb.invert_steps = 3000       # 0: no token, prompts use the class noun alone
-  c.ddb.invert_lr = 5e-4
-  c.ddb.invert_batch = 1
-  c.ddb.invert_accum = 4
-  # full: the whole image is masked (the paper's textual inversion); segment: an inpainting UNet
-  # repaints the segment stage's masks (the regions DDB inpaints) from their context, so the token
-  # learns the object, not the scene; inside the mask the loss is weighted by invert_mask_weight.
-  c.ddb.invert_mask = "full"
-  c.ddb.invert_mask_weight = 1.0
-  # segment: object masks
-  c.ddb.mask = "attention"        # attention (language-guided) | diffedit | gradcam (alias saliency) | given
-  c.ddb.segment_template = "a photo of a {noun}"
-  c.ddb.segment_timesteps = (100, 300, 500)   # attention: noise levels on a 1000-step scale
-  c.ddb.segment_batch_size = 8    # images per compiled call (rounded up to the devices)
-  c.ddb.segment_radius = 1        # opening / closing radius in pixels (0: none)
-  c.ddb.segment_keep_ratio = 0.25  # keep components >= this fraction of the largest
-  c.ddb.segment_dilate = 0        # final dilation in pixels
-  c.ddb.segment_compare = ("attention", "diffedit", "gradcam")  # also scored in segment/iou.json (true masks)
-  c.ddb.diffedit_strength = 0.5   # diffedit: noise level (fraction of the training timesteps)
-  c.ddb.diffedit_draws = 10       # diffedit: noise draws averaged
-  c.ddb.diffedit_threshold = 1.5  # diffedit: keep pixels above this x the map's mean
-  c.ddb.diffedit_refine = False   # diffedit: colour refinement between the band's sure background / object
-  c.ddb.diffedit_refine_band = (1.0, 4.0)  # (low, high) x the map's mean (spurjax.ddb.diffedit)
-  c.ddb.mask_box = "none"         # predicted masks: none | box (their bounding box) | square (the square around it)
-  c.ddb.mask_box_grow = 0         # pixels added on every side of that box
-  # inpaint: the other classes' tokens painted into each selected image's mask
-  # diffusion | paste (another selected image's object cut by its mask and pasted) | redraw (the built-in
-  # benchmark only: the same scene drawn again by its renderer with the other class's object; a perfect edit)
-  c.ddb.generator = "diffusion"
-  c.ddb.template = "a photo of a {token} {noun}"
-  # words of which each edit's prompt names one (template with {attribute} or {a_attribute}), e.g. colours
-  c.ddb.attributes = ()
-  c.ddb.inpaint_mode = "blended"  # blended (4-channel UNet) | channels (9-channel inpainting UNet) | auto
-  c.ddb.n_samples = 2             # edits per (image, target class)
-  c.ddb.num_steps = 50
-  c.ddb.guidance_scale = 7.5
-  c.ddb.inpaint_sampler = "ddim"  # ddim | dpmpp_2m
-  c.ddb.inpaint_eta = 0.0         # sampler stochasticity: 0 deterministic DDIM, 1 DDPM-like
-  # < 1: start from the source image noised part way (the last int(num_steps x strength) steps run;
-  # diffusers' inpainting `strength`); 1: from pure noise inside the mask
-  c.ddb.inpaint_strength = 1.0
-  # (t_min, t_max): classifier-free guidance only at sampler timesteps in that range, the conditional
-  # prediction alone outside it (guidance in a limited interval); (): at every step
-  c.ddb.guidance_interval = ()
-  c.ddb.inpaint_batch_size = 8    # rows per compiled call (rounded up to the devices)
-  c.ddb.inpaint_paste = True      # paste generated pixels into the original through the mask
-  # prune: Integrated Gradients (original -> edit) inside the mask, and the two criteria
-  c.ddb.ig_steps = 50
-  c.ddb.ig_method = "gausslegendre"  # gausslegendre | riemann_trapezoid | riemann_left | riemann_right | riemann_middle
-  c.ddb.ig_output = "logit"       # logit | prob: the classifier output attributed
-  c.ddb.ig_chunk = 10             # path points per backward pass
-  c.ddb.ig_batch_size = 8         # edits per compiled call
-  c.ddb.ig_dtype = "float32"
-  c.ddb.prune_threshold = 0.3     # keep an edit when its attribution score exceeds this (reference code: 0.3)
-  c.ddb.prune_score = "rho"       # rho (IG sum inside the mask) | rho_norm (that over the IG total)
-  c.ddb.prune_top = 1.0           # < 1: of the edits passing both criteria, keep this share per target class, highest score first
-  # retrain: L_train + sum_j gamma_j L_gen,j from the ERM weights
-  c.ddb.gammas = (6.0, 10.0)      # loss weight of kept edits per target class (reference code: 6, 10)
-  c.ddb.gen_fraction = 0.5        # share of each retraining epoch made of (repeated) kept edits
-  c.ddb.background_weight = 0.0   # >0: selected images with their object erased, once per label at this weight (0: off)
-  c.ddb.background_grow = 2       # px the segment mask grows before erasing
-  c.ddb.retrain = ml_collections.ConfigDict()
-  c.ddb.retrain.name = "adam"     # paper: Adam, lr 5e-6, 200 epochs, batch 32, selection by val WGA
+
+  c.ddb.select = ml_collections.ConfigDict()   # per class the k lowest per-sample-loss ERM training images
+  c.ddb.select.k = 30
+
+  c.ddb.segment = ml_collections.ConfigDict()  # object masks of the selected images
+  c.ddb.segment.method = "attention"   # attention (language-guided) | diffedit | gradcam (alias saliency) | given
+  c.ddb.segment.template = "a photo of a {noun}"
+  c.ddb.segment.timesteps = (100, 300, 500)   # attention: noise levels on a 1000-step scale
+  c.ddb.segment.batch_size = 8         # images per compiled call (rounded up to the devices)
+  c.ddb.segment.radius = 1             # opening / closing radius in pixels (0: none)
+  c.ddb.segment.keep_ratio = 0.25      # keep components >= this fraction of the largest
+  c.ddb.segment.dilate = 0             # final dilation in pixels
+  c.ddb.segment.compare = ("attention", "diffedit", "gradcam")  # also scored in segment/iou.json (true masks)
+  c.ddb.segment.diffedit_strength = 0.5   # diffedit: noise level (fraction of the training timesteps)
+  c.ddb.segment.diffedit_draws = 10       # diffedit: noise draws averaged
+  c.ddb.segment.diffedit_threshold = 1.5  # diffedit: keep pixels above this x the map's mean
+  c.ddb.segment.diffedit_refine = False   # diffedit: colour refinement between sure background / object
+  c.ddb.segment.diffedit_refine_band = (1.0, 4.0)  # (low, high) x the map's mean (spurjax.ddb.diffedit)
+  c.ddb.segment.box = "none"           # predicted masks: none | box (their bounding box) | square (the square around it)
+  c.ddb.segment.box_grow = 0           # pixels added on every side of that box
+
+  c.ddb.invert = ml_collections.ConfigDict()   # one textual-inversion token per class
+  c.ddb.invert.steps = 3000            # paper: 3000 steps; 0: no token, prompts use the class noun alone
+  c.ddb.invert.lr = 5e-4               # paper: 5e-4, scaled by the batch
+  c.ddb.invert.batch = 1               # paper: batch 1 x accumulation 4
+  c.ddb.invert.accum = 4
+  c.ddb.invert.mask = "full"           # full: whole image (the paper) | segment: repaint the segment masks from context
+  c.ddb.invert.mask_weight = 1.0       # segment: loss weight inside the mask
+
+  c.ddb.inpaint = ml_collections.ConfigDict()  # the other classes' tokens painted into each selected image's mask
+  c.ddb.inpaint.generator = "diffusion"   # diffusion | paste (another image's object) | redraw (built-in benchmark only)
+  c.ddb.inpaint.template = "a photo of a {token} {noun}"
+  c.ddb.inpaint.attributes = ()        # words of which each prompt names one ({attribute} / {a_attribute} in the template)
+  c.ddb.inpaint.mode = "blended"       # blended (4-channel UNet) | channels (9-channel inpainting UNet) | auto
+  c.ddb.inpaint.n_samples = 2          # edits per (image, target class)
+  c.ddb.inpaint.num_steps = 50
+  c.ddb.inpaint.guidance_scale = 7.5
+  c.ddb.inpaint.sampler = "ddim"       # ddim | dpmpp_2m
+  c.ddb.inpaint.eta = 0.0              # sampler stochasticity: 0 deterministic DDIM, 1 DDPM-like
+  c.ddb.inpaint.strength = 1.0         # < 1: start from the source noised part way (diffusers' `strength`)
+  c.ddb.inpaint.guidance_interval = ()  # (t_min, t_max): guidance only at timesteps in that range; (): every step
+  c.ddb.inpaint.batch_size = 8         # rows per compiled call (rounded up to the devices)
+  c.ddb.inpaint.paste = True           # paste generated pixels into the original through the mask
+
+  c.ddb.prune = ml_collections.ConfigDict()    # Integrated Gradients (original -> edit) inside the mask, two criteria
+  c.ddb.prune.ig_steps = 50
+  c.ddb.prune.ig_method = "gausslegendre"  # gausslegendre | riemann_trapezoid | riemann_left | riemann_right | riemann_middle
+  c.ddb.prune.ig_output = "logit"      # logit | prob: the classifier output attributed
+  c.ddb.prune.ig_chunk = 10            # path points per backward pass
+  c.ddb.prune.ig_batch_size = 8        # edits per compiled call
+  c.ddb.prune.ig_dtype = "float32"
+  c.ddb.prune.threshold = 0.3          # keep an edit whose attribution score exceeds this (reference code: 0.3)
+  c.ddb.prune.score = "rho"            # rho (IG sum inside the mask) | rho_norm (that over the IG total)
+  c.ddb.prune.top = 1.0                # < 1: of the edits passing both criteria keep this share per target, best first
+
+  c.ddb.retrain = ml_collections.ConfigDict()  # L_train + sum_j gamma_j L_gen,j from the ERM weights
+  c.ddb.retrain.name = "adam"          # paper: Adam, lr 5e-6, 200 epochs, batch 32, selection by val WGA
   c.ddb.retrain.lr = 5e-6
   c.ddb.retrain.weight_decay = 0.0
   c.ddb.retrain.schedule = "constant"
   c.ddb.retrain.num_epochs = 200
   c.ddb.retrain.batch_size = 32
-  c.ddb.retrain.select = "val_wga"  # or val_worst_class: needs no validation group labels
-  c.ddb.retrain.ema_decay = 0.0   # > 0: evaluate, select and keep an EMA of the weights (train.ema_decay)
-  # Weight-space ensembling with the ERM weights (WiSE-FT, Wortsman et al. 2022): each epoch, every
-  # alpha here is tried as (1 - alpha) * ERM + alpha * retrained, scored by `select` on validation; the
-  # best (epoch, alpha) is kept. Empty: off (the paper's retraining).
-  c.ddb.retrain.interpolate = ()
+  c.ddb.retrain.select = "val_wga"     # or val_worst_class: needs no validation group labels
+  c.ddb.retrain.ema_decay = 0.0        # > 0: evaluate, select and keep an EMA of the weights
+  c.ddb.retrain.interpolate = ()       # WiSE-FT alphas tried each epoch as (1 - a) ERM + a retrained; (): off
+  c.ddb.retrain.gammas = (6.0, 10.0)   # loss weight of kept edits per target class (reference code: 6, 10)
+  c.ddb.retrain.gen_fraction = 0.5     # share of each retraining epoch made of (repeated) kept edits
+  c.ddb.retrain.background_weight = 0.0  # > 0: selected images with their object erased, once per label (0: off)
+  c.ddb.retrain.background_grow = 2    # px the segment mask grows before erasing
   return c

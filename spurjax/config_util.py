@@ -25,7 +25,34 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   if not hasattr(mod, "get_config"):
     raise SpurjaxError(f"{path}: no get_config() function")
   cfg = mod.get_config(arg) if arg else mod.get_config()
+  check_layout(cfg, path)
   return cfg
+
+
+def _moved(key: str) -> str | None:
+  from spurjax.config_base import MOVED_KEYS
+  return MOVED_KEYS.get(key)
+
+
+def check_layout(cfg, where: str = "config") -> None:
+  """Every key of the `ddb` group is one the base config defines: a key of the old flat layout is a
+  one-line SpurjaxError naming its new place, any other unknown key one naming the key."""
+  if "ddb" not in cfg:
+    return
+  from spurjax.config_base import base_config
+  base = base_config().ddb
+
+  def walk(node, ref, prefix):
+    for k in node.keys():
+      key = f"{prefix}.{k}"
+      if k not in ref:
+        new = _moved(key)
+        if new:
+          raise SpurjaxError(f"{where}: config key '{key}' moved to '{new}'")
+        raise SpurjaxError(f"{where}: unknown config key '{key}'")
+      if hasattr(ref[k], "keys") and hasattr(node[k], "keys"):
+        walk(node[k], ref[k], key)
+  walk(cfg.ddb, base, "ddb")
 
 
 def _parse(raw: str, current):
@@ -64,10 +91,10 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_
     node = cfg
     for p in parts[:-1]:
       if p not in node:
-        raise SpurjaxError(f"override '{item}': unknown config key '{key}'")
+        raise SpurjaxError(_unknown(item, key))
       node = node[p]
     if parts[-1] not in node:
-      raise SpurjaxError(f"override '{item}': unknown config key '{key}'")
+      raise SpurjaxError(_unknown(item, key))
     try:
       value = _parse(raw, node[parts[-1]])
     except (ValueError, SyntaxError) as e:
@@ -75,6 +102,12 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_
     with cfg.unlocked() if hasattr(cfg, "unlocked") else _null():
       node[parts[-1]] = value
   return cfg
+
+
+def _unknown(item: str, key: str) -> str:
+  new = _moved(key)
+  return f"override '{item}': config key '{key}' moved to '{new}'" if new else \
+      f"override '{item}': unknown config key '{key}'"
 
 
 class _null:

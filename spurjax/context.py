@@ -53,7 +53,7 @@ class Context:
 
   @functools.cached_property
   def diffusion_dir(self) -> str:
-    from spurjax.diffusion.prior import resolve_diffusion_path
+    from spurjax.diffusion.builtin import resolve_diffusion_path
     return resolve_diffusion_path(str(self.cfg.diffusion.path))
 
   @functools.cached_property
@@ -75,7 +75,7 @@ class Context:
     """The inpaint stage's model directory: `diffusion.inpaint_path`, else `diffusion_dir`."""
     if not self.separate_inpainter:
       return self.diffusion_dir
-    from spurjax.diffusion.prior import resolve_diffusion_path
+    from spurjax.diffusion.builtin import resolve_diffusion_path
     return resolve_diffusion_path(str(self.cfg.diffusion.inpaint_path), key="diffusion.inpaint_path")
 
   @functools.cached_property

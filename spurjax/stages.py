@@ -1,10 +1,12 @@
 """The stage contract: named, fingerprinted steps whose results live in one folder each.
 
-A `Stage` has a name, the config keys it reads, its upstream stages, a `compute(ctx, inputs,
-folder)` that writes its files into the folder it is given, and a `load(ctx, folder)` that reads
-them back as the stage's typed artefact. Its fingerprint hashes the values of its config keys,
-the fingerprints of its upstream stages and the identity of its input data (`Stage.identity`:
-the table's content hash, the diffusion model's weights, ...).
+A `Stage` has a name, the config groups it owns, a short explicit set of shared keys it also reads
+(seed, data identity, diffusion model paths, nouns), its upstream stages, a `validate(ctx)` run
+before any stage computes, a `compute(ctx, inputs, folder)` that writes its files into the folder
+it is given, and a `load(ctx, folder)` that reads them back as the stage's typed artefact. Its
+fingerprint hashes its whole groups, its shared keys, the fingerprints of its upstream stages and
+the identity of its input data (`Stage.identity`: the table's content hash, the diffusion model's
+weights, ...): a key added to a stage's group is in its fingerprint without touching the stage.
 
 `Runner.run(stage)` computes a stage into `<folder>.tmp/` (with `stage.json` naming the
 fingerprint, so a killed run resumes there when nothing changed) and renames it into place; a
@@ -26,6 +28,7 @@ import numpy as np
 
 from spurjax import distributed
 from spurjax.errors import SpurjaxError
+from spurjax.fileio import write_json_atomic
 
 STAGE_FILE = "stage.json"
 
@@ -36,28 +39,38 @@ class Stage:
 
   Attributes:
     name: the stage's name (and its folder's, unless the context maps it elsewhere).
-    keys: the dotted config keys (or whole groups, e.g. "optim") whose values it depends on;
-      or a function cfg -> such keys, for a stage whose reads depend on a setting.
+    groups: the config groups the stage owns (e.g. ("ddb.select",)), each hashed whole.
+    shared: other dotted config keys it reads (seed, data identity, model paths, nouns); or a
+      function cfg -> such keys.
     upstream: names of the stages whose artefacts it takes (`inputs[name]`); or a function
       cfg -> such names, for a stage whose inputs depend on a setting.
     compute: (ctx, inputs, folder) -> None; writes its files into `folder` (which may hold a
       killed run's partial files with the same fingerprint, to resume from).
     load: (ctx, folder) -> artefact; reads a finished folder.
     identity: (ctx) -> JSON-able identity of input data not covered by config and upstream.
+    validate: (ctx) -> None; raises a one-line SpurjaxError for bad settings before any stage runs.
   """
   name: str
-  keys: Sequence[str] | Callable[[Any], Sequence[str]]
+  groups: Sequence[str]
   upstream: Sequence[str] | Callable[[Any], Sequence[str]]
   compute: Callable[[Any, Mapping[str, Any], str], Any]
   load: Callable[[Any, str], Any]
+  shared: Sequence[str] | Callable[[Any], Sequence[str]] = ()
   identity: Callable[[Any], Any] | None = None
+  validate: Callable[[Any], None] | None = None
 
   def upstream_of(self, cfg) -> tuple[str, ...]:
     return tuple(self.upstream(cfg) if callable(self.upstream) else self.upstream)
 
   def config_keys(self, cfg) -> tuple[str, ...]:
-    keys = self.keys(cfg) if callable(self.keys) else self.keys
-    return tuple(sorted(set(keys)))
+    shared = self.shared(cfg) if callable(self.shared) else self.shared
+    return tuple(sorted(set(self.groups) | set(shared)))
+
+  def check(self, ctx) -> None:
+    """Every key the stage hashes exists; then the stage's own `validate`."""
+    config_values(ctx.cfg, self.config_keys(ctx.cfg))
+    if self.validate is not None:
+      self.validate(ctx)
 
 
 def _plain(v):
@@ -188,13 +201,13 @@ class Runner:
         if (read_stage_file(tmp) or {}).get("fingerprint") != fp:  # a killed run of other settings
           _remove_own(tmp)
         os.makedirs(tmp, exist_ok=True)
-        _write_json(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": False})
+        write_json_atomic(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": False})
       distributed.barrier(f"{stage.name}_start")
       start = time.perf_counter()
       stage.compute(self.ctx, inputs, tmp)
       self.seconds[stage.name] = time.perf_counter() - start
       if distributed.is_main():
-        _write_json(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": True,
+        write_json_atomic(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": True,
                                                     "seconds": round(self.seconds[stage.name], 1)})
         _remove_own(folder)
         os.replace(tmp, folder)
@@ -225,12 +238,6 @@ class Runner:
       line = self.timing()
       if line:
         print(line, flush=True)
-
-
-def _write_json(path: str, obj) -> None:
-  with open(path + ".part", "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(path + ".part", path)
 
 
 # ---------------------------------------------------------------- identities of input data

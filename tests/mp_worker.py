@@ -88,9 +88,9 @@ def inpaint(cfg, table, workdir: str, local_dir: str, mesh) -> dict:
   masks[:, 2:6, 2:6] = True
   out = inp.make_counterfactuals(pipe, images, masks, [0, 1, 1], TOKENS, NOUNS, n_samples=2, num_steps=2,
                                  guidance_scale=2.0, batch_size=4, seed=5, mesh=mesh, desc=None)
-  cfg.ddb.num_steps = 2
-  cfg.ddb.n_samples = 1
-  cfg.ddb.inpaint_batch_size = 4
+  cfg.ddb.inpaint.num_steps = 2
+  cfg.ddb.inpaint.n_samples = 1
+  cfg.ddb.inpaint.batch_size = 4
   cfg.ddb.nouns = NOUNS
   from spurjax.ddb import invert as inv_stage, segment, select
   from spurjax.stages import Runner
@@ -126,8 +126,8 @@ def prune(cfg, ctx, runner) -> dict:
   from spurjax.ddb import prune_stage
   from spurjax.train import loop
   from spurjax.train.erm import ErmResult
-  cfg.ddb.ig_steps, cfg.ddb.ig_chunk, cfg.ddb.ig_batch_size = 4, 0, 4
-  cfg.ddb.prune_threshold = 0.0
+  cfg.ddb.prune.ig_steps, cfg.ddb.prune.ig_chunk, cfg.ddb.prune.ig_batch_size = 4, 0, 4
+  cfg.ddb.prune.threshold = 0.0
   model, variables = loop.init_variables(cfg, ctx.table, jax.random.PRNGKey(1))
   runner.provide("erm", ErmResult({}, model, variables, ""), "given")
   out = runner.run(prune_stage.STAGE)

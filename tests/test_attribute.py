@@ -159,10 +159,10 @@ def test_attribute_edits_on_linear_model(linear):
 def test_ig_settings_validate():
   from spurjax.config_base import base_config
   cfg = base_config()
-  cfg.ddb.ig_steps, cfg.ddb.ig_chunk = 16, 0
+  cfg.ddb.prune.ig_steps, cfg.ddb.prune.ig_chunk = 16, 0
   s = A.ig_settings(cfg)
   assert s["n_steps"] == 16 and s["chunk"] is None and s["output"] == "logit"
-  cfg.ddb.ig_output = "softmax"
+  cfg.ddb.prune.ig_output = "softmax"
   with pytest.raises(SpurjaxError, match="ig_output"):
     A.ig_settings(cfg)
 

@@ -33,10 +33,10 @@ def prior_dir(tmp_path_factory):
 
 def _args(work, data, prior):
   return ["run", "--config", "configs/synth.py:tiny", "--workdir", str(work), f"--config.data.cache_dir={data}",
-          f"--config.diffusion.path={prior}", "--config.ddb.k=3", "--config.ddb.invert_steps=2",
-          "--config.ddb.n_samples=1", "--config.ddb.num_steps=2", "--config.ddb.ig_steps=4",
-          "--config.ddb.retrain.num_epochs=1", "--config.ddb.retrain.batch_size=16", "--config.ddb.mask=given",
-          "--config.ddb.background_weight=2"]
+          f"--config.diffusion.path={prior}", "--config.ddb.select.k=3", "--config.ddb.invert.steps=2",
+          "--config.ddb.inpaint.n_samples=1", "--config.ddb.inpaint.num_steps=2", "--config.ddb.prune.ig_steps=4",
+          "--config.ddb.retrain.num_epochs=1", "--config.ddb.retrain.batch_size=16", "--config.ddb.segment.method=given",
+          "--config.ddb.retrain.background_weight=2"]
 
 
 class Killed(Exception):
@@ -64,8 +64,8 @@ def test_run_end_to_end_and_resume(tmp_path, prior_dir, monkeypatch, capsys):
   assert cli.main(_args(tmp_path / "a", data, prior_dir)) == 0
   assert f"stages: reused {stages}\n" in capsys.readouterr().out
   mtime = os.path.getmtime(tmp_path / "a" / "inpaint" / "edits.csv")
-  assert cli.main(_args(tmp_path / "a", data, prior_dir) + ["--config.ddb.prune_threshold=1e9"]) == 0
-  assert "redid prune (changed ddb.prune_threshold), retrain (upstream prune)" in capsys.readouterr().out
+  assert cli.main(_args(tmp_path / "a", data, prior_dir) + ["--config.ddb.prune.threshold=1e9"]) == 0
+  assert "redid prune (changed ddb.prune.threshold), retrain (upstream prune)" in capsys.readouterr().out
   assert json.load(open(tmp_path / "a" / "report.json"))["kept_per_class"] == [0, 0]
   assert os.path.getmtime(tmp_path / "a" / "inpaint" / "edits.csv") == mtime
 
@@ -121,9 +121,9 @@ def test_bench_artefact_on_a_finished_run(tmp_path, prior_dir, capsys, monkeypat
   os.rename(tmp_path / "elsewhere_select", tmp_path / "shared" / "select")
   shared = ["--shared", str(tmp_path / "shared")]
   # A setting the run was not made with is named, before any work.
-  assert cli.main(["bench", "artefact"] + args[1:] + shared + ["--config.ddb.prune_threshold=1e9"]) == 2
+  assert cli.main(["bench", "artefact"] + args[1:] + shared + ["--config.ddb.prune.threshold=1e9"]) == 2
   err = capsys.readouterr().err
-  assert "prune: the 'prune' stage does not match the config given (changed ddb.prune_threshold)" in err
+  assert "prune: the 'prune' stage does not match the config given (changed ddb.prune.threshold)" in err
   assert not (work / "artefact").exists()
   from spurjax.ddb import inpaint
   real, calls = inpaint.make_counterfactuals, []

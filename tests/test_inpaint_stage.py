@@ -170,10 +170,10 @@ def test_diffusion_size_uses_the_vae_factor(pipe3):
 def _stage_ctx(tmp_path, mesh, pipeline):
   cfg = toy_config()
   cfg.ddb.nouns = ("bird", "bird")
-  cfg.ddb.n_samples = 2
-  cfg.ddb.num_steps = 2
-  cfg.ddb.guidance_scale = 2.0
-  cfg.ddb.inpaint_batch_size = 4
+  cfg.ddb.inpaint.n_samples = 2
+  cfg.ddb.inpaint.num_steps = 2
+  cfg.ddb.inpaint.guidance_scale = 2.0
+  cfg.ddb.inpaint.batch_size = 4
   cfg.diffusion.path = str(tmp_path / "in-memory")
   return Context(cfg=cfg, workdir=str(tmp_path), table=toy_table(), mesh=mesh, pipeline=pipeline)
 
@@ -224,11 +224,11 @@ def test_inpaint_stage_writes_skips_and_resumes(tmp_path, mesh, pipe3):
 
 
 def test_paste_generator_through_the_stage(tmp_path, mesh):
-  """`ddb.generator=paste`: a class-0 image gets a class-1 donor's object (toy class 1: a bright green
+  """`ddb.inpaint.generator=paste`: a class-0 image gets a class-1 donor's object (toy class 1: a bright green
   square) inside its changed region, the rest of the image is untouched, and the region is saved."""
   ctx = _stage_ctx(tmp_path, mesh, None)
-  ctx.cfg.ddb.generator = "paste"
-  ctx.cfg.ddb.n_samples = 1
+  ctx.cfg.ddb.inpaint.generator = "paste"
+  ctx.cfg.ddb.inpaint.n_samples = 1
   table = toy_table()
   square = np.zeros((16, 16), bool)
   square[4:12, 4:12] = True
@@ -251,7 +251,7 @@ def test_paste_generator_through_the_stage(tmp_path, mesh):
 
 @pytest.mark.parametrize("crop", [0, 24])
 def test_redraw_generator_through_the_stage(tmp_path, mesh, crop):
-  """`ddb.generator=redraw` on the built-in benchmark: each edit is its source scene with an object of the
+  """`ddb.inpaint.generator=redraw` on the built-in benchmark: each edit is its source scene with an object of the
   target class, a base image framed as its source is (with or without a centre crop), unchanged outside the
   saved changed region; other data, or a benchmark the renderer did not draw, is refused before any work."""
   from spurjax.data import synth
@@ -260,7 +260,7 @@ def test_redraw_generator_through_the_stage(tmp_path, mesh, crop):
   synth.generate(str(root), image_size=32, scale=0.02, seed=3, corpus_per_combo=0, workers=1)
   table = read_folder(str(root))
   ctx = _stage_ctx(tmp_path / "w", mesh, None)
-  ctx.table, ctx.cfg.ddb.generator, ctx.cfg.ddb.n_samples = table, "redraw", 2
+  ctx.table, ctx.cfg.ddb.inpaint.generator, ctx.cfg.ddb.inpaint.n_samples = table, "redraw", 2
   ctx.cfg.data.center_crop = crop
   inpaint.check_config(ctx)
   first = {c: np.nonzero((table.y == c) & (table.split == 0))[0][:2] for c in (0, 1)}

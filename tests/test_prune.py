@@ -54,7 +54,7 @@ def test_keep_top_keeps_the_best_share_of_passing_edits_per_target_class():
   np.testing.assert_array_equal(P.keep_top(kept, score, target, 0.5), [False, True, True, False, False, True, True])
   np.testing.assert_array_equal(P.keep_top(kept, score, target, 1.0), kept)
   np.testing.assert_array_equal(P.keep_top(kept, score, target, 0.01), [False, True, False, False, False, True, False])
-  with pytest.raises(SpurjaxError, match="ddb.prune_top"):
+  with pytest.raises(SpurjaxError, match="ddb.prune.top"):
     P.keep_top(kept, score, target, 0.0)
   recs = P.build_records(source_file=["a", "b", "c"], source_class=[0, 0, 0], target_class=[1, 1, 1],
                          sample=[0, 1, 2], place=[0, 0, 0], psi=[0.5, 0.5, 0.5], rho=[1.0, 3.0, 2.0],
@@ -66,9 +66,9 @@ def test_prune_top_enters_the_fingerprint_only_when_set():
   from spurjax.config_base import base_config
   from spurjax.ddb.prune_stage import STAGE
   cfg = base_config()
-  assert "ddb.prune_top" not in STAGE.config_keys(cfg)
-  cfg.ddb.prune_top = 0.5
-  assert "ddb.prune_top" in STAGE.config_keys(cfg)
+  assert "ddb.prune.top" not in STAGE.config_keys(cfg)
+  cfg.ddb.prune.top = 0.5
+  assert "ddb.prune.top" in STAGE.config_keys(cfg)
 
 
 def _records(n=5):

@@ -82,7 +82,7 @@ def test_select_majority_lowest_loss_ties_by_index():
   assert len(select.select_majority(loss, labels, 10)[1]) == 4  # fewer than k: all of them
   with pytest.raises(SpurjaxError, match="class 2"):
     select.select_majority(loss, labels, 2, num_classes=3)
-  with pytest.raises(SpurjaxError, match="ddb.k"):
+  with pytest.raises(SpurjaxError, match="ddb.select.k"):
     select.select_majority(loss, labels, 0)
   with pytest.raises(SpurjaxError, match="not finite"):
     select.select_majority(np.where(labels == 1, np.nan, loss), labels, 1)
@@ -103,7 +103,7 @@ def test_select_stage_writes_and_reloads(tmp_path, classifier, mesh):
   model, variables = classifier
   cfg = toy_config()
   cfg.model.name = "cnn16"
-  cfg.ddb.k = 3
+  cfg.ddb.select.k = 3
   table = toy_table()
   ctx = Context(cfg=cfg, workdir=str(tmp_path), table=table, mesh=mesh)
   got, runner = run_stage(ctx, select.STAGE, erm=erm_artefact(model, variables))
@@ -266,10 +266,10 @@ def test_gradcam_matches_manual_computation(classifier, mesh):
 def _ctx(tmp_path, mesh, table, mask, pipeline=None):
   cfg = toy_config()
   cfg.model.name = "cnn16"
-  cfg.ddb.mask = mask
+  cfg.ddb.segment.method = mask
   cfg.ddb.nouns = ("bird", "dog")
-  cfg.ddb.segment_timesteps = (100, 500)
-  cfg.ddb.segment_batch_size = 4
+  cfg.ddb.segment.timesteps = (100, 500)
+  cfg.ddb.segment.batch_size = 4
   cfg.diffusion.path = str(tmp_path / "no-model")
   return Context(cfg=cfg, workdir=str(tmp_path), table=table, mesh=mesh, pipeline=pipeline)
 
@@ -281,7 +281,7 @@ SELECTED = select.Selection(k=3, selected={0: np.array([0, 1]), 1: np.array([30,
 def test_segment_stage_given_masks(tmp_path, mesh):
   table = _masked_table()
   ctx = _ctx(tmp_path, mesh, table, "given")
-  ctx.cfg.ddb.segment_compare = ()
+  ctx.cfg.ddb.segment.compare = ()
   got, _ = run_stage(ctx, segment.STAGE, erm=None, select=SELECTED)
   masks = got.masks
   assert sorted(masks) == [0, 1, 30, 31, 32]
@@ -290,17 +290,17 @@ def test_segment_stage_given_masks(tmp_path, mesh):
   assert got.iou["num_images"] == 5 and got.iou["method"] == "given"
   assert sorted(os.listdir(tmp_path / "segment" / "masks")) == [f"{i}.png" for i in (0, 1, 30, 31, 32)]
   ctx2 = _ctx(tmp_path / "b", mesh, toy_table(), "given")
-  ctx2.cfg.ddb.segment_compare = ()
+  ctx2.cfg.ddb.segment.compare = ()
   with pytest.raises(SpurjaxError, match="no mask column"):
     run_stage(ctx2, segment.STAGE, erm=None, select=SELECTED)
   assert not (tmp_path / "b" / "segment").exists()  # nothing half-written in place
-  with pytest.raises(SpurjaxError, match="ddb.mask"):
+  with pytest.raises(SpurjaxError, match="ddb.segment.method"):
     segment.method_name("sam")
 
 
 def test_segment_stage_attention_scores_every_method(tmp_path, mesh, pipe, classifier):
   ctx = _ctx(tmp_path, mesh, _masked_table(), "attention", pipeline=pipe)
-  ctx.cfg.ddb.segment_compare = ("attention", "gradcam")
+  ctx.cfg.ddb.segment.compare = ("attention", "gradcam")
   got, _ = run_stage(ctx, segment.STAGE, erm=erm_artefact(*classifier), select=SELECTED)
   masks = got.masks
   assert sorted(masks) == [0, 1, 30, 31, 32]
@@ -317,8 +317,8 @@ def test_segment_stage_attention_scores_every_method(tmp_path, mesh, pipe, class
 
 def test_segment_stage_keeps_raw_masks_beside_boxed(tmp_path, mesh, pipe, classifier, monkeypatch):
   ctx = _ctx(tmp_path, mesh, _masked_table(), "gradcam", pipeline=pipe)
-  ctx.cfg.ddb.segment_compare = ()
-  ctx.cfg.ddb.mask_box = "square"
+  ctx.cfg.ddb.segment.compare = ()
+  ctx.cfg.ddb.segment.box = "square"
   calls, box_masks = [], segment.box_masks
   monkeypatch.setattr(segment, "box_masks", lambda *a, **k: calls.append(1) or box_masks(*a, **k))
   got, _ = run_stage(ctx, segment.STAGE, erm=erm_artefact(*classifier), select=SELECTED)
@@ -352,19 +352,19 @@ def test_box_masks_grow_and_square():
 
 def test_segment_stage_diffedit_with_colour_refinement(tmp_path, mesh, pipe):
   ctx = _ctx(tmp_path, mesh, _masked_table(), "diffedit", pipeline=pipe)
-  ctx.cfg.ddb.segment_compare = ()
-  ctx.cfg.ddb.diffedit_draws = 2
-  ctx.cfg.ddb.diffedit_refine = True
-  assert {"ddb.diffedit_refine", "ddb.diffedit_refine_band"} <= set(segment.STAGE.config_keys(ctx.cfg))
+  ctx.cfg.ddb.segment.compare = ()
+  ctx.cfg.ddb.segment.diffedit_draws = 2
+  ctx.cfg.ddb.segment.diffedit_refine = True
+  assert {"ddb.segment.diffedit_refine", "ddb.segment.diffedit_refine_band"} <= set(segment.STAGE.config_keys(ctx.cfg))
   got, _ = run_stage(ctx, segment.STAGE, erm=None, select=SELECTED)
   assert sorted(got.masks) == [0, 1, 30, 31, 32]
   assert all(m.dtype == bool and m.shape == (16, 16) for m in got.masks.values())
   assert json.load(open(tmp_path / "segment" / "iou.json"))["method"] == "diffedit"
   for band, match in (((4.0, 1.0), "0 <= low < high"), ((1.0,), "low, high"), (("a", 2), "numbers")):
     bad = _ctx(tmp_path / "bad", mesh, _masked_table(), "diffedit", pipeline=pipe)
-    bad.cfg.ddb.segment_compare = ()
-    bad.cfg.ddb.diffedit_refine = True
-    bad.cfg.ddb.diffedit_refine_band = band
+    bad.cfg.ddb.segment.compare = ()
+    bad.cfg.ddb.segment.diffedit_refine = True
+    bad.cfg.ddb.segment.diffedit_refine_band = band
     with pytest.raises(SpurjaxError, match=f"ddb.diffedit_refine_band.*{match}"):
       run_stage(bad, segment.STAGE, erm=None, select=SELECTED)
     assert not (tmp_path / "bad" / "segment").exists()

@@ -51,7 +51,7 @@ def dry_pipeline(monkeypatch, tmp_path):
 def _run(tmp_path, capsys, *overrides):
   args = ["run", "--config", "configs/synth.py:tiny", "--workdir", str(tmp_path / "w"),
           f"--config.data.cache_dir={tmp_path / 'data'}", f"--config.diffusion.path={tmp_path / 'sd_a'}",
-          "--config.ddb.mask=given", "--config.ddb.invert_steps=2", *overrides]
+          "--config.ddb.segment.method=given", "--config.ddb.invert.steps=2", *overrides]
   capsys.readouterr()
   assert cli.main(args) == 0
   line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stages:")]
@@ -70,14 +70,14 @@ AFTER_SEGMENT = ["segment", "inpaint", "prune", "retrain"]  # nor, by default, i
 
 @pytest.mark.parametrize("override, want", [
     ("train.num_epochs=3", list(ORDER)),
-    ("ddb.k=4", list(ORDER[1:])),
-    ("ddb.invert_steps=5", AFTER_INVERT),
-    ("ddb.mask=gradcam", AFTER_SEGMENT),
-    ("ddb.invert_mask=segment", AFTER_INVERT),
-    ("ddb.n_samples=3", ["inpaint", "prune", "retrain"]),
-    ("ddb.prune_threshold=0.5", ["prune", "retrain"]),
+    ("ddb.select.k=4", list(ORDER[1:])),
+    ("ddb.invert.steps=5", AFTER_INVERT),
+    ("ddb.segment.method=gradcam", AFTER_SEGMENT),
+    ("ddb.invert.mask=segment", AFTER_INVERT),
+    ("ddb.inpaint.n_samples=3", ["inpaint", "prune", "retrain"]),
+    ("ddb.prune.threshold=0.5", ["prune", "retrain"]),
     ("ddb.retrain.num_epochs=3", ["retrain"]),
-    ("ddb.background_weight=2", ["retrain"]),
+    ("ddb.retrain.background_weight=2", ["retrain"]),
     # The masks use the diffusion model too: the attention masks are scored in segment/iou.json.
     ("diffusion.path={sd_b}", ["segment", "invert", "inpaint", "prune", "retrain"]),
 ])
@@ -94,7 +94,7 @@ def test_a_change_redoes_its_stage_and_everything_downstream(tmp_path, capsys, d
   line = _run(tmp_path, capsys, f"--config.{override}")
   assert _redone(line) == want, line
   assert [c[0] for c in dry_pipeline] == want
-  if override.startswith("ddb.invert_mask"):        # tokens learned on the masks take them as an input
+  if override.startswith("ddb.invert.mask"):        # tokens learned on the masks take them as an input
     assert ("invert", ["segment", "select"]) in dry_pipeline
   assert "reused " + ", ".join(n for n in ORDER if n not in want) in line or want == list(ORDER)
   first = want[0]
@@ -111,7 +111,7 @@ def test_a_run_can_share_another_runs_stage_folders(tmp_path, capsys, dry_pipeli
   _run(tmp_path, capsys)                                                   # the first run, in w/
   del dry_pipeline[:]
   overrides = [f"--config.data.cache_dir={tmp_path / 'data'}", f"--config.diffusion.path={tmp_path / 'sd_a'}",
-               "--config.ddb.mask=given", "--config.ddb.invert_steps=2", "--config.ddb.retrain.select=val_worst_class"]
+               "--config.ddb.segment.method=given", "--config.ddb.invert.steps=2", "--config.ddb.retrain.select=val_worst_class"]
   cfg = config_from("configs/synth.py:tiny", overrides)
   shared = {s: str(tmp_path / "w" / s) for s in ORDER if s != "retrain"}
   capsys.readouterr()
@@ -124,11 +124,11 @@ def test_a_run_can_share_another_runs_stage_folders(tmp_path, capsys, dry_pipeli
 
 def test_bad_invert_mask_settings_fail_before_any_stage(tmp_path, capsys, dry_pipeline):
   args = ["run", "--config", "configs/synth.py:tiny", "--workdir", str(tmp_path / "w"),
-          f"--config.data.cache_dir={tmp_path / 'data'}", "--config.ddb.mask=given", "--config.ddb.invert_steps=2"]
-  assert cli.main(args + [f"--config.diffusion.path={tmp_path / 'sd_a'}", "--config.ddb.invert_mask=box"]) == 2
-  assert "config ddb.invert_mask = 'box'; valid: full, segment" in capsys.readouterr().err
+          f"--config.data.cache_dir={tmp_path / 'data'}", "--config.ddb.segment.method=given", "--config.ddb.invert.steps=2"]
+  assert cli.main(args + [f"--config.diffusion.path={tmp_path / 'sd_a'}", "--config.ddb.invert.mask=box"]) == 2
+  assert "config ddb.invert.mask = 'box'; valid: full, segment" in capsys.readouterr().err
   (tmp_path / "sd_a" / "unet" / "config.json").write_text('{"in_channels": 4, "out_channels": 4}')
-  assert cli.main(args + [f"--config.diffusion.path={tmp_path / 'sd_a'}", "--config.ddb.invert_mask=segment"]) == 2
+  assert cli.main(args + [f"--config.diffusion.path={tmp_path / 'sd_a'}", "--config.ddb.invert.mask=segment"]) == 2
   assert "needs an inpainting UNet" in capsys.readouterr().err
   assert dry_pipeline == [] and not (tmp_path / "w").exists()
 
@@ -136,29 +136,29 @@ def test_bad_invert_mask_settings_fail_before_any_stage(tmp_path, capsys, dry_pi
 def test_bad_prompt_settings_fail_before_any_stage(tmp_path, capsys, dry_pipeline):
   args = ["run", "--config", "configs/synth.py:tiny", "--workdir", str(tmp_path / "w"),
           f"--config.data.cache_dir={tmp_path / 'data'}", f"--config.diffusion.path={tmp_path / 'sd_a'}"]
-  assert cli.main(args + ["--config.ddb.template=a photo of {a_attribute} {noun}"]) == 2  # no attributes given
+  assert cli.main(args + ["--config.ddb.inpaint.template=a photo of {a_attribute} {noun}"]) == 2  # no attributes given
   err = capsys.readouterr().err
-  assert "ddb.attributes" in err and err.strip().count("\n") == 0
-  assert cli.main(args + ["--config.ddb.template=a {colour} {noun}"]) == 2
-  assert "config ddb.template" in capsys.readouterr().err
-  assert cli.main(args + ["--config.ddb.inpaint_eta=1.5"]) == 2
-  assert "config ddb.inpaint_eta=1.5 must be a number in [0, 1]" in capsys.readouterr().err
-  assert cli.main(args + ["--config.ddb.inpaint_strength=0.01"]) == 2   # int(num_steps x 0.01) = 0 steps
-  assert "config ddb.inpaint_strength: strength=0.01 with" in capsys.readouterr().err
-  assert cli.main(args + ["--config.ddb.inpaint_strength=1.5"]) == 2
+  assert "ddb.inpaint.attributes" in err and err.strip().count("\n") == 0
+  assert cli.main(args + ["--config.ddb.inpaint.template=a {colour} {noun}"]) == 2
+  assert "config ddb.inpaint.template" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.inpaint.eta=1.5"]) == 2
+  assert "config ddb.inpaint.eta=1.5 must be a number in [0, 1]" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.inpaint.strength=0.01"]) == 2   # int(num_steps x 0.01) = 0 steps
+  assert "config ddb.inpaint.strength: strength=0.01 with" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.inpaint.strength=1.5"]) == 2
   assert "must be in (0, 1]" in capsys.readouterr().err
-  assert cli.main(args + ["--config.ddb.guidance_interval=(900,150)"]) == 2
-  assert "config ddb.guidance_interval: guidance_interval=(900, 150) must satisfy" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.inpaint.guidance_interval=(900,150)"]) == 2
+  assert "config ddb.inpaint.guidance_interval: guidance_interval=(900, 150) must satisfy" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.retrain.interpolate=(0.5,2.0)"]) == 2
   assert "config ddb.retrain.interpolate = (0.5, 2.0): every alpha must be" in capsys.readouterr().err
   assert cli.main(args + ["--config.ddb.retrain.select=last"]) == 2
   assert "config ddb.retrain.interpolate: needs a validation criterion" in capsys.readouterr().err
-  assert cli.main(args + ["--config.ddb.diffedit_refine=True", "--config.ddb.diffedit_refine_band=(3.0,1.0)"]) == 2
-  assert "config ddb.diffedit_refine_band: 0 <= low < high needed" in capsys.readouterr().err
-  assert cli.main(args + ["--config.ddb.prune_top=0"]) == 2
-  assert "config ddb.prune_top = 0.0; it must be in (0, 1]" in capsys.readouterr().err
-  assert cli.main(args + ["--config.ddb.generator=dream"]) == 2
-  assert "config ddb.generator='dream' must be one of diffusion, paste, redraw" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.segment.diffedit_refine=True", "--config.ddb.segment.diffedit_refine_band=(3.0,1.0)"]) == 2
+  assert "config ddb.segment.diffedit_refine_band: 0 <= low < high needed" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.prune.top=0"]) == 2
+  assert "config ddb.prune.top = 0.0; it must be in (0, 1]" in capsys.readouterr().err
+  assert cli.main(args + ["--config.ddb.inpaint.generator=dream"]) == 2
+  assert "config ddb.inpaint.generator='dream' must be one of diffusion, paste, redraw" in capsys.readouterr().err
   assert dry_pipeline == [] and not (tmp_path / "w").exists()
 
 
@@ -168,25 +168,25 @@ def test_killed_stage_resumes_in_its_tmp_folder_and_other_settings_start_afresh(
   def compute(ctx, inputs, folder):
     log.append(sorted(os.listdir(folder)))
     open(os.path.join(folder, "part1"), "w").close()
-    if ctx.cfg.ddb.k == 1:
+    if ctx.cfg.ddb.select.k == 1:
       raise KeyboardInterrupt  # killed half-way
     open(os.path.join(folder, "part2"), "w").close()
 
-  stage = stages.Stage("s", keys=("ddb.k",), upstream=(), compute=compute, load=lambda ctx, d: sorted(os.listdir(d)))
+  stage = stages.Stage("s", keys=("ddb.select.k",), upstream=(), compute=compute, load=lambda ctx, d: sorted(os.listdir(d)))
   cfg = base_config()
   ctx = types.SimpleNamespace(cfg=cfg, stage_dir=lambda n: str(tmp_path / n))
-  cfg.ddb.k = 1
+  cfg.ddb.select.k = 1
   with pytest.raises(KeyboardInterrupt):
     stages.Runner(ctx).run(stage)
   assert not (tmp_path / "s").exists() and (tmp_path / "s.tmp" / "part1").exists()
-  cfg.ddb.k = 2  # other settings: the partial folder is discarded
+  cfg.ddb.select.k = 2  # other settings: the partial folder is discarded
   assert stages.Runner(ctx).run(stage) == ["part1", "part2", "stage.json"]
   assert log[-1] == ["stage.json"]
-  cfg.ddb.k = 1  # killed again, then resumed with the same settings: the partial files are still there
+  cfg.ddb.select.k = 1  # killed again, then resumed with the same settings: the partial files are still there
   with pytest.raises(KeyboardInterrupt):
     stages.Runner(ctx).run(stage)
   assert (tmp_path / "s" / "part2").exists()  # the finished folder of k=2 is untouched until replaced
-  assert json.load(open(tmp_path / "s" / "stage.json"))["record"]["config"] == {"ddb.k": 2}
+  assert json.load(open(tmp_path / "s" / "stage.json"))["record"]["config"] == {"ddb.select.k": 2}
 
 
 def test_a_folder_spurjax_did_not_write_is_never_removed(tmp_path):
@@ -249,7 +249,7 @@ def test_every_key_a_stage_reads_is_in_the_base_config():
 def test_wall_time_is_printed_and_recorded_for_computed_stages_only(tmp_path, capsys, dry_pipeline):
   args = ["run", "--config", "configs/synth.py:tiny", "--workdir", str(tmp_path / "w"),
           f"--config.data.cache_dir={tmp_path / 'data'}", f"--config.diffusion.path={tmp_path / 'sd_a'}",
-          "--config.ddb.mask=given", "--config.ddb.invert_steps=2"]
+          "--config.ddb.segment.method=given", "--config.ddb.invert.steps=2"]
   capsys.readouterr()
   assert cli.main(args) == 0
   timing = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stage wall time:")]

@@ -76,7 +76,7 @@ def test_inpaint_stage_uses_the_second_model(models, tmp_path, mesh):
   base, learned, folder, embeds, _ = models
   ctx = _stage_ctx(tmp_path, mesh, base)
   ctx.cfg.diffusion.inpaint_path = str(folder)
-  ctx.cfg.ddb.inpaint_mode = "auto"                                       # channels: the second UNet's 7 inputs
+  ctx.cfg.ddb.inpaint.mode = "auto"                                       # channels: the second UNet's 7 inputs
   assert ctx.load_inpaint_pipeline().is_inpaint and not ctx.load_pipeline().is_inpaint
   square = np.zeros((16, 16), bool)
   square[4:12, 4:12] = True

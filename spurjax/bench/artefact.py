@@ -159,8 +159,8 @@ def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1, shared: str = 
 
   if isinstance(n_samples, bool) or int(n_samples) < 1:
     raise SpurjaxError(f"--n-samples {n_samples!r} must be a positive integer")
-  if str(cfg.ddb.generator) != "diffusion":
-    raise SpurjaxError(f"bench artefact: config ddb.generator={str(cfg.ddb.generator)!r}: there is no diffusion "
+  if str(cfg.ddb.inpaint.generator) != "diffusion":
+    raise SpurjaxError(f"bench artefact: config ddb.inpaint.generator={str(cfg.ddb.inpaint.generator)!r}: there is no diffusion "
                        "model to re-inpaint with")
   folders = stage_folders(workdir, erm_dir, shared)
   table = load_table(cfg.data)

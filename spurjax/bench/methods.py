@@ -21,10 +21,10 @@ DEFAULT_METHODS = "erm,suby,subg,groupdro,jtt,dfr,ddb"
 # DDB rows: the pipeline with these settings on top of the config (each its own `spurjax run`).
 DDB_VARIANTS = {
     "ddb": {},                                                          # the diffusion generator
-    "ddb_paste_true": {"ddb.generator": "paste", "ddb.mask": "given",   # ceiling: a perfect object swap
-                       "ddb.segment_compare": ()},
-    "ddb_paste": {"ddb.generator": "paste"},                            # DaC-style, with predicted masks
-    "ddb_redraw": {"ddb.generator": "redraw"},                          # ceiling: perfect edits (built-in benchmark)
+    "ddb_paste_true": {"ddb.inpaint.generator": "paste", "ddb.segment.method": "given",   # ceiling: a perfect object swap
+                       "ddb.segment.compare": ()},
+    "ddb_paste": {"ddb.inpaint.generator": "paste"},                            # DaC-style, with predicted masks
+    "ddb_redraw": {"ddb.inpaint.generator": "redraw"},                          # ceiling: perfect edits (built-in benchmark)
     # No group label anywhere: the shared ERM run selects by validation average accuracy (as the ERM
     # row does) and retraining by worst-class validation accuracy.
     "ddb_nolabels": {"ddb.retrain.select": "val_worst_class"},

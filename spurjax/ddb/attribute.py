@@ -51,17 +51,17 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 
 def ig_settings(cfg) -> dict:
-  """The IG keyword arguments (`n_steps`, `method`, `chunk`, `batch_size`) and the `output`, `dtype` from cfg.ddb."""
-  d = cfg.ddb
-  get = lambda k: d[k]  # noqa: E731
-  output, dtype = str(get("ig_output")), str(get("ig_dtype"))
+  """The IG keyword arguments (`n_steps`, `method`, `chunk`, `batch_size`) and the `output`, `dtype` from
+  `cfg.ddb.prune`."""
+  d = cfg.ddb.prune
+  output, dtype = str(d.ig_output), str(d.ig_dtype)
   if output not in OUTPUTS:
-    raise SpurjaxError(f"config ddb.ig_output = {output!r}; valid: {', '.join(OUTPUTS)}")
+    raise SpurjaxError(f"config ddb.prune.ig_output = {output!r}; valid: {', '.join(OUTPUTS)}")
   if dtype not in _DTYPES:
-    raise SpurjaxError(f"config ddb.ig_dtype = {dtype!r}; valid: {', '.join(_DTYPES)}")
-  chunk = int(get("ig_chunk"))
-  return {"n_steps": int(get("ig_steps")), "method": str(get("ig_method")), "chunk": chunk or None,
-          "batch_size": int(get("ig_batch_size")), "output": output, "dtype": _DTYPES[dtype]}
+    raise SpurjaxError(f"config ddb.prune.ig_dtype = {dtype!r}; valid: {', '.join(_DTYPES)}")
+  chunk = int(d.ig_chunk)
+  return {"n_steps": int(d.ig_steps), "method": str(d.ig_method), "chunk": chunk or None,
+          "batch_size": int(d.ig_batch_size), "output": output, "dtype": _DTYPES[dtype]}
 
 
 # ------------------------------------------------------------------ quadrature

@@ -3,8 +3,8 @@
 DDB's edits teach the retrained network that a class-i scene can hold a class-i' object. They do not
 tell it that the scene alone says nothing about the class, and part of what it learns from them is
 "repainted square in a class-i scene = class i'" (`spurjax bench artefact`). With
-`ddb.background_weight > 0` retraining also sees every selected image with its object erased by its
-own segment mask (`ddb.background_grow` px grown), once under each class label at that weight: the
+`ddb.retrain.background_weight > 0` retraining also sees every selected image with its object erased by its
+own segment mask (`ddb.retrain.background_grow` px grown), once under each class label at that weight: the
 loss of those rows is smallest when the network gives the scene alone a uniform prediction.
 
 Erasing needs no generator and no group label: the object's pixels (the segment stage's mask before

@@ -20,7 +20,7 @@ Artefact `Edits`; on disk `inpaint/images/<index>_to<j>_s<s>.png` and `inpaint/e
 with columns source_index, source_file, source_class, target_class, sample, file (relative to
 `inpaint/`), written chunk by chunk (a killed run resumes from the chunks it wrote).
 
-Two generators need no diffusion model (`ddb.generator`): `paste` (another selected image's object
+Two generators need no diffusion model (`ddb.inpaint.generator`): `paste` (another selected image's object
 cut out by its mask and pasted in place of the erased object) and `redraw` (the built-in benchmark
 only: the source scene drawn again by the benchmark's renderer with an object of the other class, a
 perfect counterfactual and so the ceiling of every generator); both save each edit's changed region
@@ -128,7 +128,7 @@ def plan_edits(source_classes, num_classes: int, n_samples: int, same_class: boo
   With `same_class`, every (image, its own class, sample) instead: re-inpaints that keep the label
   (controls that carry the generator's artefacts without a change of class)."""
   if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
-    raise SpurjaxError(f"config ddb.n_samples={n_samples!r} must be a positive integer")
+    raise SpurjaxError(f"config ddb.inpaint.n_samples={n_samples!r} must be a positive integer")
   if num_classes < 2:
     raise SpurjaxError(f"inpaint: needs at least 2 classes, got {num_classes}")
   out = []
@@ -161,11 +161,11 @@ def class_prompts(template: str, tokens, nouns, num_classes: int, attributes: Se
   attribute a and {a_attribute} with it and its article ("a red", "an orange").
   """
   if "{noun}" not in template and "{token}" not in template:
-    raise SpurjaxError(f"config ddb.template={template!r} must contain {{token}} and/or {{noun}}")
+    raise SpurjaxError(f"config ddb.inpaint.template={template!r} must contain {{token}} and/or {{noun}}")
   attributes = tuple(str(a) for a in attributes)
   uses = "{attribute}" in template or "{a_attribute}" in template
   if uses != bool(attributes):
-    raise SpurjaxError(f"config ddb.template={template!r} and ddb.attributes={list(attributes)}: the template uses "
+    raise SpurjaxError(f"config ddb.inpaint.template={template!r} and ddb.inpaint.attributes={list(attributes)}: the template uses "
                        "{attribute} / {a_attribute} exactly when attributes are given")
   out = []
   for c in range(num_classes):
@@ -176,7 +176,7 @@ def class_prompts(template: str, tokens, nouns, num_classes: int, attributes: Se
       try:
         text = template.format(token=token or "", noun=noun, attribute=a, a_attribute=article)
       except (KeyError, IndexError, ValueError) as e:
-        raise SpurjaxError(f"config ddb.template={template!r}: {type(e).__name__} {e} (use {{token}}, {{noun}}, "
+        raise SpurjaxError(f"config ddb.inpaint.template={template!r}: {type(e).__name__} {e} (use {{token}}, {{noun}}, "
                            "{attribute}, {a_attribute})") from None
       out.append(" ".join(text.split()))
   return out
@@ -219,19 +219,25 @@ def check_tokens(pipeline, tokens) -> None:
                          "embedding was not loaded")
 
 
-def _resolve_mode(mode: str, fns: sampling.ModelFns) -> str:
+def resolve_mode(mode: str, in_channels: int, latent_channels: int) -> str:
+  """`ddb.inpaint.mode` for a UNet with `in_channels` inputs on `latent_channels` latents ("auto"
+  resolved); a mode the UNet cannot run is a one-line SpurjaxError."""
   if mode not in MODES:
-    raise SpurjaxError(f"config ddb.inpaint_mode={mode!r} must be one of {', '.join(MODES)}")
-  inpaint_channels = 2 * fns.latent_channels + 1
+    raise SpurjaxError(f"config ddb.inpaint.mode={mode!r} must be one of {', '.join(MODES)}")
+  inpaint_channels = 2 * latent_channels + 1
   if mode == "auto":
-    mode = "channels" if fns.in_channels == inpaint_channels else "blended"
-  if mode == "channels" and fns.in_channels != inpaint_channels:
-    raise SpurjaxError(f"config ddb.inpaint_mode='channels' needs an inpainting UNet with {inpaint_channels} input "
-                       f"channels (latents + mask + masked image); this one has {fns.in_channels}: use 'blended'")
-  if mode == "blended" and fns.in_channels != fns.latent_channels:
-    raise SpurjaxError(f"config ddb.inpaint_mode='blended' needs a UNet with {fns.latent_channels} input channels; "
-                       f"this one has {fns.in_channels} (an inpainting UNet): use 'channels'")
+    mode = "channels" if in_channels == inpaint_channels else "blended"
+  if mode == "channels" and in_channels != inpaint_channels:
+    raise SpurjaxError(f"config ddb.inpaint.mode='channels' needs an inpainting UNet with {inpaint_channels} input "
+                       f"channels (latents + mask + masked image); this one has {in_channels}: use 'blended'")
+  if mode == "blended" and in_channels != latent_channels:
+    raise SpurjaxError(f"config ddb.inpaint.mode='blended' needs a UNet with {latent_channels} input channels; "
+                       f"this one has {in_channels} (an inpainting UNet): use 'channels'")
   return mode
+
+
+def _resolve_mode(mode: str, fns: sampling.ModelFns) -> str:
+  return resolve_mode(mode, fns.in_channels, fns.latent_channels)
 
 
 # ---------------------------------------------------------------- generation
@@ -267,7 +273,7 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
   fns = sampling.pipeline_fns(pipeline)
   mode = _resolve_mode(mode, fns)
   if isinstance(batch_size, bool) or int(batch_size) < 1:
-    raise SpurjaxError(f"config ddb.inpaint_batch_size={batch_size!r} must be a positive integer")
+    raise SpurjaxError(f"config ddb.inpaint.batch_size={batch_size!r} must be a positive integer")
   devices = 1 if mesh is None else mesh.devices.size
   chunk = -(-int(batch_size) // devices) * devices
   chunks = [edits[i:i + chunk] for i in range(0, len(edits), chunk)]
@@ -443,9 +449,9 @@ def compute(ctx, inputs, folder: str) -> None:
   killed run with the same fingerprint are kept)."""
   from spurjax.ddb.select import selected_indices
 
-  generator = str(ctx.cfg.ddb.generator)
+  generator = str(ctx.cfg.ddb.inpaint.generator)
   if generator not in GENERATORS:
-    raise SpurjaxError(f"config ddb.generator={generator!r} must be one of {', '.join(GENERATORS)}")
+    raise SpurjaxError(f"config ddb.inpaint.generator={generator!r} must be one of {', '.join(GENERATORS)}")
   sel = selected_indices(inputs["select"])
   classes = sorted(sel)
   indices = [int(i) for c in classes for i in sel[c]]
@@ -489,13 +495,12 @@ def inpaint_pipeline(ctx, tokens):
 
 def generator_settings(ctx) -> dict:
   """The `iter_counterfactuals` keywords that the config's `ddb.*` keys set (all but samples and seed)."""
-  d = ctx.cfg.ddb
-  return dict(mode=str(d.inpaint_mode), num_steps=int(d.num_steps), guidance_scale=float(d.guidance_scale),
-              mesh=ctx.mesh, template=str(d.template), sampler=str(d.inpaint_sampler),
-              batch_size=int(d.inpaint_batch_size), num_classes=int(ctx.table.num_classes),
-              paste=bool(d.inpaint_paste), attributes=tuple(d.get("attributes", ())),
-              eta=float(d.get("inpaint_eta", 0.0)), strength=float(d.get("inpaint_strength", 1.0)),
-              guidance_interval=sampling.check_guidance_interval(tuple(d.get("guidance_interval", ()))))
+  d = ctx.cfg.ddb.inpaint
+  return dict(mode=str(d.mode), num_steps=int(d.num_steps), guidance_scale=float(d.guidance_scale),
+              mesh=ctx.mesh, template=str(d.template), sampler=str(d.sampler),
+              batch_size=int(d.batch_size), num_classes=int(ctx.table.num_classes),
+              paste=bool(d.paste), attributes=tuple(d.attributes), eta=float(d.eta), strength=float(d.strength),
+              guidance_interval=sampling.check_guidance_interval(tuple(d.guidance_interval)))
 
 
 def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) -> list[dict]:
@@ -509,7 +514,7 @@ def _diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) ->
   rows = []
   for _, edits, imgs in iter_counterfactuals(
       inpaint_pipeline(ctx, tokens), images, masks, source_classes, tokens.tokens, nouns_for(cfg, table),
-      n_samples=int(d.n_samples), seed=int(cfg.seed), skip=done, desc="inpaint", **generator_settings(ctx)):
+      n_samples=int(d.inpaint.n_samples), seed=int(cfg.seed), skip=done, desc="inpaint", **generator_settings(ctx)):
     for n, e in enumerate(edits):
       i = indices[e.source]
       name = edit_file(i, e)
@@ -528,7 +533,7 @@ def _paste_all(ctx, folder, images, masks, donor_masks, indices, source_classes)
   table = ctx.table
   source_classes = np.asarray(source_classes)
   donors = {c: [(images[n], donor_masks[n]) for n in np.nonzero(source_classes == c)[0]] for c in set(source_classes)}
-  edits = plan_edits(source_classes, int(table.num_classes), int(ctx.cfg.ddb.n_samples))
+  edits = plan_edits(source_classes, int(table.num_classes), int(ctx.cfg.ddb.inpaint.n_samples))
   rows = []
   os.makedirs(os.path.join(folder, "masks"), exist_ok=True)
   for k, e in enumerate(edits):
@@ -557,7 +562,7 @@ def _redraw_all(ctx, folder, images, indices, source_classes) -> list[dict]:
   from spurjax.train.loop import preprocess_from_config
   table = ctx.table
   pp = preprocess_from_config(ctx.cfg)   # the redraws are raw dataset images: cropped and resized as the sources
-  edits = plan_edits(np.asarray(source_classes), int(table.num_classes), int(ctx.cfg.ddb.n_samples))
+  edits = plan_edits(np.asarray(source_classes), int(table.num_classes), int(ctx.cfg.ddb.inpaint.n_samples))
   os.makedirs(os.path.join(folder, "masks"), exist_ok=True)
   rows = []
   for e in edits:
@@ -583,57 +588,57 @@ def _redraw_source(table, i: int):
   info, index = synth.image_origin(table.refs[i])
   image, mask = synth.redraw(info, index, int(table.y[i]), int(table.place[i]))
   if not np.array_equal(image, table.image(i)):
-    raise SpurjaxError(f"ddb.generator=redraw: {table.refs[i]} is not what its benchmark's renderer draws "
+    raise SpurjaxError(f"ddb.inpaint.generator=redraw: {table.refs[i]} is not what its benchmark's renderer draws "
                        "(not written by `spurjax data synth`, or by another version of it)")
   return info, index, mask
 
 
 def check_config(ctx) -> None:
-  """Before any work: `ddb.generator` is known; `ddb.template` and `ddb.attributes` make valid prompts,
-  `ddb.inpaint_eta` is in [0, 1], `ddb.inpaint_strength` in (0, 1] and `ddb.guidance_interval` () or
+  """Before any work: `ddb.inpaint.generator` is known; `ddb.inpaint.template` and `ddb.inpaint.attributes` make valid prompts,
+  `ddb.inpaint.eta` is in [0, 1], `ddb.inpaint.strength` in (0, 1] and `ddb.inpaint.guidance_interval` () or
   (t_min, t_max) (diffusion generator); the data is the built-in benchmark (redraw)."""
   cfg = ctx.cfg
-  if str(cfg.ddb.generator) not in GENERATORS:
-    raise SpurjaxError(f"config ddb.generator={cfg.ddb.generator!r} must be one of {', '.join(GENERATORS)}")
-  if str(cfg.ddb.generator) == "redraw":   # only the built-in benchmark can draw a scene again: on every process
+  if str(cfg.ddb.inpaint.generator) not in GENERATORS:
+    raise SpurjaxError(f"config ddb.inpaint.generator={cfg.ddb.inpaint.generator!r} must be one of {', '.join(GENERATORS)}")
+  if str(cfg.ddb.inpaint.generator) == "redraw":   # only the built-in benchmark can draw a scene again: on every process
     _redraw_source(ctx.table, 0)
-  if str(cfg.ddb.generator) in MODEL_FREE:
+  if str(cfg.ddb.inpaint.generator) in MODEL_FREE:
     return
-  eta = cfg.ddb.get("inpaint_eta", 0.0)
+  eta = cfg.ddb.inpaint.eta
   if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
-    raise SpurjaxError(f"config ddb.inpaint_eta={eta!r} must be a number in [0, 1]")
-  strength = cfg.ddb.get("inpaint_strength", 1.0)
+    raise SpurjaxError(f"config ddb.inpaint.eta={eta!r} must be a number in [0, 1]")
+  strength = cfg.ddb.inpaint.strength
   if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-    raise SpurjaxError(f"config ddb.inpaint_strength={strength!r} must be a number in (0, 1]")
+    raise SpurjaxError(f"config ddb.inpaint.strength={strength!r} must be a number in (0, 1]")
   try:
-    sampling.first_step(int(cfg.ddb.num_steps), float(strength))
+    sampling.first_step(int(cfg.ddb.inpaint.num_steps), float(strength))
   except SpurjaxError as e:
-    raise SpurjaxError(f"config ddb.inpaint_strength: {e}") from None
+    raise SpurjaxError(f"config ddb.inpaint.strength: {e}") from None
   try:
-    sampling.check_guidance_interval(tuple(cfg.ddb.get("guidance_interval", ())))
+    sampling.check_guidance_interval(tuple(cfg.ddb.inpaint.guidance_interval))
   except (SpurjaxError, TypeError) as e:
-    raise SpurjaxError(f"config ddb.guidance_interval: {e}") from None
-  class_prompts(str(cfg.ddb.template), None, nouns_for(cfg, ctx.table), int(ctx.table.num_classes),
-                tuple(cfg.ddb.get("attributes", ())))
-
-
-def config_keys(cfg) -> list[str]:
-  if str(cfg.ddb.generator) in MODEL_FREE:
-    return ["seed", "ddb.generator", "ddb.n_samples"]
-  second = ["diffusion.inpaint_path"] if str(cfg.diffusion.get("inpaint_path", "") or "") else []
-  # Keys that joined later enter the fingerprint only when set, so older workdirs keep theirs.
-  optional = ["ddb.attributes"] if tuple(cfg.ddb.get("attributes", ())) else []
-  optional += ["ddb.inpaint_eta"] if float(cfg.ddb.get("inpaint_eta", 0.0)) else []
-  optional += ["ddb.inpaint_strength"] if float(cfg.ddb.get("inpaint_strength", 1.0)) != 1.0 else []
-  optional += ["ddb.guidance_interval"] if tuple(cfg.ddb.get("guidance_interval", ())) else []
-  return ["seed", "diffusion.path", *second, "ddb.generator", "ddb.nouns", "ddb.template", *optional,
-          "ddb.inpaint_mode", "ddb.n_samples", "ddb.num_steps", "ddb.guidance_scale", "ddb.inpaint_sampler",
-          "ddb.inpaint_batch_size", "ddb.inpaint_paste"]
+    raise SpurjaxError(f"config ddb.inpaint.guidance_interval: {e}") from None
+  class_prompts(str(cfg.ddb.inpaint.template), None, nouns_for(cfg, ctx.table), int(ctx.table.num_classes),
+                tuple(cfg.ddb.inpaint.attributes))
+  from spurjax.diffusion.model_dir import unet_channels
+  key = "diffusion.inpaint_path" if ctx.separate_inpainter else "diffusion.path"
+  in_channels, out_channels = unet_channels(ctx.inpaint_dir, key)
+  try:
+    resolve_mode(str(cfg.ddb.inpaint.mode), in_channels, out_channels)
+  except SpurjaxError as e:
+    raise SpurjaxError(f"{e} ({key} {ctx.inpaint_dir})") from None
+  if ctx.separate_inpainter:   # the learned token rows must fit the second model's text encoder
+    from spurjax.diffusion.invert import check_transferable
+    unet_channels(ctx.diffusion_dir)
+    check_transferable(ctx.diffusion_dir, ctx.inpaint_dir, where=(f"diffusion.path {ctx.diffusion_dir}",
+                                                                  f"diffusion.inpaint_path {ctx.inpaint_dir}"))
 
 
 def load(ctx, folder: str) -> Edits:
   return Edits(read_edits(folder))
 
 
-STAGE = Stage(name="inpaint", upstream=("select", "invert", "segment"), keys=config_keys, compute=compute, load=load,
-              identity=lambda ctx: None if str(ctx.cfg.ddb.generator) in MODEL_FREE else ctx.inpaint_digest)
+STAGE = Stage(name="inpaint", groups=("ddb.inpaint",),
+              shared=("seed", "diffusion.path", "diffusion.inpaint_path", "ddb.nouns"),
+              upstream=("select", "invert", "segment"), compute=compute, load=load, validate=check_config,
+              identity=lambda ctx: None if str(ctx.cfg.ddb.inpaint.generator) in MODEL_FREE else ctx.inpaint_digest)

@@ -2,10 +2,10 @@
 
 Core: `spurjax.diffusion.invert.learn_tokens` (its checkpoints resume a killed run inside the
 stage's `.tmp` folder). Artefact `Tokens`: {class: token} and the pipeline with the learned rows;
-on disk `learned_embeds.safetensors` and `tokens.json`. With `ddb.invert_mask=segment` the
-tokens are learned on the segment stage's masks (which then runs first). `ddb.invert_steps = 0` learns no token:
+on disk `learned_embeds.safetensors` and `tokens.json`. With `ddb.invert.mask=segment` the
+tokens are learned on the segment stage's masks (which then runs first). `ddb.invert.steps = 0` learns no token:
 prompts then use the class noun alone (the initialiser-token ablation); the paste generator
-(`ddb.generator=paste`) needs none either.
+(`ddb.inpaint.generator=paste`) needs none either.
 """
 from __future__ import annotations
 
@@ -42,24 +42,31 @@ def device_batch(batch: int, accum: int, devices: int) -> tuple[int, int]:
 
 
 def _learns(cfg) -> bool:
-  """Whether tokens are learned: not for the paste or redraw generators, nor with ddb.invert_steps = 0."""
+  """Whether tokens are learned: not for the paste or redraw generators, nor with ddb.invert.steps = 0."""
   from spurjax.ddb.inpaint import MODEL_FREE
-  return str(cfg.ddb.generator) not in MODEL_FREE and int(cfg.ddb.invert_steps) > 0
+  return str(cfg.ddb.inpaint.generator) not in MODEL_FREE and int(cfg.ddb.invert.steps) > 0
 
 
 INVERT_MASKS = ("full", "segment")
 
 
 def _on_masks(cfg) -> bool:
-  """Whether tokens are learned on the segment stage's masks (`ddb.invert_mask=segment`)."""
-  mode = str(cfg.ddb.get("invert_mask", "full"))
+  """Whether tokens are learned on the segment stage's masks (`ddb.invert.mask=segment`)."""
+  mode = str(cfg.ddb.invert.mask)
   if mode not in INVERT_MASKS:
-    raise SpurjaxError(f"config ddb.invert_mask = {mode!r}; valid: {', '.join(INVERT_MASKS)}")
+    raise SpurjaxError(f"config ddb.invert.mask = {mode!r}; valid: {', '.join(INVERT_MASKS)}")
   return _learns(cfg) and mode == "segment"
 
 
 def check_config(ctx) -> None:
-  """Before any work: `ddb.invert_mask` is valid, and `segment` has an inpainting UNet to learn with."""
+  """Before any work: `ddb.invert.steps` is not negative, `ddb.invert.mask` is valid, the model is a
+  diffusers directory, and `segment` has an inpainting UNet to learn with."""
+  steps = ctx.cfg.ddb.invert.steps
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    raise SpurjaxError(f"config ddb.invert.steps={steps!r} must be an integer >= 0 (0: no token)")
+  if _learns(ctx.cfg):
+    from spurjax.diffusion.model_dir import unet_config
+    unet_config(ctx.diffusion_dir)
   if not _on_masks(ctx.cfg):
     return
   from pathlib import Path
@@ -67,13 +74,13 @@ def check_config(ctx) -> None:
   from spurjax.diffusion import loading
   unet = Path(ctx.diffusion_dir) / "unet" / "config.json"
   if not loading.is_inpaint_config(loading.read_json(unet)):
-    raise SpurjaxError(f"config ddb.invert_mask=segment needs an inpainting UNet ([noisy, mask, masked] input); "
+    raise SpurjaxError(f"config ddb.invert.mask=segment needs an inpainting UNet ([noisy, mask, masked] input); "
                        f"{unet} describes a plain one")
 
 
 def compute(ctx, inputs, folder: str) -> None:
-  d = ctx.cfg.ddb
-  steps = int(d.invert_steps)
+  d = ctx.cfg.ddb.invert
+  steps = int(d.steps)
   if not _learns(ctx.cfg):
     if jax.process_index() == 0:
       with open(os.path.join(folder, INFO_FILE), "w") as f:
@@ -85,17 +92,17 @@ def compute(ctx, inputs, folder: str) -> None:
   if _on_masks(ctx.cfg):
     seg = inputs["segment"].masks
     masks = {c: np.stack([seg[int(i)] for i in idx[c]]) for c in sorted(idx)}
-  batch, accum = device_batch(int(d.invert_batch), int(d.invert_accum), ctx.mesh.devices.size)
-  inv.learn_tokens(ctx.load_pipeline(), images, nouns_for(ctx.cfg, ctx.table), steps=steps, lr=float(d.invert_lr),
+  batch, accum = device_batch(int(d.batch), int(d.accum), ctx.mesh.devices.size)
+  inv.learn_tokens(ctx.load_pipeline(), images, nouns_for(ctx.cfg, ctx.table), steps=steps, lr=float(d.lr),
                    batch=batch, grad_accum=accum, seed=int(ctx.cfg.seed), workdir=folder, mesh=ctx.mesh,
-                   masks_by_class=masks, mask_weight=float(d.get("invert_mask_weight", 1.0)))
+                   masks_by_class=masks, mask_weight=float(d.mask_weight))
 
 
 def load(ctx, folder: str) -> Tokens:
   with open(os.path.join(folder, INFO_FILE)) as f:
     info = json.load(f)["tokens"]
   from spurjax.ddb.inpaint import MODEL_FREE
-  pipeline = None if str(ctx.cfg.ddb.generator) in MODEL_FREE else ctx.load_pipeline()
+  pipeline = None if str(ctx.cfg.ddb.inpaint.generator) in MODEL_FREE else ctx.load_pipeline()
   if not info:
     return Tokens({c: "" for c in range(ctx.table.num_classes)}, pipeline)
   embeds = os.path.join(folder, inv.EMBEDS_FILE)
@@ -103,14 +110,8 @@ def load(ctx, folder: str) -> Tokens:
   return Tokens({int(v["class"]): t for t, v in info.items()}, pipeline, embeds)
 
 
-def config_keys(cfg) -> list[str]:
-  if not _learns(cfg):
-    return ["ddb.generator", "ddb.invert_steps"]
-  on_masks = ["ddb.invert_mask", "ddb.invert_mask_weight"] if _on_masks(cfg) else []
-  return ["seed", "diffusion.path", "ddb.generator", "ddb.nouns", "ddb.invert_steps", "ddb.invert_lr",
-          "ddb.invert_batch", "ddb.invert_accum", *on_masks]
-
-
-STAGE = Stage(name="invert", upstream=lambda cfg: ("select", "segment") if _on_masks(cfg) else ("select",),
-              keys=config_keys, compute=compute, load=load,
+STAGE = Stage(name="invert", groups=("ddb.invert",),
+              shared=("seed", "diffusion.path", "ddb.nouns", "ddb.inpaint.generator"),
+              upstream=lambda cfg: ("select", "segment") if _on_masks(cfg) else ("select",),
+              compute=compute, load=load, validate=check_config,
               identity=lambda ctx: ctx.diffusion_digest if _learns(ctx.cfg) else None)

@@ -44,13 +44,13 @@ SCORES = ("rho", "rho_norm")
 
 def prune_settings(cfg) -> tuple[float, str, float]:
   """(threshold, score name, top share) from cfg.ddb, checked."""
-  threshold = float(cfg.ddb.prune_threshold)
-  score = str(cfg.ddb.prune_score)
+  threshold = float(cfg.ddb.prune.threshold)
+  score = str(cfg.ddb.prune.score)
   if score not in SCORES:
-    raise SpurjaxError(f"config ddb.prune_score = {score!r}; valid: {', '.join(SCORES)}")
-  top = float(cfg.ddb.get("prune_top", 1.0))
+    raise SpurjaxError(f"config ddb.prune.score = {score!r}; valid: {', '.join(SCORES)}")
+  top = float(cfg.ddb.prune.top)
   if not 0.0 < top <= 1.0:
-    raise SpurjaxError(f"config ddb.prune_top = {top}; it must be in (0, 1]")
+    raise SpurjaxError(f"config ddb.prune.top = {top}; it must be in (0, 1]")
   return threshold, score, top
 
 
@@ -99,7 +99,7 @@ def keep_top(kept, score, target_class, top: float) -> np.ndarray:
   kept = np.asarray(kept, bool).reshape(-1).copy()
   score, target = np.asarray(score, np.float64).reshape(-1), np.asarray(target_class).reshape(-1)
   if not 0.0 < top <= 1.0:
-    raise SpurjaxError(f"config ddb.prune_top = {top}; it must be in (0, 1]")
+    raise SpurjaxError(f"config ddb.prune.top = {top}; it must be in (0, 1]")
   if top == 1.0:
     return kept
   for c in np.unique(target):

@@ -90,19 +90,12 @@ def load(ctx, folder: str) -> Kept:
 
 
 def check_config(ctx) -> None:
-  """Before any work: `ddb.prune_score` is known and `ddb.prune_top` is in (0, 1]."""
+  """Before any work: `ddb.prune.score` is known and `ddb.prune.top` is in (0, 1]."""
   prune.prune_settings(ctx.cfg)
 
 
-def stage_keys(cfg) -> list[str]:
-  keys = ["ddb.ig_steps", "ddb.ig_method", "ddb.ig_output", "ddb.ig_chunk", "ddb.ig_batch_size",
-          "ddb.ig_dtype", "ddb.prune_threshold", "ddb.prune_score"]
-  # read only when set: a folder pruned before the key existed stays valid at its default
-  return keys + (["ddb.prune_top"] if float(cfg.ddb.get("prune_top", 1.0)) != 1.0 else [])
-
-
-STAGE = Stage(name="prune", upstream=("erm", "select", "segment", "inpaint"), keys=stage_keys,
-              compute=compute, load=load)
+STAGE = Stage(name="prune", groups=("ddb.prune",), upstream=("erm", "select", "segment", "inpaint"),
+              compute=compute, load=load, validate=check_config)
 
 
 def kept_table(out: str, table: Table) -> Table:

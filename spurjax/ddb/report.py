@@ -62,7 +62,7 @@ def _pct(v):
 
 def masks_line(m: dict) -> str:
   """The report's sentence on the masks (`segment/iou.json`): mean IoU of each method's own masks and, when
-  `ddb.mask_box` replaces them by boxes, of the boxes too (what inpainting repaints)."""
+  `ddb.segment.box` replaces them by boxes, of the boxes too (what inpainting repaints)."""
   fmt = lambda d: ", ".join(f"{k} {v:.3f}" for k, v in (d or {}).items())  # noqa: E731
   raw, box = m.get("mean_iou_raw") or {}, m.get("mask_box", "none")
   line = f"Method `{m.get('method')}` on {m.get('num_images')} selected images with true masks; mean IoU "

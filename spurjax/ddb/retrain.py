@@ -2,14 +2,14 @@
 
 Loss (the paper's): L = L_train + sum_j gamma_j * L_gen,j. The reference code draws a train batch
 and a generated batch each step; here one mixed stream does the same job: every kept edit is
-repeated so that generated examples make up about `ddb.gen_fraction` of each epoch, and an edit
+repeated so that generated examples make up about `ddb.retrain.gen_fraction` of each epoch, and an edit
 of target class j carries loss weight gamma_j (train examples weight 1). Model selection by
 validation worst-group accuracy (`val_wga`, uses validation group labels) or, needing no group
 labels at all, worst-class validation accuracy (`val_worst_class`). With `ddb.retrain.interpolate`
 the kept model is the best (by the same criterion) of (1 - alpha) * ERM + alpha * retrained over
 the listed alphas and every epoch (WiSE-FT's weight-space ensemble).
 
-With `ddb.background_weight > 0` every selected image also enters with its object erased
+With `ddb.retrain.background_weight > 0` every selected image also enters with its object erased
 (`spurjax.ddb.erase`), once under each class label at that weight and repeated as often as the
 edits: the scene alone should predict no class.
 """
@@ -25,7 +25,7 @@ from spurjax.data.table import GENERATED, TRAIN, Table, concat
 from spurjax.ddb import erase
 from spurjax.errors import SpurjaxError
 from spurjax.stages import Stage
-from spurjax.train.erm import config_keys as erm_keys
+from spurjax.train import erm
 from spurjax.train.loop import TrainSet, fit, interpolation_alphas, write_json_atomic
 
 
@@ -45,7 +45,7 @@ def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float, backg
     return TrainSet.from_table(table, train_idx)
   gammas = np.asarray(gammas, np.float32).reshape(-1)
   if len(gammas) == 0:
-    raise SpurjaxError("config ddb.gammas: no values")
+    raise SpurjaxError("config ddb.retrain.gammas: no values")
   if len(gammas) < table.num_classes:  # K classes: the last value serves the remaining classes
     gammas = np.concatenate([gammas, np.full(table.num_classes - len(gammas), gammas[-1], np.float32)])
   f = float(gen_fraction)
@@ -64,9 +64,9 @@ def retrain(cfg, table: Table, kept: Table, erm_variables, workdir: str, hooks=(
   both = concat(table, kept, second_split=GENERATED)
   bg_start, bg_weight = None, 0.0
   if backgrounds is not None and len(backgrounds):
-    bg_start, bg_weight = len(both), float(cfg.ddb.background_weight)
+    bg_start, bg_weight = len(both), float(cfg.ddb.retrain.background_weight)
     both = concat(both, backgrounds, second_split=GENERATED)
-  ts = retrain_set(both, len(table), cfg.ddb.gammas, cfg.ddb.gen_fraction, bg_start, bg_weight)
+  ts = retrain_set(both, len(table), cfg.ddb.retrain.gammas, cfg.ddb.retrain.gen_fraction, bg_start, bg_weight)
   rep = fit(retrain_config(cfg), both, workdir, train_set=ts, init_vars=erm_variables, hooks=hooks, mesh=mesh,
             name="retrain")
   used = bg_start is not None and bool(np.any(ts.indices >= bg_start))   # as trained on, not as built
@@ -102,23 +102,23 @@ def retrain_config(cfg):
 
 def check_config(ctx) -> None:
   """Before any work: `ddb.retrain.interpolate` is a list of alphas in (0, 1] with a validation criterion,
-  and `ddb.background_weight` / `background_grow` are not negative."""
+  and `ddb.retrain.background_weight` / `background_grow` are not negative."""
   rcfg = retrain_config(ctx.cfg)
   interpolation_alphas(rcfg, rcfg.train.get("select", "val_wga"), True, key="ddb.retrain.interpolate")
-  d = ctx.cfg.ddb
-  if float(d.get("background_weight", 0.0)) < 0:
-    raise SpurjaxError(f"config ddb.background_weight = {d.background_weight}: must be >= 0 (0: off)")
-  if int(d.get("background_grow", 0)) < 0:
-    raise SpurjaxError(f"config ddb.background_grow = {d.background_grow}: must be >= 0")
+  d = ctx.cfg.ddb.retrain
+  if float(d.background_weight) < 0:
+    raise SpurjaxError(f"config ddb.retrain.background_weight = {d.background_weight}: must be >= 0 (0: off)")
+  if int(d.background_grow) < 0:
+    raise SpurjaxError(f"config ddb.retrain.background_grow = {d.background_grow}: must be >= 0")
 
 
 def backgrounds(ctx, masks) -> Table | None:
-  """The erased selected images (`spurjax.ddb.erase`) when `ddb.background_weight > 0`, else None."""
-  if float(ctx.cfg.ddb.get("background_weight", 0.0)) <= 0:
+  """The erased selected images (`spurjax.ddb.erase`) when `ddb.retrain.background_weight > 0`, else None."""
+  if float(ctx.cfg.ddb.retrain.background_weight) <= 0:
     return None
   raw = masks.raw
   images = {i: ctx.sources["eval"](i) for i in raw}
-  return erase.background_table(ctx.table, images, raw, int(ctx.cfg.ddb.background_grow))
+  return erase.background_table(ctx.table, images, raw, int(ctx.cfg.ddb.retrain.background_grow))
 
 
 def compute(ctx, inputs, folder: str) -> None:
@@ -131,7 +131,5 @@ def load(ctx, folder: str) -> dict:
     return json.load(f)
 
 
-STAGE = Stage(name="retrain", upstream=("erm", "segment", "prune"),
-              keys=lambda cfg: erm_keys(cfg) + ["ddb.gammas", "ddb.gen_fraction", "ddb.retrain", "ddb.background_weight"]
-              + (["ddb.background_grow"] if float(cfg.ddb.get("background_weight", 0.0)) > 0 else []),
-              compute=compute, load=load)
+STAGE = Stage(name="retrain", groups=(*erm.GROUPS, "ddb.retrain"), shared=erm.shared_keys,
+              upstream=("erm", "segment", "prune"), compute=compute, load=load, validate=check_config)

@@ -21,9 +21,43 @@ from spurjax.data import load_table
 from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
 from spurjax.ddb import report as ddb_report
 from spurjax.errors import SpurjaxError
+from spurjax.fileio import write_json_atomic
 from spurjax.stages import Runner
 from spurjax.train import erm
-from spurjax.train.loop import write_json_atomic
+
+STAGES = (
+    erm.STAGE,           # 1. ERM
+    select.STAGE,        # 2. majority images by per-sample ERM loss (no group labels)
+    segment.STAGE,       # 3. object masks
+    invert.STAGE,        # 4. one textual-inversion token per class (on the masks, if so set)
+    inpaint.STAGE,       # 5. the other classes' tokens inpainted into each mask
+    prune_stage.STAGE,   # 6. IG attribution + two-criterion pruning
+    retrain.STAGE,       # 7. retraining from the ERM weights on train + kept edits
+)
+
+
+def check_workdir(path: str, key: str = "--workdir") -> None:
+  """The workdir is a directory or can be made one: not an existing file, nor below one."""
+  p = os.path.abspath(path)
+  while p and not os.path.exists(p):
+    parent = os.path.dirname(p)
+    if parent == p:
+      break
+    p = parent
+  if os.path.exists(p) and not os.path.isdir(p):
+    raise SpurjaxError(f"{key} {path}: {p} is a file, not a directory")
+  if os.path.isdir(p) and not os.access(p, os.W_OK):
+    raise SpurjaxError(f"{key} {path}: {p} is not writable")
+
+
+def validate(ctx, stages=STAGES) -> None:
+  """Every stage's settings, model directories and nouns, checked before the first stage computes."""
+  if ctx.table.num_classes < 2:
+    raise SpurjaxError(f"{ctx.table.name}: DDB needs at least 2 classes")
+  for path in [ctx.workdir, *ctx.dirs.values()]:
+    check_workdir(path)
+  for stage in stages:
+    stage.check(ctx)
 
 
 def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None,
@@ -34,34 +68,19 @@ def run(cfg, workdir: str, table=None, hooks=(), erm_dir: str | None = None,
   `stage_dirs`: {stage name: folder} for other stages shared with another run (a folder whose
   fingerprint differs is redone in place, so share only stages whose settings agree).
   """
+  check_workdir(workdir)
   table = table if table is not None else load_table(cfg.data)   # validated before anything is written
-  if table.num_classes < 2:
-    raise SpurjaxError(f"{table.name}: DDB needs at least 2 classes")
   ctx = Context(cfg=cfg, workdir=workdir, table=table, mesh=shd.make_mesh(), hooks=tuple(hooks),
                 dirs={**({"erm": erm_dir} if erm_dir else {}), **(stage_dirs or {})})
-  ctx.diffusion_dir, ctx.inpaint_dir                                                # a bad diffusion.path fails before any work
-  if ctx.separate_inpainter and str(cfg.ddb.generator) not in inpaint.MODEL_FREE:   # so do mismatched text encoders
-    from spurjax.diffusion.invert import check_transferable
-    check_transferable(ctx.diffusion_dir, ctx.inpaint_dir, where=(f"diffusion.path {ctx.diffusion_dir}",
-                                                                  f"diffusion.inpaint_path {ctx.inpaint_dir}"))
-  segment.check_config(ctx)                                                         # and a bad refinement band
-  invert.check_config(ctx)                                                          # or ddb.invert_mask
-  inpaint.check_config(ctx)                                                         # or ddb.template / attributes
-  prune_stage.check_config(ctx)                                                     # or ddb.prune_score / prune_top
-  retrain.check_config(ctx)                                                         # or ddb.retrain.interpolate
+  validate(ctx)
   os.makedirs(workdir, exist_ok=True)
   runner = Runner(ctx)
-
-  erm_res = runner.run(erm.STAGE)              # 1. ERM
-  runner.run(select.STAGE)                     # 2. majority images by per-sample ERM loss (no group labels)
-  masks = runner.run(segment.STAGE)            # 3. object masks
-  runner.run(invert.STAGE)                     # 4. one textual-inversion token per class (on the masks, if so set)
-  edits = runner.run(inpaint.STAGE)            # 5. the other classes' tokens inpainted into each mask
-  kept = runner.run(prune_stage.STAGE)         # 6. IG attribution + two-criterion pruning
-  ddb_rep = runner.run(retrain.STAGE)          # 7. retraining from the ERM weights on train + kept edits
+  for stage in STAGES:
+    runner.run(stage)
   runner.report()
 
-  rep = ddb_report.build(ctx, erm_res.report, ddb_rep, masks, edits, kept)
+  a = runner.artefacts
+  rep = ddb_report.build(ctx, a["erm"].report, a["retrain"], a["segment"], a["inpaint"], a["prune"])
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(workdir, "report.json"), rep)
     ddb_report.write_markdown(workdir, rep, table)

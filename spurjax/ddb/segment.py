@@ -1,6 +1,6 @@
 """Stage segment: a mask of the causal object of every selected image.
 
-Methods (`cfg.ddb.mask`):
+Methods (`cfg.ddb.segment.method`):
 - "attention" (language-guided, in place of the paper's LangSAM): the image is noised to a
   few timesteps, the frozen diffusion UNet runs on it with the prompt "a photo of a {noun}",
   and the cross-attention probabilities toward the noun's token(s) are averaged over heads,
@@ -8,7 +8,7 @@ Methods (`cfg.ddb.mask`):
   thresholded by Otsu and cleaned. One jitted program per batch shape, sharded over the mesh.
 - "diffedit": DiffEdit contrast masks (`spurjax.ddb.diffedit`): where the diffusion model's
   prediction on the noised image changes between the image's class prompt and another class's;
-  optionally the mask's grown bounding box or the square around it (`ddb.mask_box`).
+  optionally the mask's grown bounding box or the square around it (`ddb.segment.box`).
 - "gradcam" (alias "saliency"): Grad-CAM of the ERM classifier toward the image's class on
   the last module with a 4-D (NHWC) output, found by intercepting module calls (no change to
   the models is needed; for ResNets that is the last residual block, for SmallCNN its last
@@ -42,6 +42,7 @@ from spurjax import rng as rng_ids
 from spurjax import sharding
 from spurjax.ddb import inpaint as inpaint_lib
 from spurjax.diffusion import sampling, schedulers
+from spurjax.data.boxes import box_masks
 from spurjax.ddb.nouns import nouns_for
 from spurjax.errors import SpurjaxError
 from spurjax.stages import Stage
@@ -56,7 +57,7 @@ _ALIASES = {"saliency": "gradcam", "cross_attention": "attention", "langsam": "a
 def method_name(name: str) -> str:
   m = _ALIASES.get(str(name), str(name))
   if m not in METHODS:
-    raise SpurjaxError(f"config ddb.mask={name!r} must be one of {', '.join(METHODS)} (or 'saliency')")
+    raise SpurjaxError(f"config ddb.segment.method={name!r} must be one of {', '.join(METHODS)} (or 'saliency')")
   return m
 
 
@@ -252,9 +253,9 @@ def attention_maps(pipeline, images, nouns: Sequence[str], *, template: str = "a
   if len(nouns) != len(images):
     raise SpurjaxError(f"segment: {len(nouns)} nouns for {len(images)} images")
   if "{noun}" not in template:
-    raise SpurjaxError(f"config ddb.segment_template={template!r} must contain {{noun}}")
+    raise SpurjaxError(f"config ddb.segment.template={template!r} must contain {{noun}}")
   if not timesteps:
-    raise SpurjaxError("config ddb.segment_timesteps is empty")
+    raise SpurjaxError("config ddb.segment.timesteps is empty")
   prog = _attention_program(pipeline, tuple(int(t) for t in timesteps))
   prompts = [template.format(noun=n) for n in nouns]
   weights = noun_token_weights(pipeline.tokenizer, prompts, nouns)
@@ -376,12 +377,12 @@ def base_mask(mask: np.ndarray, cfg) -> np.ndarray:
 def given_masks(table, indices, cfg) -> np.ndarray:
   """The dataset's masks of `indices` at the base image size; an error if a row has none."""
   if table.mask_refs is None or table.read_mask is None:
-    raise SpurjaxError(f"config ddb.mask='given': dataset {table.name} has no mask column")
+    raise SpurjaxError(f"config ddb.segment.method='given': dataset {table.name} has no mask column")
   out = []
   for i in indices:
     m = table.mask(int(i))
     if m is None:
-      raise SpurjaxError(f"config ddb.mask='given': dataset {table.name} row {int(i)} has no mask")
+      raise SpurjaxError(f"config ddb.segment.method='given': dataset {table.name} row {int(i)} has no mask")
     out.append(base_mask(m, cfg))
   return np.stack(out)
 
@@ -396,43 +397,18 @@ def _true_masks(table, indices, cfg) -> list[np.ndarray | None]:
   return out
 
 
-def box_masks(masks, kind: str, grow: int = 0) -> np.ndarray:
-  """Each mask replaced by its bounding box grown by `grow` px ("box") or the square around that box
-  ("square", clipped to the image); "none" leaves them as they are; an empty mask stays empty."""
-  masks = np.asarray(masks, bool)
-  if kind == "none":
-    return masks
-  if kind not in ("box", "square"):
-    raise SpurjaxError(f"config ddb.mask_box={kind!r} must be none, box or square")
-  out = np.zeros_like(masks)
-  h, w = masks.shape[1:]
-  for n, m in enumerate(masks):
-    ys, xs = np.nonzero(m)
-    if not len(ys):
-      continue
-    y0, y1, x0, x1 = ys.min() - grow, ys.max() + 1 + grow, xs.min() - grow, xs.max() + 1 + grow
-    if kind == "square":
-      side = max(y1 - y0, x1 - x0)
-      cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-      y0, x0 = int(round(cy - side / 2)), int(round(cx - side / 2))
-      y0, x0 = min(max(y0, 0), max(h - side, 0)), min(max(x0, 0), max(w - side, 0))
-      y1, x1 = y0 + side, x0 + side
-    out[n, max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)] = True
-  return out
-
-
 def compute_masks(ctx, method: str, images: np.ndarray, indices, classes, erm=None) -> np.ndarray:
   """Boolean (B, H, W) masks of uint8 base `images` (table rows `indices`, classes `classes`) by `method`,
-  each replaced by its grown box or square when `ddb.mask_box` says so (not the dataset's own masks)."""
+  each replaced by its grown box or square when `ddb.segment.box` says so (not the dataset's own masks)."""
   method = method_name(method)
   masks = _method_masks(ctx, method, images, indices, classes, erm)
   if method == "given":
     return masks
-  return box_masks(masks, str(ctx.cfg.ddb.mask_box), int(ctx.cfg.ddb.mask_box_grow))
+  return box_masks(masks, str(ctx.cfg.ddb.segment.box), int(ctx.cfg.ddb.segment.box_grow))
 
 
 def _method_masks(ctx, method: str, images: np.ndarray, indices, classes, erm=None) -> np.ndarray:
-  cfg, d = ctx.cfg, ctx.cfg.ddb
+  cfg, d = ctx.cfg, ctx.cfg.ddb.segment
   if method == "given":
     return given_masks(ctx.table, indices, cfg)
   if method == "diffedit":
@@ -440,48 +416,52 @@ def _method_masks(ctx, method: str, images: np.ndarray, indices, classes, erm=No
   if method == "attention":
     nouns = nouns_for(cfg, ctx.table)
     maps = attention_maps(ctx.load_pipeline(), images, [nouns[c] for c in classes],
-                          template=str(d.segment_template), timesteps=tuple(d.segment_timesteps), seed=int(cfg.seed),
-                          mesh=ctx.mesh, batch_size=int(d.segment_batch_size), desc="segment: attention")
+                          template=str(d.template), timesteps=tuple(d.timesteps), seed=int(cfg.seed),
+                          mesh=ctx.mesh, batch_size=int(d.batch_size), desc="segment: attention")
   else:
     if erm is None:
-      raise SpurjaxError("config ddb.mask='gradcam' needs the ERM classifier (model and variables)")
+      raise SpurjaxError("config ddb.segment.method='gradcam' needs the ERM classifier (model and variables)")
     maps = gradcam_maps(erm.model, erm.variables, images, classes, mean=cfg.data.mean, std=cfg.data.std,
                         mesh=ctx.mesh, batch_size=int(cfg.train.eval_batch_size))
   raw = np.asarray(otsu_masks(jnp.asarray(maps)))
-  return clean_masks(raw, int(d.segment_radius), float(d.segment_keep_ratio), int(d.segment_dilate))
+  return clean_masks(raw, int(d.radius), float(d.keep_ratio), int(d.dilate))
 
 
 def refine_settings(d) -> dict:
-  """`diffedit.Settings` fields of the colour refinement from `ddb.diffedit_refine` (bool) and
-  `ddb.diffedit_refine_band` ((low, high) in units of the map's mean)."""
-  if not bool(d.get("diffedit_refine", False)):
+  """`diffedit.Settings` fields of the colour refinement from `ddb.segment.diffedit_refine` (bool) and
+  `ddb.segment.diffedit_refine_band` ((low, high) in units of the map's mean)."""
+  if not bool(d.diffedit_refine):
     return {}
   from spurjax.ddb import diffedit
-  low, high = diffedit.parse_band(tuple(d.get("diffedit_refine_band", (1.0, 4.0))), "config ddb.diffedit_refine_band")
+  low, high = diffedit.parse_band(tuple(d.diffedit_refine_band), "config ddb.segment.diffedit_refine_band")
   return {"refine": True, "refine_low": low, "refine_high": high}
 
 
 def check_config(ctx) -> None:
-  """Before any work: the colour refinement's band, when DiffEdit masks are made or compared."""
+  """Before any work: the method names, the diffusion model directory when a method needs one, and
+  the colour refinement's band when DiffEdit masks are made or compared."""
+  if set(_methods(ctx.cfg)) & set(DIFFUSION_METHODS):
+    from spurjax.diffusion.model_dir import unet_config
+    unet_config(ctx.diffusion_dir)
   if "diffedit" in _methods(ctx.cfg):
-    refine_settings(ctx.cfg.ddb)
+    refine_settings(ctx.cfg.ddb.segment)
 
 
 def diffedit_masks(ctx, images: np.ndarray, classes) -> np.ndarray:
   """DiffEdit contrast masks (`spurjax.ddb.diffedit`) of uint8 base `images` at their own size: the
   prompt of each image's class against that of the next class ((c + 1) mod K), chunk c of
-  `ddb.segment_batch_size` images noised from its own seed (stream `rng.DIFFEDIT`)."""
+  `ddb.segment.batch_size` images noised from its own seed (stream `rng.DIFFEDIT`)."""
   from spurjax.ddb import diffedit
-  cfg, d = ctx.cfg, ctx.cfg.ddb
+  cfg, d = ctx.cfg, ctx.cfg.ddb.segment
   pipeline = ctx.load_pipeline()
   nouns = nouns_for(cfg, ctx.table)
   k = ctx.table.num_classes
-  source = [str(d.segment_template).format(noun=nouns[c]) for c in classes]
-  target = [str(d.segment_template).format(noun=nouns[(c + 1) % k]) for c in classes]
+  source = [str(d.template).format(noun=nouns[c]) for c in classes]
+  target = [str(d.template).format(noun=nouns[(c + 1) % k]) for c in classes]
   small = inpaint_lib.resize_images(inpaint_lib.to_float_images(images), inpaint_lib.diffusion_size(pipeline))
   settings = diffedit.Settings(strength=float(d.diffedit_strength), n_draws=int(d.diffedit_draws),
                                threshold=float(d.diffedit_threshold), **refine_settings(d))
-  bs = max(1, int(d.segment_batch_size))
+  bs = max(1, int(d.batch_size))
   out = []
   from tqdm import tqdm
   for c, start in enumerate(tqdm(range(0, len(small), bs), desc="segment: diffedit", leave=False,
@@ -501,7 +481,7 @@ def diffedit_masks(ctx, images: np.ndarray, classes) -> np.ndarray:
 class Masks:
   """The stage's artefact: {table index: bool (H, W) mask} at the base image size, and the IoU summary.
 
-  `raw` holds the method's masks before `ddb.mask_box` (the same as `masks` when no box is taken);
+  `raw` holds the method's masks before `ddb.segment.box` (the same as `masks` when no box is taken);
   the paste generator cuts donor objects by them.
   """
   masks: dict[int, np.ndarray]
@@ -515,33 +495,17 @@ class Masks:
 
 def _methods(cfg) -> list[str]:
   """The chosen method first, then the comparison methods (each once)."""
-  out = [method_name(cfg.ddb.mask)]
-  for m in cfg.ddb.segment_compare:
+  out = [method_name(cfg.ddb.segment.method)]
+  for m in cfg.ddb.segment.compare:
     m = method_name(m)
     if m not in out and m != "given":
       out.append(m)
   return out
 
 
-def config_keys(cfg) -> list[str]:
-  keys = ["seed", "ddb.mask", "ddb.nouns", "ddb.segment_compare", "ddb.segment_radius", "ddb.segment_keep_ratio",
-          "ddb.segment_dilate"]
-  methods = _methods(cfg)
-  if set(methods) & set(DIFFUSION_METHODS):
-    keys += ["diffusion.path", "ddb.segment_template", "ddb.segment_batch_size"]
-  if "attention" in methods:
-    keys += ["ddb.segment_timesteps"]
-  if "diffedit" in methods:
-    keys += ["ddb.diffedit_strength", "ddb.diffedit_draws", "ddb.diffedit_threshold", "ddb.diffedit_refine",
-             "ddb.diffedit_refine_band"]
-  if set(methods) - {"given"}:
-    keys += ["ddb.mask_box", "ddb.mask_box_grow"]
-  return keys
-
-
 def compute(ctx, inputs, folder: str) -> None:
-  """Masks of the selected images by `ddb.mask` into `folder/masks/*.png`, and `iou.json` against the
-  dataset's masks for that method and those of `ddb.segment_compare`."""
+  """Masks of the selected images by `ddb.segment.method` into `folder/masks/*.png`, and `iou.json` against the
+  dataset's masks for that method and those of `ddb.segment.compare`."""
   from spurjax.data.images import save_png
   from spurjax.ddb.select import selected_indices
 
@@ -551,7 +515,7 @@ def compute(ctx, inputs, folder: str) -> None:
   classes = [int(table.y[i]) for i in indices]
   methods = _methods(ctx.cfg)
   images = np.stack([ctx.sources["eval"](i) for i in indices])
-  box, grow = str(ctx.cfg.ddb.mask_box), int(ctx.cfg.ddb.mask_box_grow)
+  box, grow = str(ctx.cfg.ddb.segment.box), int(ctx.cfg.ddb.segment.box_grow)
   boxed = lambda name, raw: raw if name == "given" else box_masks(raw, box, grow)  # noqa: E731
   raw = _method_masks(ctx, methods[0], images, indices, classes, inputs["erm"])
   masks = boxed(methods[0], raw)
@@ -595,5 +559,6 @@ def load(ctx, folder: str) -> Masks:
   return Masks(masks, iou, raw)
 
 
-STAGE = Stage(name="segment", keys=config_keys, upstream=("erm", "select"), compute=compute, load=load,
+STAGE = Stage(name="segment", groups=("ddb.segment",), shared=("seed", "ddb.nouns", "diffusion.path"),
+              upstream=("erm", "select"), compute=compute, load=load, validate=check_config,
               identity=lambda ctx: ctx.diffusion_digest if set(_methods(ctx.cfg)) & set(DIFFUSION_METHODS) else None)

@@ -10,7 +10,7 @@ Artefact `Selection`, on disk `select/selected.json` =
 where Psi_i is the mean ERM probability of class i over its selected images (the
 reference level of the pruning stage's probability criterion).
 
-Config keys: `ddb.k` (images per class).
+Config keys: `ddb.select.k` (images per class).
 """
 from __future__ import annotations
 
@@ -46,8 +46,7 @@ def select_majority(per_sample_loss, labels, k: int, num_classes: int | None = N
   labels = np.asarray(labels).reshape(-1)
   if loss.shape != labels.shape:
     raise SpurjaxError(f"select: {loss.size} losses for {labels.size} labels")
-  if isinstance(k, bool) or int(k) != k or int(k) < 1:
-    raise SpurjaxError(f"config ddb.k={k!r} must be a positive integer")
+  check_k(k)
   if loss.size == 0:
     raise SpurjaxError("select: no training examples")
   if not np.all(np.isfinite(loss)):
@@ -61,6 +60,12 @@ def select_majority(per_sample_loss, labels, k: int, num_classes: int | None = N
     order = np.lexsort((pos, loss[pos]))  # by loss, then by position
     out[c] = pos[order[:int(k)]].astype(np.int64)
   return out
+
+
+def check_k(k) -> None:
+  """`ddb.select.k` is a positive integer, else a one-line SpurjaxError."""
+  if isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or int(k) < 1:
+    raise SpurjaxError(f"config ddb.select.k={k!r} must be a positive integer")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -133,14 +138,19 @@ def compute(ctx, inputs, folder: str) -> Selection:
     raise SpurjaxError(f"dataset {table.name}: no training examples (split 0)")
   logits = loop.predict(ctx.cfg, erm.model, erm.variables, ctx.sources["eval"], table, idx, ctx.mesh,
                         desc="select: ERM")
-  result = selection_from_logits(logits, table.y[idx], idx, int(ctx.cfg.ddb.k), table.num_classes)
+  result = selection_from_logits(logits, table.y[idx], idx, int(ctx.cfg.ddb.select.k), table.num_classes)
   if jax.process_index() == 0:
     with open(os.path.join(folder, FILE), "w", encoding="utf-8") as f:
       json.dump(result.to_json(), f, indent=1)
   return result
 
 
-STAGE = Stage(name="select", keys=("ddb.k",), upstream=("erm",), compute=compute, load=load)
+def validate(ctx) -> None:
+  """Before any stage runs: `ddb.select.k` is a positive integer."""
+  check_k(ctx.cfg.ddb.select.k)
+
+
+STAGE = Stage(name="select", groups=("ddb.select",), upstream=("erm",), compute=compute, load=load, validate=validate)
 
 
 def selected_indices(selected) -> dict[int, np.ndarray]:

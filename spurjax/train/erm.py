@@ -23,10 +23,18 @@ from spurjax.train import loop
 _DATA_IO_KEYS = ("root", "cache_dir", "cache", "verify", "num_threads")
 
 
-def config_keys(cfg) -> list[str]:
-  """What an ERM run depends on (besides the table's content)."""
-  return (["seed", "model", "optim", "train", "method.loss"]
-          + [f"data.{k}" for k in cfg.data if k not in _DATA_IO_KEYS])
+GROUPS = ("model", "optim", "train")   # the config groups the ERM stage owns
+
+
+def shared_keys(cfg) -> list[str]:
+  """The other keys an ERM run reads: the seed, the loss and the data settings that change what the
+  network sees (`data.*` less where and how fast images are read)."""
+  return ["seed", "method.loss"] + [f"data.{k}" for k in cfg.data if k not in _DATA_IO_KEYS]
+
+
+def config_keys(cfg) -> tuple[str, ...]:
+  """Every key an ERM run depends on (besides the table's content)."""
+  return STAGE.config_keys(cfg)
 
 
 @dataclasses.dataclass
@@ -65,7 +73,7 @@ def identity(ctx) -> dict:
   return out
 
 
-STAGE = Stage(name="erm", keys=config_keys, upstream=(), compute=compute, load=load, identity=identity)
+STAGE = Stage(name="erm", groups=GROUPS, shared=shared_keys, upstream=(), compute=compute, load=load, identity=identity)
 
 
 def run(cfg, workdir: str, table=None, hooks=(), mesh=None) -> dict:
