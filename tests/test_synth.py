@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from spurjax.data import synth
+from spurjax.data.drawing import CORPUS_STREAM, image_rng
 from spurjax.data.folder import read_folder
 from spurjax.errors import SpurjaxError
 
@@ -99,7 +100,7 @@ def test_corpus_object_masks(ds):
     chex.assert_shape(mask, (SIZE, SIZE))
     assert set(np.unique(mask).tolist()) <= {0, 255}
     # The mask is the one drawn with this image (same random stream).
-    image, expected = synth.render(int(r["y"]), int(r["place"]), synth._image_rng(0, synth._CORPUS_STREAM, index), SIZE)
+    image, expected = synth.render(int(r["y"]), int(r["place"]), image_rng(0, CORPUS_STREAM, index), SIZE)
     np.testing.assert_array_equal(np.asarray(Image.open(ds / "corpus" / r["file_name"])), image)
     np.testing.assert_array_equal(mask > 0, expected)
 

@@ -29,21 +29,18 @@ its images are disjoint from the benchmark's.
 from __future__ import annotations
 
 import argparse
-import colorsys
-import concurrent.futures
-import csv
 import json
-import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
 
+from spurjax.data.drawing import (BENCH_STREAM, CORPUS_STREAM, draw_object, ellipse, image_rng, land, poly, rgb,
+                                  water)
+from spurjax.data.writer import default_workers, staged_folder, write_csv, write_images
 from spurjax.errors import SpurjaxError
+from spurjax.fileio import write_json_atomic
 
 CLASS_NAMES = ("bird", "flower")
 PLACE_NAMES = ("land", "water")
@@ -54,7 +51,6 @@ DEFAULT_TEST_PER_GROUP = 300
 DEFAULT_CORPUS_PER_COMBO = 250
 SPLITS = ("train", "val", "test")
 CORPUS_MASK_COLUMN = "mask_file_name"  # the corpus's object-mask column (path relative to corpus/)
-_BENCH_STREAM, _CORPUS_STREAM = 0, 1
 _CORPUS_TEMPLATES = (
     "a photo of a {obj} on {place}",
     "{a_colour} {obj} on {place}",
@@ -106,149 +102,40 @@ def caption(y: int, place: int) -> str:
 
 
 # ----------------------------------------------------------------------------- drawing
-
-
-def _hsv_image(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> Image.Image:
-  """An RGB image from HSV planes in [0, 1] (hue wraps around)."""
-  planes = [np.mod(h, 1.0), np.clip(s, 0, 1), np.clip(v, 0, 1)]
-  chans = [Image.fromarray((p * 255 + 0.5).astype(np.uint8)) for p in planes]
-  return Image.merge("HSV", chans).convert("RGB")
-
-
-def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
-  r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
-  return int(r * 255 + 0.5), int(g * 255 + 0.5), int(b * 255 + 0.5)
-
-
-def _smooth_noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
-  """Value noise in [-1, 1] with about `cells` blobs across, bicubically upsampled to n x n."""
-  grid = rng.uniform(-1.0, 1.0, (cells + 1, cells + 1)).astype(np.float32)
-  img = Image.fromarray(grid).resize((n, n), Image.BICUBIC)
-  return np.asarray(img)
-
-
-def _land(rng: np.random.Generator, n: int) -> Image.Image:
-  hue = rng.uniform(0.06, 0.30)
-  sat = rng.uniform(0.35, 0.70)
-  val = rng.uniform(0.30, 0.55)
-  coarse, fine = _smooth_noise(rng, n, 4), _smooth_noise(rng, n, 16)
-  grain = rng.uniform(-1.0, 1.0, (n, n)).astype(np.float32)
-  h = hue + 0.03 * coarse
-  s = np.clip(sat + 0.10 * fine, 0, 1)
-  v = np.clip(val + 0.12 * coarse + 0.07 * fine + 0.04 * grain, 0, 1)
-  img = _hsv_image(h, s, v)
-  draw = ImageDraw.Draw(img)
-  for _ in range(int(rng.integers(3, 8))):  # patches of soil / moss
-    cx, cy = rng.uniform(0, n, 2)
-    rx, ry = rng.uniform(0.05, 0.18, 2) * n
-    colour = _rgb(hue + rng.uniform(-0.06, 0.06), sat + rng.uniform(-0.2, 0.2),
-                  val + rng.uniform(-0.18, 0.15))
-    draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
-  width = max(1, n // 64)
-  for _ in range(int(rng.integers(15, 40))):  # grass blades / twigs
-    x, y = rng.uniform(0, n), rng.uniform(0, n)
-    length = rng.uniform(0.02, 0.06) * n
-    lean = rng.uniform(-0.5, 0.5) * length
-    colour = _rgb(hue + rng.uniform(-0.05, 0.05), sat, val + rng.uniform(-0.2, 0.2))
-    draw.line([(x, y), (x + lean, y - length)], fill=colour, width=width)
-  _clutter(draw, rng, n, stones=True)
-  return img
-
-
-def _water(rng: np.random.Generator, n: int) -> Image.Image:
-  hue = rng.uniform(0.53, 0.64)
-  sat = rng.uniform(0.45, 0.80)
-  val = rng.uniform(0.40, 0.70)
-  yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
-  freq = rng.uniform(4.0, 10.0)
-  wobble = rng.uniform(0.01, 0.04) * np.sin(2 * np.pi * (rng.uniform(1, 3) * xx + rng.uniform()))
-  waves = np.sin(2 * np.pi * (freq * (yy + wobble) + rng.uniform()))
-  ripples = np.sin(2 * np.pi * (2.3 * freq * yy + rng.uniform()))
-  depth = rng.uniform(-0.12, 0.12) * (yy - 0.5)
-  noise = _smooth_noise(rng, n, 6)
-  h = hue + 0.015 * noise
-  s = np.clip(sat - 0.08 * waves, 0, 1)
-  v = np.clip(val + 0.10 * waves + 0.04 * ripples + depth + 0.04 * noise, 0, 1)
-  img = _hsv_image(h, s, v)
-  draw = ImageDraw.Draw(img)
-  width = max(1, n // 64)
-  for _ in range(int(rng.integers(6, 16))):  # glints on the wave crests
-    x, y = rng.uniform(0, n), rng.uniform(0, n)
-    length = rng.uniform(0.03, 0.10) * n
-    colour = _rgb(hue, sat * 0.35, min(1.0, val + rng.uniform(0.2, 0.4)))
-    draw.line([(x, y), (x + length, y)], fill=colour, width=width)
-  _clutter(draw, rng, n, stones=False)
-  return img
-
-
-def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, n: int, stones: bool) -> None:
-  """Outlined distractors in object-like colours: stones on land, floating leaves on water.
-
-  They keep object colour and outlines from giving the object away, so finding it
-  takes its shape.
-  """
-  width = max(1, n // 64)
-  for _ in range(int(rng.integers(2, 6))):
-    hue = rng.uniform()
-    fill = _rgb(hue, rng.uniform(0.3, 0.9), rng.uniform(0.5, 1.0))
-    c = rng.uniform(0.05, 0.95, 2) * n
-    r = rng.uniform(0.03, 0.08) * n
-    if stones:  # an irregular polygon
-      k = int(rng.integers(5, 9))
-      t = np.sort(rng.uniform(0, 2 * np.pi, k))
-      rad = r * rng.uniform(0.6, 1.0, k)
-      pts = np.stack([c[0] + rad * np.cos(t), c[1] + rad * np.sin(t)], axis=1)
-    else:  # a leaf: a flat ellipse, a little tilted
-      pts = _ellipse(c[0], c[1], r * rng.uniform(1.0, 1.8), r * rng.uniform(0.35, 0.7), rng.uniform(-0.5, 0.5))
-    draw.polygon([tuple(p) for p in pts], fill=fill, outline=_rgb(hue, 0.6, 0.12), width=width)
-
-
-def _ellipse(cx: float, cy: float, a: float, b: float, angle: float = 0.0, k: int = 28) -> np.ndarray:
-  t = np.linspace(0, 2 * np.pi, k, endpoint=False)
-  x, y = a * np.cos(t), b * np.sin(t)
-  c, s = np.cos(angle), np.sin(angle)
-  return np.stack([cx + c * x - s * y, cy + s * x + c * y], axis=1)
-
-
-def _poly(*points) -> np.ndarray:
-  return np.asarray(points, np.float64)
-
-
-# A part: (polygon in object units, RGB fill, outlined); every part is in the mask.
-# Parts are drawn in order; y grows downwards, the object faces +x before the pose.
+# Objects are lists of parts (`spurjax.data.drawing`); the object faces +x before the pose.
 
 
 def _bird(rng: np.random.Generator, hue: float) -> list:
   a, b = rng.uniform(0.26, 0.35), rng.uniform(0.11, 0.17)
   sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.65, 1.0)
-  body = _rgb(hue, sat, val)
-  dark = _rgb(hue + rng.uniform(-0.05, 0.05), sat, val * rng.uniform(0.45, 0.7))
-  beak = _rgb(rng.uniform(0.0, 0.16), rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0))
+  body = rgb(hue, sat, val)
+  dark = rgb(hue + rng.uniform(-0.05, 0.05), sat, val * rng.uniform(0.45, 0.7))
+  beak = rgb(rng.uniform(0.0, 0.16), rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0))
   parts = []
   if rng.random() < 0.7:  # legs
     leg = rng.uniform(0.08, 0.16)
     for x in (-0.25 * a, 0.15 * a):
       lean = rng.uniform(-0.04, 0.04)
-      parts.append((_poly((x - 0.012, 0.8 * b), (x + 0.012, 0.8 * b), (x + lean + 0.012, b + leg),
+      parts.append((poly((x - 0.012, 0.8 * b), (x + 0.012, 0.8 * b), (x + lean + 0.012, b + leg),
                           (x + lean - 0.012, b + leg)), beak, False))
   tl, tw, lift = rng.uniform(0.13, 0.24), rng.uniform(0.06, 0.13), rng.uniform(-0.02, 0.08)
-  parts.append((_poly((-0.7 * a, -0.35 * b), (-a - tl, -tw - lift), (-a - 0.75 * tl, -lift),
+  parts.append((poly((-0.7 * a, -0.35 * b), (-a - tl, -tw - lift), (-a - 0.75 * tl, -lift),
                       (-a - tl, tw - lift), (-0.7 * a, 0.35 * b)), dark, True))
-  parts.append((_ellipse(0, 0, a, b), body, True))
+  parts.append((ellipse(0, 0, a, b), body, True))
   if rng.random() < 0.5:  # raised wing: a triangle above the back
     wh = rng.uniform(0.14, 0.26)
     tip = rng.uniform(-0.55, -0.05) * a
-    parts.append((_poly((-0.35 * a, -0.4 * b), (0.35 * a, -0.5 * b), (tip, -b - wh)), dark, True))
+    parts.append((poly((-0.35 * a, -0.4 * b), (0.35 * a, -0.5 * b), (tip, -b - wh)), dark, True))
   else:  # folded wing: a darker ellipse on the body
-    parts.append((_ellipse(-0.15 * a, -0.1 * b, 0.6 * a, 0.5 * b, rng.uniform(-0.3, 0.1)), dark, True))
+    parts.append((ellipse(-0.15 * a, -0.1 * b, 0.6 * a, 0.5 * b, rng.uniform(-0.3, 0.1)), dark, True))
   r = rng.uniform(0.075, 0.115)
   hx, hy = 0.85 * a, -0.75 * b - 0.3 * r
   bl = rng.uniform(0.06, 0.14)
   droop = rng.uniform(-0.02, 0.04)
-  parts.append((_poly((hx + 0.6 * r, hy - 0.35 * r), (hx + r + bl, hy + droop), (hx + 0.6 * r, hy + 0.45 * r)),
+  parts.append((poly((hx + 0.6 * r, hy - 0.35 * r), (hx + r + bl, hy + droop), (hx + 0.6 * r, hy + 0.45 * r)),
                 beak, True))
-  parts.append((_ellipse(hx, hy, r, r), body, True))
-  parts.append((_ellipse(hx + 0.35 * r, hy - 0.2 * r, 0.22 * r, 0.22 * r, k=12), (15, 15, 15), False))
+  parts.append((ellipse(hx, hy, r, r), body, True))
+  parts.append((ellipse(hx + 0.35 * r, hy - 0.2 * r, 0.22 * r, 0.22 * r, k=12), (15, 15, 15), False))
   return parts
 
 
@@ -259,22 +146,22 @@ def _flower(rng: np.random.Generator, hue: float) -> list:
   sharp = rng.uniform(0.5, 2.0)
   sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.65, 1.0)
   stem_len = rng.uniform(0.28, 0.45)
-  stem = _rgb(rng.uniform(0.05, 0.40), rng.uniform(0.4, 0.8), rng.uniform(0.3, 0.55))
+  stem = rgb(rng.uniform(0.05, 0.40), rng.uniform(0.4, 0.8), rng.uniform(0.3, 0.55))
   cy = -0.5 * stem_len  # flower head above the origin, stem below
   bend = rng.uniform(-0.08, 0.08)
-  parts = [(_poly((-0.015, cy), (0.015, cy), (bend + 0.015, cy + radius + stem_len),
+  parts = [(poly((-0.015, cy), (0.015, cy), (bend + 0.015, cy + radius + stem_len),
                   (bend - 0.015, cy + radius + stem_len)), stem, True)]
   if rng.random() < 0.8:  # a leaf on the stem
     side = 1.0 if rng.random() < 0.5 else -1.0
     ly = cy + radius + rng.uniform(0.35, 0.7) * stem_len
     ll, lw = rng.uniform(0.08, 0.14), rng.uniform(0.03, 0.05)
-    parts.append((_ellipse(bend * 0.5 + side * ll, ly, ll, lw, side * rng.uniform(-0.6, -0.2)), stem, True))
+    parts.append((ellipse(bend * 0.5 + side * ll, ly, ll, lw, side * rng.uniform(-0.6, -0.2)), stem, True))
   t = np.linspace(0, 2 * np.pi, 96, endpoint=False)
   r = radius * (inner + (1 - inner) * np.abs(np.cos(petals * (t + rng.uniform(0, np.pi)) / 2)) ** sharp)
-  parts.append((np.stack([r * np.cos(t), cy + r * np.sin(t)], axis=1), _rgb(hue, sat, val), True))
-  centre = _rgb(hue + rng.uniform(0.35, 0.65), rng.uniform(0.5, 1.0), rng.uniform(0.35, 0.9))
+  parts.append((np.stack([r * np.cos(t), cy + r * np.sin(t)], axis=1), rgb(hue, sat, val), True))
+  centre = rgb(hue + rng.uniform(0.35, 0.65), rng.uniform(0.5, 1.0), rng.uniform(0.35, 0.9))
   cr = radius * inner * rng.uniform(0.45, 0.7)
-  parts.append((_ellipse(0, cy, cr, cr), centre, True))
+  parts.append((ellipse(0, cy, cr, cr), centre, True))
   return parts
 
 
@@ -287,31 +174,11 @@ def colour_word(hue: float) -> str:
   return "red"
 
 
-def _draw_object(canvas: Image.Image, parts, hue: float, size: float, angle: float, flip: float, centre,
-                 image_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Draws an object's polygons (unit coordinates, scaled by `size`, turned by `angle`, mirrored when
-  `flip` is -1, centred at `centre`) on the 2x canvas; returns the box-downsampled (image, bool mask)."""
-  n = canvas.size[0]
-  rot = np.asarray([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-  outline = _rgb(hue, 0.6, 0.12)
-  width = max(1, n // 64)
-  mask = Image.new("L", (n, n), 0)
-  draw, mdraw = ImageDraw.Draw(canvas), ImageDraw.Draw(mask)
-  for poly, fill, outlined in parts:
-    pts = (poly * np.asarray([flip, 1.0])) @ rot.T * size + centre
-    xy = [tuple(p) for p in pts]
-    draw.polygon(xy, fill=fill, outline=outline if outlined else None, width=width)
-    mdraw.polygon(xy, fill=255, outline=255 if outlined else None, width=width)
-  image = np.asarray(canvas.resize((image_size, image_size), Image.BOX))
-  mask_arr = np.asarray(mask.resize((image_size, image_size), Image.BOX)) >= 128
-  return image, mask_arr
-
-
 def _render(y: int, place: int, rng: np.random.Generator, image_size: int, object_rng=None):
   """Returns (uint8 HWC image, bool HW mask, object hue). The scene takes the first draws of `rng`, the
   object the following ones, or those of `object_rng` when given (the same scene with another object)."""
   n = 2 * image_size
-  canvas = (_land if place == 0 else _water)(rng, n)
+  canvas = (land if place == 0 else water)(rng, n)
   rng = rng if object_rng is None else object_rng
   hue = float(rng.uniform())
   parts = (_bird if y == 0 else _flower)(rng, hue)
@@ -319,7 +186,7 @@ def _render(y: int, place: int, rng: np.random.Generator, image_size: int, objec
   angle = rng.uniform(-0.5, 0.5) if y == 0 else rng.uniform(-0.4, 0.4)
   flip = -1.0 if rng.random() < 0.5 else 1.0
   centre = rng.uniform(0.36, 0.64, 2) * n
-  image, mask_arr = _draw_object(canvas, parts, hue, size, angle, flip, centre, image_size)
+  image, mask_arr = draw_object(canvas, parts, hue, size, angle, flip, centre, image_size)
   return image, mask_arr, hue
 
 
@@ -334,10 +201,6 @@ def render(y: int, place: int, rng: np.random.Generator, image_size: int = 64):
     raise SpurjaxError(f"synth: image_size must be >= 8, got {image_size}")
   image, mask, _ = _render(y, place, rng, image_size)
   return image, mask
-
-
-def _image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
-  return np.random.default_rng(np.random.SeedSequence([seed, stream, index]))
 
 
 def image_origin(path: str) -> tuple[dict, int]:
@@ -363,7 +226,7 @@ def redraw(info: dict, index: int, y: int, place: int, object_seed=None):
                        f"{info.get('generator')!r})")
   if y not in (0, 1) or place not in (0, 1):
     raise SpurjaxError(f"synth: y and place must be 0 or 1, got y={y} place={place}")
-  rng = _image_rng(int(info["seed"]), _BENCH_STREAM, int(index))
+  rng = image_rng(int(info["seed"]), BENCH_STREAM, int(index))
   object_rng = None if object_seed is None else np.random.default_rng(np.random.SeedSequence(object_seed))
   image, mask, _ = _render(y, place, rng, int(info["image_size"]), object_rng)
   return image, mask
@@ -372,55 +235,16 @@ def redraw(info: dict, index: int, y: int, place: int, object_seed=None):
 # ----------------------------------------------------------------------------- writing
 
 
-def _render_jobs(root: str, image_size: int, seed: int, stream: int, jobs: Sequence[tuple]) -> list[str]:
-  """Renders and writes a chunk of (index, y, place, image_rel, mask_rel|None); returns captions."""
-  captions = []
-  for index, y, place, image_rel, mask_rel in jobs:
-    rng = _image_rng(seed, stream, index)
-    image, mask, hue = _render(y, place, rng, image_size)
-    Image.fromarray(image).save(os.path.join(root, image_rel), compress_level=1)
-    if mask_rel is not None:
-      Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(root, mask_rel), compress_level=1)
-    if stream == _CORPUS_STREAM:
-      template = _CORPUS_TEMPLATES[int(rng.integers(len(_CORPUS_TEMPLATES)))]
-      colour = colour_word(hue)
-      a_colour = ("an " if colour[0] in "aeiou" else "a ") + colour
-      captions.append(template.format(obj=CLASS_NAMES[y], place=PLACE_NAMES[place], a_colour=a_colour))
-    else:
-      captions.append(caption(y, place))
-  return captions
-
-
-def _run_jobs(root: str, image_size: int, seed: int, stream: int, jobs: list, workers: int) -> list[str]:
-  if workers <= 1 or len(jobs) < 200:
-    return _render_jobs(root, image_size, seed, stream, jobs)
-  size = max(50, len(jobs) // (workers * 8))
-  chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-  # spawn: the parent may already have started JAX threads, which fork does not survive.
-  ctx = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-    results = pool.map(_render_jobs, *zip(*[(root, image_size, seed, stream, c) for c in chunks]))
-    return [c for chunk in results for c in chunk]
-
-
-def _check_target(out_dir: str, overwrite: bool) -> None:
-  if os.path.exists(out_dir):
-    if not os.path.isdir(out_dir):
-      raise SpurjaxError(f"synth: output path exists and is not a folder: {out_dir}")
-    if os.listdir(out_dir) and not overwrite:
-      raise SpurjaxError(f"synth: output folder exists and is not empty: {out_dir} (use --overwrite)")
-
-
-def _publish(tmp: str, out_dir: str, overwrite: bool) -> None:
-  """Moves the finished folder `tmp` to `out_dir` (replacing an old one only with `overwrite`)."""
-  _check_target(out_dir, overwrite)  # it may have appeared while `tmp` was written
-  if os.path.isdir(out_dir):
-    old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=os.path.dirname(os.path.abspath(out_dir)))
-    os.rename(out_dir, os.path.join(old, "data"))
-    os.rename(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.rename(tmp, out_dir)
+def _draw_example(image_size: int, seed: int, stream: int, index: int, y: int, place: int):
+  """Image `index` of `stream`: (image, mask, caption); corpus captions are drawn after the image."""
+  rng = image_rng(seed, stream, index)
+  image, mask, hue = _render(y, place, rng, image_size)
+  if stream != CORPUS_STREAM:
+    return image, mask, caption(y, place)
+  template = _CORPUS_TEMPLATES[int(rng.integers(len(_CORPUS_TEMPLATES)))]
+  colour = colour_word(hue)
+  a_colour = ("an " if colour[0] in "aeiou" else "a ") + colour
+  return image, mask, template.format(obj=CLASS_NAMES[y], place=PLACE_NAMES[place], a_colour=a_colour)
 
 
 def _write_benchmark(tmp: str, counts: dict, image_size: int, seed: int, workers: int) -> None:
@@ -437,12 +261,10 @@ def _write_benchmark(tmp: str, counts: dict, image_size: int, seed: int, workers
         jobs.append((index, y, place, image_rel, mask_rel))
         rows.append([index, image_rel, y, split_id, place, mask_rel])
         index += 1
-  captions = _run_jobs(tmp, image_size, seed, _BENCH_STREAM, jobs, workers)
-  with open(os.path.join(tmp, "metadata.csv"), "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["img_id", "img_filename", "y", "split", "place", "mask_filename", "caption"])
-    for row, cap in zip(rows, captions):
-      w.writerow(row + [cap])
+  captions = write_images(tmp, _draw_example, (image_size, seed, BENCH_STREAM), jobs, workers)
+  write_csv(os.path.join(tmp, "metadata.csv"),
+            ["img_id", "img_filename", "y", "split", "place", "mask_filename", "caption"],
+            [row + [cap] for row, cap in zip(rows, captions)])
 
 
 def _write_corpus(tmp: str, per_combo: int, image_size: int, seed: int, workers: int) -> None:
@@ -455,12 +277,9 @@ def _write_corpus(tmp: str, per_combo: int, image_size: int, seed: int, workers:
     for _ in range(per_combo):
       index = len(jobs)
       jobs.append((index, y, place, f"images/{index:06d}.png", f"masks/{index:06d}.png"))
-  captions = _run_jobs(root, image_size, seed, _CORPUS_STREAM, jobs, workers)
-  with open(os.path.join(root, "metadata.csv"), "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["file_name", "text", "y", "place", CORPUS_MASK_COLUMN])
-    for (_, y, place, rel, mask_rel), cap in zip(jobs, captions):
-      w.writerow([rel, cap, y, place, mask_rel])
+  captions = write_images(root, _draw_example, (image_size, seed, CORPUS_STREAM), jobs, workers)
+  write_csv(os.path.join(root, "metadata.csv"), ["file_name", "text", "y", "place", CORPUS_MASK_COLUMN],
+            [[rel, cap, y, place, mask_rel] for (_, y, place, rel, mask_rel), cap in zip(jobs, captions)])
 
 
 def generate(out_dir: str, *, image_size: int = 64, scale: float = 1.0, seed: int = 0,
@@ -487,12 +306,7 @@ def generate(out_dir: str, *, image_size: int = 64, scale: float = 1.0, seed: in
   per_combo = _scaled(DEFAULT_CORPUS_PER_COMBO, scale) if corpus_per_combo is None else int(corpus_per_combo)
   if per_combo < 0:
     raise SpurjaxError(f"synth: corpus_per_combo must be >= 0, got {per_combo}")
-  out_dir = os.path.abspath(out_dir)
-  _check_target(out_dir, overwrite)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
-  try:
+  with staged_folder(out_dir, overwrite, "synth") as tmp:
     _write_benchmark(tmp, counts, image_size, seed, workers)
     if per_combo > 0:
       _write_corpus(tmp, per_combo, image_size, seed, workers)
@@ -506,12 +320,7 @@ def generate(out_dir: str, *, image_size: int = 64, scale: float = 1.0, seed: in
         "counts": {k: v.tolist() for k, v in counts.items()},
         "corpus_per_combo": per_combo,
     }
-    with open(os.path.join(tmp, "classes.json"), "w") as f:
-      json.dump(info, f, indent=2)
-    _publish(tmp, out_dir, overwrite)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    write_json_atomic(os.path.join(tmp, "classes.json"), info, indent=2)
   return info
 
 
@@ -534,7 +343,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   val_per_group=args.val_per_group, test_per_group=args.test_per_group,
                   corpus_per_combo=args.corpus_per_combo if args.corpus else 0,
                   overwrite=args.overwrite,
-                  workers=args.workers if args.workers else min(4, os.cpu_count() or 1))
+                  workers=args.workers if args.workers else default_workers())
   total = sum(sum(v) for v in info["counts"].values())
   print(f"wrote {total} images ({info['corpus_per_combo'] * 4} corpus) to {os.path.abspath(args.out)}")
   return 0
