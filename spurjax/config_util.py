@@ -153,7 +153,20 @@ def parse_command(argv, prog: str, *, config_default: str | None = None, workdir
   bad = [r for r in rest if not (r.startswith("--config.") and "=" in r)]
   if bad:
     raise SpurjaxError(f"{prog}: unknown argument(s): {' '.join(bad)} (overrides are --config.key=value)")
+  if getattr(args, "workdir", None):
+    check_workdir(args.workdir)
   return args, rest
+
+
+def check_workdir(path: str, key: str = "--workdir") -> None:
+  """A workdir is a directory or can be made one: not an existing file, nor below one, and writable."""
+  p = os.path.abspath(path)
+  while not os.path.exists(p) and os.path.dirname(p) != p:
+    p = os.path.dirname(p)
+  if not os.path.isdir(p):
+    raise SpurjaxError(f"{key} {path}: {p} is a file, not a directory")
+  if not os.access(p, os.W_OK):
+    raise SpurjaxError(f"{key} {path}: {p} is not writable")
 
 
 def config_from(spec: str, overrides=()) -> ml_collections.ConfigDict:

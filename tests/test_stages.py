@@ -11,6 +11,7 @@ from spurjax.config_base import base_config
 from spurjax.config_util import config_from, parse_command
 from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
 from spurjax.ddb import report as ddb_report
+from spurjax.ddb import run as ddb_run
 from spurjax.errors import SpurjaxError
 from spurjax.train import erm
 
@@ -36,6 +37,7 @@ def dry_pipeline(monkeypatch, tmp_path):
       return types.SimpleNamespace(report={}, folder=folder)
 
     monkeypatch.setattr(mod, "STAGE", dataclasses.replace(real, compute=compute, load=load))
+  monkeypatch.setattr(ddb_run, "STAGES", tuple(mod.STAGE for mod in MODULES))
   monkeypatch.setattr(ddb_report, "build", lambda *a, **k: {})
   for name in ("write_markdown", "plots", "print_summary"):
     monkeypatch.setattr(ddb_report, name, lambda *a, **k: None)
@@ -172,7 +174,7 @@ def test_killed_stage_resumes_in_its_tmp_folder_and_other_settings_start_afresh(
       raise KeyboardInterrupt  # killed half-way
     open(os.path.join(folder, "part2"), "w").close()
 
-  stage = stages.Stage("s", keys=("ddb.select.k",), upstream=(), compute=compute, load=lambda ctx, d: sorted(os.listdir(d)))
+  stage = stages.Stage("s", groups=("ddb.select",), upstream=(), compute=compute, load=lambda ctx, d: sorted(os.listdir(d)))
   cfg = base_config()
   ctx = types.SimpleNamespace(cfg=cfg, stage_dir=lambda n: str(tmp_path / n))
   cfg.ddb.select.k = 1
@@ -186,13 +188,13 @@ def test_killed_stage_resumes_in_its_tmp_folder_and_other_settings_start_afresh(
   with pytest.raises(KeyboardInterrupt):
     stages.Runner(ctx).run(stage)
   assert (tmp_path / "s" / "part2").exists()  # the finished folder of k=2 is untouched until replaced
-  assert json.load(open(tmp_path / "s" / "stage.json"))["record"]["config"] == {"ddb.select.k": 2}
+  assert json.load(open(tmp_path / "s" / "stage.json"))["record"]["config"] == {"ddb.select": {"k": 2}}
 
 
 def test_a_folder_spurjax_did_not_write_is_never_removed(tmp_path):
   (tmp_path / "s").mkdir()
   (tmp_path / "s" / "precious.txt").write_text("keep me")
-  stage = stages.Stage("s", keys=("seed",), upstream=(), compute=lambda ctx, i, d: None, load=lambda ctx, d: d)
+  stage = stages.Stage("s", groups=(), shared=("seed",), upstream=(), compute=lambda ctx, i, d: None, load=lambda ctx, d: d)
   ctx = types.SimpleNamespace(cfg=base_config(), stage_dir=lambda n: str(tmp_path / n))
   with pytest.raises(SpurjaxError, match="not a spurjax stage folder"):
     stages.Runner(ctx).run(stage)
@@ -238,12 +240,47 @@ def test_every_ddb_key_can_be_overridden_from_the_command_line():
     parse_command(["--config", "configs/synth.py", "--workdir", "w", "--frob"], "spurjax run")
 
 
-def test_every_key_a_stage_reads_is_in_the_base_config():
+def test_every_key_a_stage_hashes_is_in_the_base_config():
   cfg = config_from("configs/synth.py")
-  for mod in MODULES:
-    stages.config_values(cfg, mod.STAGE.config_keys(cfg))  # raises on a missing key
+  for stage in ddb_run.STAGES:
+    stages.config_values(cfg, stage.config_keys(cfg))  # raises on a missing key
   with pytest.raises(SpurjaxError, match="missing"):
     stages.config_values(cfg, ["ddb.not_a_key"])
+
+
+def _downstream(name: str, cfg) -> set:
+  out = {name}
+  for stage in ddb_run.STAGES:   # in pipeline order: upstream stages come first
+    if set(stage.upstream_of(cfg)) & out:
+      out.add(stage.name)
+  return out
+
+
+@pytest.mark.parametrize("stage", ddb_run.STAGES, ids=lambda s: s.name)
+def test_a_key_added_to_a_stage_group_redoes_that_stage_and_those_downstream(tmp_path, stage):
+  """A new key in a stage's group enters its fingerprint with no change to the stage's code: changing
+  it redoes exactly that stage and every stage downstream of it, and nothing else."""
+  cfg = config_from("configs/synth.py")
+  group = cfg
+  for part in stage.groups[-1].split("."):
+    group = group[part]
+  group.brand_new_key = 0
+  pipeline = [dataclasses.replace(s, identity=None, compute=lambda ctx, i, d: None, load=lambda ctx, d: d)
+              for s in ddb_run.STAGES]
+  ctx = types.SimpleNamespace(cfg=cfg, stage_dir=lambda n: str(tmp_path / n))
+
+  def run_all():
+    runner = stages.Runner(ctx, verbose=False)
+    for s in pipeline:
+      runner.run(s)
+    return {n for n, _ in runner.redone}
+
+  assert run_all() == {s.name for s in ddb_run.STAGES}
+  assert run_all() == set()
+  group.brand_new_key = 1
+  redone = run_all()
+  assert redone == _downstream(stage.name, cfg) and stage.name in redone
+  assert redone != {s.name for s in ddb_run.STAGES} or stage.name == "erm"
 
 
 def test_wall_time_is_printed_and_recorded_for_computed_stages_only(tmp_path, capsys, dry_pipeline):

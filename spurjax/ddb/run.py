@@ -16,6 +16,7 @@ import os
 import jax
 
 from spurjax import sharding as shd
+from spurjax.config_util import check_workdir
 from spurjax.context import Context
 from spurjax.data import load_table
 from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
@@ -34,20 +35,6 @@ STAGES = (
     prune_stage.STAGE,   # 6. IG attribution + two-criterion pruning
     retrain.STAGE,       # 7. retraining from the ERM weights on train + kept edits
 )
-
-
-def check_workdir(path: str, key: str = "--workdir") -> None:
-  """The workdir is a directory or can be made one: not an existing file, nor below one."""
-  p = os.path.abspath(path)
-  while p and not os.path.exists(p):
-    parent = os.path.dirname(p)
-    if parent == p:
-      break
-    p = parent
-  if os.path.exists(p) and not os.path.isdir(p):
-    raise SpurjaxError(f"{key} {path}: {p} is a file, not a directory")
-  if os.path.isdir(p) and not os.access(p, os.W_OK):
-    raise SpurjaxError(f"{key} {path}: {p} is not writable")
 
 
 def validate(ctx, stages=STAGES) -> None:
