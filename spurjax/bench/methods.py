@@ -3,6 +3,8 @@
   spurjax bench methods --config configs/synth.py --seeds 3 --methods erm,suby,subg,groupdro,jtt,dfr
       [--workdir runs/methods] [--config.key=value ...]
 
+The overrides hold for every row, the dataset included (`--config.data.kind=folder --config.data.root=DIR`
+runs every method on DIR); they win over a method's published settings (`spurjax.baselines.hparams`).
 Runs land in `W/<method>/seed<k>` (finished runs are skipped); DFR and the DDB rows use
 `W/erm/seed<k>` (selected by validation average accuracy, without group labels).
 Writes `W/methods.md`, `W/methods.csv` and `W/methods.png` (test accuracies in %).
@@ -134,11 +136,19 @@ def write_outputs(rows: list[dict], workdir: str, title: str) -> str:
 
 
 def run(base_cfg, methods, seeds: int, workdir: str, overrides=(), table=None) -> list[dict]:
-  """Runs (or resumes) every method for seeds 0..seeds-1; writes and returns the summary rows."""
+  """Runs (or resumes) every method for seeds 0..seeds-1; writes and returns the summary rows.
+
+  `overrides` (`--config.key=value`) are applied to a copy of `base_cfg` before anything reads it (the
+  dataset table, the dataset's published settings), then again on top of each method's published
+  settings, so that they win over those; a DDB row's own settings (`DDB_VARIANTS`) come last.
+  """
   from spurjax.baselines import hparams, runner
+  from spurjax.config_util import apply_overrides
   from spurjax.data import load_table
   if seeds < 1:
     raise SpurjaxError(f"--seeds must be >= 1, got {seeds}")
+  overrides = list(overrides)
+  base_cfg = apply_overrides(base_cfg.copy_and_resolve_references(), overrides)
   table = table if table is not None else load_table(base_cfg.data)
   os.makedirs(workdir, exist_ok=True)
   reports = {m: [] for m in methods}
@@ -189,10 +199,10 @@ def _arguments(p) -> None:
 
 
 def main(argv) -> int:
-  from spurjax.config_util import load_config, parse_command
+  from spurjax.config_util import config_from, parse_command
   args, overrides = parse_command(argv, "spurjax bench methods", workdir="runs/methods", add_arguments=_arguments)
   methods = parse_methods(args.methods)
-  base = load_config(args.config)
+  base = config_from(args.config, overrides)   # the dataset, too, is the one the overrides name
   t0 = time.time()
   run(base, methods, args.seeds, args.workdir, overrides)
   print(f"[bench methods] total {time.time() - t0:.0f} s")
