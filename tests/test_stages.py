@@ -283,7 +283,16 @@ def test_a_key_added_to_a_stage_group_redoes_that_stage_and_those_downstream(tmp
   assert redone != {s.name for s in ddb_run.STAGES} or stage.name == "erm"
 
 
-def test_wall_time_is_printed_and_recorded_for_computed_stages_only(tmp_path, capsys, dry_pipeline):
+def test_wall_time_is_printed_and_recorded_for_computed_stages_only(tmp_path, capsys, dry_pipeline, monkeypatch):
+  import time
+  dry = inpaint.STAGE
+
+  def compute(ctx, inputs, folder):  # one stage takes a known time
+    time.sleep(0.3)
+    dry.compute(ctx, inputs, folder)
+
+  monkeypatch.setattr(inpaint, "STAGE", dataclasses.replace(dry, compute=compute))
+  monkeypatch.setattr(ddb_run, "STAGES", tuple(mod.STAGE for mod in MODULES))
   args = ["run", "--config", "configs/synth.py:tiny", "--workdir", str(tmp_path / "w"),
           f"--config.data.cache_dir={tmp_path / 'data'}", f"--config.diffusion.path={tmp_path / 'sd_a'}",
           "--config.ddb.segment.method=given", "--config.ddb.invert.steps=2"]
@@ -293,7 +302,7 @@ def test_wall_time_is_printed_and_recorded_for_computed_stages_only(tmp_path, ca
   assert len(timing) == 1 and all(f" {name} " in timing[0] for name in ORDER), timing
   for name in ORDER:
     record = json.load(open(tmp_path / "w" / name / stages.STAGE_FILE))
-    assert record["complete"] and record["seconds"] >= 0
+    assert record["complete"] and record["seconds"] >= (0.3 if name == "inpaint" else 0)
   # A rerun that redoes only retraining times only retraining.
   assert cli.main(args + ["--config.ddb.retrain.num_epochs=3"]) == 0
   timing = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stage wall time:")]
