@@ -12,12 +12,13 @@ def get_config(arg=None):
   c.data.center_crop = 178
   c.data.image_size = 224
   c.data.resize = 224
-  c.data.verify = "header"
+  c.data.verify = "header"        # check image headers only: full decoding of 200k images takes long
   c.model.name = "resnet50"
   c.optim.lr = 1e-4
   c.optim.weight_decay = 1e-4
   c.train.batch_size = 128
   c.train.num_epochs = 50
+  # `:tiny`: ResNet-18 at 32 px for one epoch, a CPU smoke run.
   if arg == "tiny":
     c.model.name = "resnet18"
     c.data.image_size = 32

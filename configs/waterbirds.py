@@ -10,12 +10,13 @@ def get_config(arg=None):
   c.data.kind = "folder"
   c.data.root = "data/waterbird_complete95_forest2water2"
   c.data.image_size = 224
-  c.data.resize = 256
+  c.data.resize = 256             # eval: resize to 256, centre-crop 224 (the ImageNet protocol)
   c.model.name = "resnet50"
   c.optim.lr = 1e-3
   c.optim.weight_decay = 1e-4
   c.train.batch_size = 128
   c.train.num_epochs = 300
+  # `:tiny`: ResNet-18 at 32 px for one epoch, a CPU smoke run.
   if arg == "tiny":
     c.model.name = "resnet18"
     c.data.image_size = 32
