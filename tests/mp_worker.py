@@ -51,7 +51,7 @@ def train(cfg, table, workdir: str) -> tuple[dict, dict]:
 
 def attribute(cfg, table, mesh) -> dict:
   """IG of a freshly initialised classifier (the same on every run, unlike trained weights)."""
-  from spurjax.ddb import attribute as att
+  from spurjax.ddb.prune import attribute as att
   from spurjax.train import loop
   model, variables = loop.init_variables(cfg, table, jax.random.PRNGKey(1))
   f = att.classifier_fn(model, variables, cfg.data.mean, cfg.data.std)
@@ -123,7 +123,7 @@ def invert(workdir: str, local_dir: str, mesh) -> dict:
 
 def prune(cfg, ctx, runner) -> dict:
   """The prune stage on the inpaint stage's edits (IG sharded over processes, process 0 writes)."""
-  from spurjax.ddb import prune_stage
+from spurjax.ddb.prune import stage as prune_stage
   from spurjax.train import loop
   from spurjax.train.erm import ErmResult
   cfg.ddb.prune.ig_steps, cfg.ddb.prune.ig_chunk, cfg.ddb.prune.ig_batch_size = 4, 0, 4

@@ -10,7 +10,7 @@ from jax.tree_util import Partial
 from helpers import toy_table
 from spurjax import models
 from spurjax import sharding as shd
-from spurjax.ddb import attribute as A
+from spurjax.ddb.prune import attribute as A
 from spurjax.errors import SpurjaxError
 
 H = W = 16

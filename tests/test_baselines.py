@@ -250,7 +250,8 @@ def test_shared_stage_folders_have_the_same_fingerprint_inputs():
   """A bench methods row that reads another row's stage folders may only share stages whose config values
   and upstream stages are the same under both rows' settings (else it would reuse the wrong artefact)."""
   from spurjax.config_util import config_from
-  from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
+  from spurjax.ddb import inpaint, invert, retrain, segment, select
+  from spurjax.ddb.prune import stage as prune_stage
   from spurjax.stages import config_values
   stages = {m.STAGE.name: m.STAGE for m in (select, segment, invert, inpaint, prune_stage, retrain)}
   base = config_from("configs/synth.py:tiny", [])

@@ -62,13 +62,18 @@ def test_keep_top_keeps_the_best_share_of_passing_edits_per_target_class():
   assert [r["kept"] for r in recs] == [False, True, True]
 
 
-def test_prune_top_enters_the_fingerprint_only_when_set():
+def test_prune_top_is_in_the_fingerprint_through_the_stage_group():
+  import types
+
   from spurjax.config_base import base_config
-  from spurjax.ddb.prune_stage import STAGE
+  from spurjax.ddb.prune.stage import STAGE
+  from spurjax.stages import fingerprint
   cfg = base_config()
-  assert "ddb.prune.top" not in STAGE.config_keys(cfg)
+  ctx = types.SimpleNamespace(cfg=cfg)
+  up = {u: "x" for u in STAGE.upstream_of(cfg)}
+  before = fingerprint(STAGE, ctx, up)[0]
   cfg.ddb.prune.top = 0.5
-  assert "ddb.prune.top" in STAGE.config_keys(cfg)
+  assert fingerprint(STAGE, ctx, up)[0] != before
 
 
 def _records(n=5):

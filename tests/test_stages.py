@@ -9,7 +9,8 @@ import pytest
 from spurjax import cli, stages
 from spurjax.config_base import base_config
 from spurjax.config_util import config_from, parse_command
-from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
+from spurjax.ddb import inpaint, invert, retrain, segment, select
+from spurjax.ddb.prune import stage as prune_stage
 from spurjax.ddb import report as ddb_report
 from spurjax.ddb import run as ddb_run
 from spurjax.errors import SpurjaxError

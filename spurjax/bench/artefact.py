@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from spurjax.errors import SpurjaxError
+from spurjax.fileio import write_json_atomic
 
 KINDS = ("real", "edit", "reinpaint")
 KIND_TEXT = {"real": "real selected images", "edit": "counterfactual edits (kept)",
@@ -72,7 +73,8 @@ def stage_folders(workdir: str, erm_dir: str = "", shared: str = "") -> dict:
 
 def check_fingerprints(ctx) -> None:
   """Every stage folder was made with the settings in `ctx.cfg` (a one-line error naming the first that was not)."""
-  from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
+  from spurjax.ddb import inpaint, invert, retrain, segment, select
+  from spurjax.ddb.prune import stage as prune_stage
   from spurjax.stages import _why, fingerprint, read_stage_file
   from spurjax.train import erm
   fps = {}
@@ -115,7 +117,7 @@ def evaluate(cfg, mesh, models: dict, sets: dict, num_classes: int) -> dict:
   The images are base images (the eval source's: already centre-cropped and resized), so only the
   eval view (the centre crop to `image_size`) is applied, as for the run's own test images."""
   import dataclasses
-  from spurjax.bench.prior import memory_table
+  from spurjax.bench.prior_data import memory_table
   from spurjax.data.pipeline import ImageSource
   from spurjax.train import loop
   pp = dataclasses.replace(loop.preprocess_from_config(cfg), center_crop=None)
@@ -154,7 +156,8 @@ def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1, shared: str = 
   from spurjax.context import Context
   from spurjax.data import load_table
   from spurjax.data.table import GENERATED, concat
-  from spurjax.ddb import invert, prune_stage, retrain, segment, select
+  from spurjax.ddb import invert, retrain, segment, select
+  from spurjax.ddb.prune import stage as prune_stage
   from spurjax.train import erm, loop
 
   if isinstance(n_samples, bool) or int(n_samples) < 1:
@@ -198,7 +201,7 @@ def run(cfg, workdir: str, erm_dir: str = "", n_samples: int = 1, shared: str = 
   if distributed.is_main():
     os.makedirs(out_dir, exist_ok=True)
     _picture(os.path.join(out_dir, "artefact.png"), sets, table.num_classes)
-    loop.write_json_atomic(os.path.join(out_dir, "artefact.json"), record)
+    write_json_atomic(os.path.join(out_dir, "artefact.json"), record)
   return record
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from spurjax import models
 from spurjax import sharding as shd
 from spurjax.bench.common import add_speed_args, device_name, print_table, ratio_text, speed_setup, time_call
-from spurjax.ddb import attribute as A
+from spurjax.ddb.prune import attribute as A
 
 NUM_CLASSES = 2
 

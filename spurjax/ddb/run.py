@@ -19,7 +19,7 @@ from spurjax import sharding as shd
 from spurjax.config_util import check_workdir
 from spurjax.context import Context
 from spurjax.data import load_table
-from spurjax.ddb import inpaint, invert, prune_stage, retrain, segment, select
+from spurjax.ddb import inpaint, invert, prune, retrain, segment, select
 from spurjax.ddb import report as ddb_report
 from spurjax.errors import SpurjaxError
 from spurjax.fileio import write_json_atomic
@@ -32,7 +32,7 @@ STAGES = (
     segment.STAGE,       # 3. object masks
     invert.STAGE,        # 4. one textual-inversion token per class (on the masks, if so set)
     inpaint.STAGE,       # 5. the other classes' tokens inpainted into each mask
-    prune_stage.STAGE,   # 6. IG attribution + two-criterion pruning
+    prune.STAGE,         # 6. IG attribution + two-criterion pruning
     retrain.STAGE,       # 7. retraining from the ERM weights on train + kept edits
 )
 

@@ -20,7 +20,8 @@ from spurjax import distributed
 from spurjax.data.images import read_image
 from spurjax.data.pipeline import eval_view
 from spurjax.data.table import Table
-from spurjax.ddb import attribute, prune
+from spurjax.ddb.prune import attribute
+from spurjax.ddb.prune import criteria as prune
 from spurjax.stages import Stage
 from spurjax.train import loop
 

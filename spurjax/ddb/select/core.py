@@ -1,33 +1,15 @@
-"""Stage select: the K majority images of each class, found without group labels.
-
-The majority images of a class are those the ERM classifier finds easiest: the K
-training examples with the lowest *per-sample* cross-entropy (the shortcut holds on
-them). Ties are broken by position, so the choice is deterministic.
-
-Artefact `Selection`, on disk `select/selected.json` =
-  {"k": K, "selected": {"<class>": [table indices]}, "psi_ref": {"<class>": Psi_i},
-   "loss": {"<class>": [per-sample loss of each selected index]}}
-where Psi_i is the mean ERM probability of class i over its selected images (the
-reference level of the pruning stage's probability criterion).
-
-Config keys: `ddb.select.k` (images per class).
+"""The pure core of the select stage: per class the K training images with the lowest per-sample
+ERM loss (the majority images, where the shortcut holds), found without group labels; ties broken
+by position, so the choice is deterministic.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Mapping
 
-import jax
 import numpy as np
 
-from spurjax.data.table import TRAIN
 from spurjax.errors import SpurjaxError
-from spurjax.stages import Stage
-
-FILE = "selected.json"
-
 
 
 def select_majority(per_sample_loss, labels, k: int, num_classes: int | None = None) -> dict[int, np.ndarray]:
@@ -116,41 +98,6 @@ def selection_from_logits(logits, labels, indices, k: int, num_classes: int) -> 
   return Selection(k=int(k), selected={c: indices[p].astype(np.int64) for c, p in picked.items()},
                    psi_ref={c: float(probs[p, c].mean()) for c, p in picked.items()},
                    loss={c: loss[p] for c, p in picked.items()})
-
-
-def load(ctx, folder: str) -> Selection:
-  path = os.path.join(folder, FILE)
-  try:
-    with open(path, encoding="utf-8") as f:
-      return Selection.from_json(json.load(f))
-  except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-    raise SpurjaxError(f"{path}: unreadable selection ({type(e).__name__}: {e}); delete it to recompute") from None
-
-
-def compute(ctx, inputs, folder: str) -> Selection:
-  """Per-sample ERM losses of the training split -> the K lowest per class; writes `selected.json`."""
-  from spurjax.train import loop
-
-  erm = inputs["erm"]
-  table = ctx.table
-  idx = table.indices(TRAIN)
-  if len(idx) == 0:
-    raise SpurjaxError(f"dataset {table.name}: no training examples (split 0)")
-  logits = loop.predict(ctx.cfg, erm.model, erm.variables, ctx.sources["eval"], table, idx, ctx.mesh,
-                        desc="select: ERM")
-  result = selection_from_logits(logits, table.y[idx], idx, int(ctx.cfg.ddb.select.k), table.num_classes)
-  if jax.process_index() == 0:
-    with open(os.path.join(folder, FILE), "w", encoding="utf-8") as f:
-      json.dump(result.to_json(), f, indent=1)
-  return result
-
-
-def validate(ctx) -> None:
-  """Before any stage runs: `ddb.select.k` is a positive integer."""
-  check_k(ctx.cfg.ddb.select.k)
-
-
-STAGE = Stage(name="select", groups=("ddb.select",), upstream=("erm",), compute=compute, load=load, validate=validate)
 
 
 def selected_indices(selected) -> dict[int, np.ndarray]:
