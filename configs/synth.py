@@ -55,7 +55,7 @@ def get_config(arg=None):
   c.ddb.retrain.num_epochs = 5    # ties 8 on validation; each epoch is twice as long with the erased backgrounds
   c.ddb.retrain.batch_size = 64
   c.ddb.retrain.interpolate = (0.8, 0.85, 0.9, 0.95, 1.0)   # ERM mix alphas; a wider list never won
-  # Erased backgrounds (`spurjax.ddb.erase`): the selected images with the object erased, once under
+  # Erased backgrounds (`spurjax.ddb.retrain.erase`): the selected images with the object erased, once under
   # each label, as much loss as the edits: the scene alone, or a repainted patch in it, says nothing.
   c.ddb.retrain.background_weight = 0.5
   c.ddb.retrain.background_grow = 2

@@ -4,7 +4,7 @@ import pytest
 
 from helpers import toy_table
 from spurjax.data.table import GENERATED, Table, concat
-from spurjax.ddb.erase import background_table, erase_object
+from spurjax.ddb.retrain.erase import background_table, erase_object
 from spurjax.ddb.retrain import retrain_set
 from spurjax.errors import SpurjaxError
 

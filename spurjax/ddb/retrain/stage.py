@@ -10,7 +10,7 @@ the kept model is the best (by the same criterion) of (1 - alpha) * ERM + alpha 
 the listed alphas and every epoch (WiSE-FT's weight-space ensemble).
 
 With `ddb.retrain.background_weight > 0` every selected image also enters with its object erased
-(`spurjax.ddb.erase`), once under each class label at that weight and repeated as often as the
+(`spurjax.ddb.retrain.erase`), once under each class label at that weight and repeated as often as the
 edits: the scene alone should predict no class.
 """
 from __future__ import annotations
@@ -22,11 +22,12 @@ import jax
 import numpy as np
 
 from spurjax.data.table import GENERATED, TRAIN, Table, concat
-from spurjax.ddb import erase
+from spurjax.ddb.retrain import erase
 from spurjax.errors import SpurjaxError
+from spurjax.fileio import write_json_atomic
 from spurjax.stages import Stage
 from spurjax.train import erm
-from spurjax.train.loop import TrainSet, fit, interpolation_alphas, write_json_atomic
+from spurjax.train.loop import TrainSet, fit, interpolation_alphas
 
 
 def retrain_set(table: Table, gen_start: int, gammas, gen_fraction: float, background_start: int | None = None,
@@ -113,7 +114,7 @@ def check_config(ctx) -> None:
 
 
 def backgrounds(ctx, masks) -> Table | None:
-  """The erased selected images (`spurjax.ddb.erase`) when `ddb.retrain.background_weight > 0`, else None."""
+  """The erased selected images (`spurjax.ddb.retrain.erase`) when `ddb.retrain.background_weight > 0`, else None."""
   if float(ctx.cfg.ddb.retrain.background_weight) <= 0:
     return None
   raw = masks.raw
