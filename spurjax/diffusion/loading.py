@@ -7,8 +7,8 @@
   path/tokenizer/                                               (transformers CLIPTokenizer files)
   path/scheduler/scheduler_config.json
 
-Weights are read with `safetensors.numpy` (no torch) into float32 flax params; `dtype` only
-sets the activation dtype of the modules.
+Weights are read and written with `spurjax.safetensors_io` (no torch), into float32 flax params;
+`dtype` only sets the activation dtype of the modules. JSON files are written atomically.
 """
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spurjax import safetensors_io
 from spurjax.diffusion import clip_text, tokenizer as tok_lib, vae as vae_lib
 from spurjax.errors import SpurjaxError
+from spurjax.fileio import write_json_atomic
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
@@ -90,47 +92,6 @@ def read_json(path: Path) -> dict:
   return data
 
 
-def _read_safetensors_file(path: Path) -> dict[str, np.ndarray]:
-  if not path.is_file():
-    raise SpurjaxError(f"{path}: safetensors file not found")
-  from safetensors.numpy import load_file
-  try:
-    return load_file(str(path))
-  except TypeError:  # e.g. bfloat16, which plain numpy cannot name
-    return _read_safetensors_raw(path)
-  except Exception as e:  # corrupt headers surface as several exception types
-    raise SpurjaxError(f"{path}: cannot read safetensors ({type(e).__name__}: {e})") from e
-
-
-_RAW_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-               "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
-def _read_safetensors_raw(path: Path) -> dict[str, np.ndarray]:
-  """Minimal safetensors reader used for dtypes numpy lacks (bfloat16 via ml_dtypes)."""
-  import ml_dtypes
-  dtypes = {**_RAW_DTYPES, "BF16": ml_dtypes.bfloat16}
-  data = path.read_bytes()
-  try:
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    body = memoryview(data)[8 + n:]
-    out = {}
-    for name, info in header.items():
-      if name == "__metadata__":
-        continue
-      if info["dtype"] not in dtypes:
-        raise SpurjaxError(f"{path}: tensor '{name}' has unsupported dtype {info['dtype']}")
-      start, end = info["data_offsets"]
-      arr = np.frombuffer(body[start:end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
-      out[name] = arr.astype(np.float32) if info["dtype"] == "BF16" else arr
-    return out
-  except SpurjaxError:
-    raise
-  except Exception as e:
-    raise SpurjaxError(f"{path}: cannot read safetensors ({type(e).__name__}: {e})") from e
-
-
 def read_weights(folder: Path, variant: str | None = None) -> tuple[dict[str, np.ndarray], str]:
   """All tensors of a component folder (single or sharded safetensors) and the file name to cite."""
   folder = Path(folder)
@@ -138,7 +99,7 @@ def read_weights(folder: Path, variant: str | None = None) -> tuple[dict[str, np
   for stem in _WEIGHT_STEMS:
     single = folder / f"{stem}{suffix}"
     if single.is_file():
-      return _read_safetensors_file(single), str(single)
+      return safetensors_io.read(single), str(single)
     index = folder / f"{stem}{suffix}.index.json"
     if index.is_file():
       return _read_sharded(index), str(index)
@@ -156,7 +117,7 @@ def _read_sharded(index: Path) -> dict[str, np.ndarray]:
   for shard in sorted(set(weight_map.values())):
     if not isinstance(shard, str) or Path(shard).name != shard:
       raise SpurjaxError(f"{index}: invalid shard file name {shard!r}")
-    tensors.update(_read_safetensors_file(index.parent / shard))
+    tensors.update(safetensors_io.read(index.parent / shard))
   missing = [k for k, shard in weight_map.items() if k not in tensors]
   if missing:
     raise SpurjaxError(f"{index}: tensor '{missing[0]}' listed in weight_map is not in {weight_map[missing[0]]}")
@@ -292,19 +253,7 @@ def _config_of(module_or_config) -> dict:
   return dict(config)
 
 
-def _save_tensors(tensors: Mapping[str, np.ndarray], file: Path) -> None:
-  from safetensors.numpy import save_file
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(file), metadata={"format": "pt"})
-
-
-def _write_json(data: Mapping, file: Path) -> None:
-  file.write_text(json.dumps(dict(data), indent=2, sort_keys=True, default=_json_default) + "\n", encoding="utf-8")
-
-
-def _json_default(x):
-  if isinstance(x, (np.generic, np.ndarray)):
-    return x.tolist()
-  raise TypeError(f"config value of type {type(x).__name__} is not JSON serialisable")
+_JSON_STYLE = {"indent": 2, "sort_keys": True, "newline": True}  # the layout diffusers writes
 
 
 def _parts(pipeline_or_parts) -> dict[str, Any]:
@@ -374,12 +323,12 @@ def save_pipeline(pipeline_or_parts, path) -> Path:
   if parts["scheduler_config"] is not None:
     sched = dict(parts["scheduler_config"])
     (root / "scheduler").mkdir(exist_ok=True)
-    _write_json(sched, root / "scheduler" / "scheduler_config.json")
+    write_json_atomic(root / "scheduler" / "scheduler_config.json", sched, **_JSON_STYLE)
     index["scheduler"] = ["diffusers", sched.get("_class_name", "DDIMScheduler")]
   else:
     index["scheduler"] = [None, None]
   index["_class_name"] = "StableDiffusionInpaintPipeline" if inpaint else "StableDiffusionPipeline"
-  _write_json(index, root / "model_index.json")
+  write_json_atomic(root / "model_index.json", index, **_JSON_STYLE)
   return root
 
 
@@ -387,5 +336,5 @@ def _write_component(folder: Path, config: Mapping, tensors: Mapping[str, np.nda
   folder.mkdir(parents=True, exist_ok=True)
   for stale in folder.glob("*.safetensors*"):  # weights (possibly sharded) of an earlier save
     stale.unlink()
-  _write_json(config, folder / "config.json")
-  _save_tensors(tensors, folder / weights_name)
+  write_json_atomic(folder / "config.json", dict(config), **_JSON_STYLE)
+  safetensors_io.write(tensors, folder / weights_name, metadata={"format": "pt"})

@@ -1,9 +1,9 @@
 """torchvision ResNet weights <-> spurjax ResNet variables, without importing torch.
 
-`load_state_dict` reads `.safetensors` and torch zip checkpoints (`.pth`/`.pt`). The
-latter are a zip holding `data.pkl` plus one raw file per storage; a restricted
-unpickler rebuilds each tensor as a numpy array from its storage and strides, and
-refuses any other object. Half and bfloat16 tensors come back as float32.
+`load_state_dict` reads `.safetensors` (through `spurjax.safetensors_io`) and torch zip
+checkpoints (`.pth`/`.pt`). The latter are a zip holding `data.pkl` plus one raw file per
+storage; a restricted unpickler rebuilds each tensor as a numpy array from its storage and
+strides, and refuses any other object. Half and bfloat16 tensors come back as float32.
 
 Naming: flax path ("layer1_0", "downsample_1", "scale") <-> "layer1.0.downsample.1.weight";
 conv kernels HWIO <-> OIHW, dense kernels (in, out) <-> (out, in), BatchNorm
@@ -12,20 +12,20 @@ conv kernels HWIO <-> OIHW, dense kernels (in, out) <-> (out, in), BatchNorm
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import pickle
 import re
-import struct
 import zipfile
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+from spurjax import safetensors_io
 from spurjax.errors import SpurjaxError
 
 log = logging.getLogger(__name__)
@@ -46,18 +46,13 @@ _TORCH_STORAGES = {
     "ShortStorage": (np.int16, False), "CharStorage": (np.int8, False),
     "ByteStorage": (np.uint8, False), "BoolStorage": (np.bool_, False),
 }
-_SAFETENSORS_DTYPES = {
-    "F64": (np.float64, False), "F32": (np.float32, False), "F16": (np.float16, False),
-    "BF16": (np.uint16, True), "I64": (np.int64, False), "I32": (np.int32, False),
-    "I16": (np.int16, False), "I8": (np.int8, False), "U8": (np.uint8, False), "BOOL": (np.bool_, False),
-}
 
 
-def _widen(a: np.ndarray, is_bf16: bool) -> np.ndarray:
-  """bfloat16 bits (uint16) and float16 -> float32; other dtypes unchanged."""
+def _widen(a: np.ndarray, is_bf16: bool = False) -> np.ndarray:
+  """bfloat16 (uint16 bits where `is_bf16`, or ml_dtypes.bfloat16) and float16 -> float32; others unchanged."""
   if is_bf16:
     return (a.astype(np.uint32) << 16).view(np.float32)
-  if a.dtype == np.float16:
+  if a.dtype in (np.float16, ml_dtypes.bfloat16):
     return a.astype(np.float32)
   return a
 
@@ -153,41 +148,8 @@ def _load_torch_zip(path: str) -> Any:
     raise SpurjaxError(f"{path}: cannot read torch checkpoint: {e}") from None
 
 
-def _load_safetensors_raw(path: str) -> dict[str, np.ndarray]:
-  """Minimal safetensors reader (used for dtypes numpy lacks, i.e. bfloat16)."""
-  with open(path, "rb") as f:
-    blob = f.read()
-  try:
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n])
-    body = memoryview(blob)[8 + n:]
-    out = {}
-    for key, info in header.items():
-      if key == "__metadata__":
-        continue
-      if info["dtype"] not in _SAFETENSORS_DTYPES:
-        raise ValueError(f"tensor {key!r} has unsupported dtype {info['dtype']}")
-      dtype, is_bf16 = _SAFETENSORS_DTYPES[info["dtype"]]
-      begin, end = info["data_offsets"]
-      shape = tuple(int(s) for s in info["shape"])
-      if not 0 <= begin <= end <= len(body) or end - begin != np.dtype(dtype).itemsize * int(np.prod(shape)):
-        raise ValueError(f"tensor {key!r} has bad data offsets {info['data_offsets']}")
-      a = np.frombuffer(body[begin:end], np.dtype(dtype).newbyteorder("<")).reshape(shape)
-      out[key] = _widen(a.astype(np.dtype(dtype).newbyteorder("=")), is_bf16)
-    return out
-  except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
-    raise SpurjaxError(f"{path}: cannot read safetensors file: {e}") from None
-
-
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  try:
-    tensors = load_file(path)
-  except TypeError:  # a dtype numpy lacks (bfloat16)
-    return _load_safetensors_raw(path)
-  except Exception as e:  # safetensors raises its own error type for corrupt files
-    raise SpurjaxError(f"{path}: cannot read safetensors file: {e}") from None
-  return {k: _widen(v, False) for k, v in tensors.items()}
+  return {k: _widen(v) for k, v in safetensors_io.read(path).items()}
 
 
 def _unwrap(obj: Any, path: str) -> dict[str, np.ndarray]:
@@ -224,8 +186,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
   """Writes a numpy state dict (e.g. from `variables_to_torchvision`) as `.safetensors`."""
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  save_file({k: np.array(v, order="C") for k, v in state_dict.items()}, os.fspath(path))
+  safetensors_io.write(state_dict, path)
 
 # ------------------------------------------------------------------ converting
 
