@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from spurjax import sharding as shd
 
@@ -29,7 +30,8 @@ def make_train_step(loss_fn: Callable, loss_cfg, mesh, *, mean=IMAGENET_MEAN, st
   """Returns `train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated.
 
   With `state.ema_params` kept, they move as ema <- d * ema + (1 - d) * params after each update
-  (d = `ema_decay`).
+  (d = `ema_decay`; `optax.incremental_update` with the average as its "new" operand, which keeps
+  the operation order of this rule and so its float results).
   """
 
   def train_step(state, batch, rng):
@@ -44,11 +46,11 @@ def make_train_step(loss_fn: Callable, loss_cfg, mesh, *, mean=IMAGENET_MEAN, st
 
     (loss, (new_vars, loss_state, logits, aux)), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+    params = optax.apply_updates(state.params, updates)
     acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
     ema = state.ema_params
     if ema is not None:
-      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+      ema = optax.incremental_update(ema, params, ema_decay)  # ema_decay * ema + (1 - ema_decay) * params
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_vars.get("batch_stats", {}),
                               opt_state=opt_state, loss_state=loss_state, ema_params=ema)
     return new_state, {"loss": loss, "train_accuracy": acc, **aux}
