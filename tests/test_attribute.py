@@ -101,6 +101,7 @@ def test_chunking_does_not_change_result(linear):
   np.testing.assert_allclose(chunked, full, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_completeness_on_trained_cnn(trained_cnn):
   model, variables, x = trained_cnn
   b = np.zeros_like(x)
@@ -117,6 +118,7 @@ def test_completeness_on_trained_cnn(trained_cnn):
   assert gaps["riemann_trapezoid"].max() < 0.05, gaps
 
 
+@pytest.mark.slow
 def test_sharded_equals_unsharded(trained_cnn):
   assert jax.device_count() == 4
   model, variables, x = trained_cnn
@@ -203,6 +205,7 @@ def _captum(net, x, b, t, method, dtype):
   return out.permute(0, 2, 3, 1).detach().numpy()
 
 
+@pytest.mark.slow
 def test_captum_parity_float32(torch_resnet):
   """fp32 gausslegendre: attributions allclose(rtol 1e-3, atol 1e-4 * max|attr|)."""
   import torch
@@ -214,6 +217,7 @@ def test_captum_parity_float32(torch_resnet):
 
 
 @pytest.mark.skipif(not hasattr(jax, "enable_x64"), reason="needs the jax.enable_x64 context manager")
+@pytest.mark.slow
 def test_captum_parity_float64(torch_resnet):
   """fp64 removes ReLU/max-pool ties flipped by fp32 rounding differences (seen in fp32 riemann_trapezoid at
   one path point): allclose(rtol 1e-5, atol 1e-6 * max|attr|). Gauss-Legendre is checked in fp32 above."""

@@ -192,6 +192,7 @@ def test_published_settings_then_user_overrides():
 # End to end
 
 
+@pytest.mark.slow
 def test_bench_methods_smoke_and_resume(tmp_path, table, monkeypatch):
   """GroupDRO and DFR through the bench (DFR trains the bench's ERM run first): 2 short fits."""
   cfg = toy_config(num_epochs=1)
@@ -225,6 +226,7 @@ def test_bench_methods_smoke_and_resume(tmp_path, table, monkeypatch):
   assert again == rows
 
 
+@pytest.mark.slow
 def test_jtt_identification_run(tmp_path, table):
   """Stage 1 trains through the trainer (last epoch kept); the saved error set is its training mistakes."""
   cfg = hparams.method_config(toy_config(num_epochs=1), "jtt")

@@ -9,6 +9,7 @@ import pytest
 from spurjax import cli
 
 
+@pytest.mark.slow
 def test_erm_smoke_on_tiny_synth(tmp_path, capsys):
   work = tmp_path / "work"
   rc = cli.main(["erm", "--config", "configs/synth.py:tiny", "--workdir", str(work),
@@ -37,6 +38,7 @@ def test_erm_smoke_on_tiny_synth(tmp_path, capsys):
   assert "stages: redid erm (changed train.num_epochs)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_console_script_usage_and_one_line_errors(tmp_path):
   def spurjax(*args):
     return subprocess.run([sys.executable, "-m", "spurjax.cli", *args], capture_output=True, text=True)
@@ -92,6 +94,7 @@ def test_every_notebook_is_run_here():
   assert books == set(NOTEBOOK_SETTINGS)
 
 
+@pytest.mark.slow
 def test_erm_notebook_runs(tmp_path, monkeypatch, capsys):
   ns = run_notebook(os.path.join(NOTEBOOKS, "erm.ipynb"), tmp_path, monkeypatch, NOTEBOOK_SETTINGS["erm"])
   assert ns["cfg"].data.cache_dir == str(tmp_path / "data") and ns["cfg"].train.num_epochs == 1

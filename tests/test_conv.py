@@ -19,6 +19,7 @@ def _reference(x, k, s, p):
 
 
 @pytest.mark.parametrize("shape,impl", [(s, "auto") for s in SHAPES] + [(SHAPES[4], "patches")])
+@pytest.mark.slow
 def test_conv2d_matches_lax_forward_and_gradients(shape, impl):
   n, h, w, ci, co, k, s, p = shape
   r = np.random.RandomState(0)
@@ -70,6 +71,7 @@ def test_max_pool_matches_flax_with_ties():
   np.testing.assert_array_equal(jax.grad(ours)(x), jax.grad(ref)(x))
 
 
+@pytest.mark.slow
 def test_bench_conv_prints_a_row_per_shape(capsys):
   from spurjax.bench import conv as bench_conv
   assert bench_conv.main(["--shape", "2,4,2,3,3,1", "--shape", "2,4,2,3,3,2", "--iters", "1", "--no-torch"]) == 0

@@ -11,6 +11,8 @@ from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as 
 
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.slow  # end-to-end runs: minutes on a CPU
+
 CLIP = dict(vocab_size=600, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
 UNET = dict(block_out_channels=(8,), layers_per_block=1, norm_num_groups=4, cross_attention_dim=16,
             attention_head_dim=(2,), down_block_types=("CrossAttnDownBlock2D",),

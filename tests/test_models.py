@@ -223,6 +223,7 @@ def loaded(tv):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.slow
 def test_loaders_read_torchvision_files_exactly(tv, loaded, name):
   ref = tv[name]["sd"]
   for ext in ("pth", "safetensors"):
@@ -241,6 +242,7 @@ def eval_fns():
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("ext", ["pth", "safetensors"])
+@pytest.mark.slow
 def test_eval_logits_match_torchvision(tv, loaded, eval_fns, name, ext):
   t = tv[name]
   assert 0.3 < np.abs(t["ref"]).max() < 10  # logits are O(1)

@@ -16,6 +16,8 @@ import pytest
 
 pytest.importorskip("transformers")  # the tiny diffusion pipeline's tokenizer
 
+pytestmark = pytest.mark.slow  # end-to-end runs: minutes on a CPU
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "mp_worker.py")
 DEADLINE_S = 240

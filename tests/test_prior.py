@@ -31,6 +31,7 @@ def trained(data, tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_trained_prior_loads_and_samples(trained):
   p = loading.load_pipeline(trained)
   assert p.vae is None and p.unet.config["sample_size"] == 16 and p.unet.config["in_channels"] == 7 and p.is_inpaint
@@ -44,6 +45,7 @@ def test_trained_prior_loads_and_samples(trained):
   assert np.abs(x[0] - x[1]).max() > 0
 
 
+@pytest.mark.slow
 def test_invert_cli_on_trained_prior(trained, data, tmp_path):
   work = tmp_path / "ti"
   rc = cli.main(["invert", "--config", os.path.join(CONFIGS, "invert_synth.py:tiny"), "--workdir", str(work),
@@ -141,6 +143,7 @@ def test_shipped_prior():
 # ----------------------------------------------------------------------------- inpainting prior
 
 
+@pytest.mark.slow
 def test_trained_prior_is_inpainting_and_used_object_masks(trained, data):
   info = json.loads((trained / "training.json").read_text())
   assert info["object_masks"] is True and info["steps_this_run"] == 3 and info["images_per_s_this_run"] > 0
@@ -256,6 +259,7 @@ def test_inpainting_loss_feeds_mask_and_masked_image():
   assert float(snr) < float(loss)
 
 
+@pytest.mark.slow
 def test_bench_prior_runs_on_a_tiny_prior(trained, data, tmp_path, capsys):
   from spurjax.bench import prior as bench_prior
   rc = bench_prior.main(["--prior", str(trained), "--data", str(data), "--n-per-combo", "1", "--n-inpaint", "2",

@@ -215,6 +215,7 @@ def test_inpaint_latent_codec_keeps_known_cells(data, mode):
   assert np.abs(np.where(known, 0, out - roundtrip)).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_device_and_batch_independent(data, mesh4):
   mesh1 = sharding.make_mesh(jax.devices()[:1])
   kw = dict(sampler="ddim", eta=0.3)  # eta > 0: per-example step noise is sharded too

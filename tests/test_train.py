@@ -88,6 +88,7 @@ class Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_metrics(tmp_path):
   cfg = toy_config(num_epochs=3)
   table = toy_table()
@@ -108,6 +109,7 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path):
   assert os.path.isdir(tmp_path / "b" / "tb")
 
 
+@pytest.mark.slow
 def test_train_set_weights_and_repeats(tmp_path):
   """Repeated rows add steps; a zero weight removes an example from the loss (so all-zero weights and no
   weight decay leave the parameters exactly at their initial values)."""
@@ -150,6 +152,7 @@ def test_ema_step_moves_the_average_by_its_rule(setup):
   assert "ema_params" in state.pytree()
 
 
+@pytest.mark.slow
 def test_ema_run_resumes_and_keeps_the_average(tmp_path):
   cfg = toy_config(num_epochs=2, select="last")
   cfg.train.ema_decay = 0.5

@@ -66,6 +66,7 @@ def _rel_err(out, ref):
   return float(np.abs(out - ref).max() / np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_parity_with_diffusers(reference, flax_run):
   _, out, _ = flax_run
   chex.assert_shape(out, reference["x"].shape[:3] + (4,))
@@ -74,6 +75,7 @@ def test_parity_with_diffusers(reference, flax_run):
   assert rel < 1e-4, rel
 
 
+@pytest.mark.slow
 def test_capture_cross_attention(reference, flax_run):
   _, _, inter = flax_run
   if not reference["capture"]:
@@ -89,6 +91,7 @@ def test_capture_cross_attention(reference, flax_run):
     np.testing.assert_allclose(v.sum(-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_activations_track_fp32(reference, flax_run):
   if reference["capture"]:
     pytest.skip("bf16 is checked on the other config only (saves a compile)")
@@ -100,6 +103,7 @@ def test_bf16_activations_track_fp32(reference, flax_run):
   assert rel < 5e-2, rel
 
 
+@pytest.mark.slow
 def test_round_trip_is_exact(reference, flax_run):
   sd = reference["sd"]
   back = unet_lib.unet_to_diffusers(flax_run[0], reference["config"])
@@ -109,6 +113,7 @@ def test_round_trip_is_exact(reference, flax_run):
     np.testing.assert_array_equal(back[k], v, err_msg=k)
 
 
+@pytest.mark.slow
 def test_missing_and_misshaped_tensor_named(reference):
   sd = dict(reference["sd"])
   key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
@@ -122,6 +127,7 @@ def test_missing_and_misshaped_tensor_named(reference):
     unet_lib.unet_from_diffusers(sd, reference["config"], what="unet/model.safetensors")
 
 
+@pytest.mark.slow
 def test_init_params_match_diffusers_layout(reference, flax_run):
   params = unet_lib.init_unet_params(reference["config"], jax.random.key(0))
   chex.assert_trees_all_equal_shapes_and_dtypes(params, flax_run[0])

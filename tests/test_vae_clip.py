@@ -63,6 +63,7 @@ def _decode_fn(config, dtype=jnp.float32):
   return jax.jit(lambda p, v: module.apply({"params": p}, v, method="decode"))
 
 
+@pytest.mark.slow
 def test_vae_encode_decode_match_diffusers(torch_vae):
   state, config, ref = torch_vae
   params = vae_lib.vae_from_diffusers(state, config)
@@ -156,6 +157,7 @@ def torch_clip(request):
   return torch, model, state, cfg.to_dict()
 
 
+@pytest.mark.slow
 def test_clip_hidden_states_match_transformers(torch_clip):
   torch, model, state, config = torch_clip
   params = clip_text.clip_from_transformers(state, config)
