@@ -9,7 +9,7 @@ from spurjax import cli
 from spurjax.config_util import load_config
 from spurjax.data import broad, load_table
 from spurjax.errors import SpurjaxError
-from spurjax.train import loop, pretrain
+from spurjax.train import backbone, loop
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def weights(tmp_path_factory):
 
 
 def test_weights_file_holds_the_model_and_its_provenance(weights):
-  flat, meta = pretrain.load_weights(str(weights))
+  flat, meta = backbone.load_weights(str(weights))
   assert meta["model"] == "cnn3" and meta["num_classes"] == len(broad.OBJECT_NAMES)
   assert meta["classes"] == list(broad.OBJECT_NAMES) and meta["num_epochs"] == 1
   assert flat["params/fc/kernel"].shape == (128, len(broad.OBJECT_NAMES))
@@ -45,7 +45,7 @@ def _task(data_dir, init_from):
 
 
 def test_init_from_loads_the_backbone_and_reinitialises_the_head(data_dir, weights):
-  flat, _ = pretrain.load_weights(str(weights))
+  flat, _ = backbone.load_weights(str(weights))
   cfg, table = _task(data_dir, str(weights))
   _, v = loop.init_variables(cfg, table, jax.random.PRNGKey(0))
   np.testing.assert_array_equal(v["params"]["conv_1"]["kernel"], flat["params/conv_1/kernel"])
@@ -64,7 +64,7 @@ def test_fit_starts_from_the_pretrained_backbone(tmp_path, data_dir, weights):
   cfg.optim.weight_decay = 0.0
   loop.fit(cfg, table, str(tmp_path / "w"))
   got = loop.load_best_variables(cfg, table, str(tmp_path / "w"))
-  flat, _ = pretrain.load_weights(str(weights))
+  flat, _ = backbone.load_weights(str(weights))
   np.testing.assert_allclose(np.asarray(got["params"]["conv_0"]["kernel"]), flat["params/conv_0/kernel"])
 
 
@@ -89,9 +89,9 @@ def test_bad_init_from(tmp_path, data_dir, weights):
 
 def test_builtin_weights_are_shipped_for_the_benchmark_classifier(data_dir):
   cfg, table = _task(data_dir, "builtin")
-  assert cfg.model.name in pretrain.available()
-  path = pretrain.builtin_path(cfg.model.name)
+  assert cfg.model.name in backbone.available()
+  path = backbone.builtin_path(cfg.model.name)
   assert os.path.getsize(path) < 1_000_000
-  _, meta = pretrain.load_weights(path)
+  _, meta = backbone.load_weights(path)
   assert meta["model"] == cfg.model.name and not set(meta["classes"]) & {"bird", "flower"}
   loop.init_variables(cfg, table, jax.random.PRNGKey(0))

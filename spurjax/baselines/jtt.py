@@ -16,6 +16,7 @@ import numpy as np
 from spurjax import sharding as shd
 from spurjax.data.table import TRAIN, Table
 from spurjax.errors import SpurjaxError
+from spurjax.fileio import write_json_atomic
 from spurjax.train import loop
 
 
@@ -61,9 +62,9 @@ def identify(cfg, table: Table, workdir: str, sources=None, mesh=None) -> np.nda
   logits = loop.predict(c1, model, variables, sources["eval"], table, idx, mesh)
   errors = error_set(logits, table.y[idx], idx)
   if jax.process_index() == 0:
-    loop.write_json_atomic(path, {"indices": [int(i) for i in errors], "num_train": int(len(idx)),
-                                  "group_counts": np.bincount(table.group[errors],
-                                                              minlength=table.num_groups).tolist()})
+    write_json_atomic(path, {"indices": [int(i) for i in errors], "num_train": int(len(idx)),
+                             "group_counts": np.bincount(table.group[errors],
+                                                         minlength=table.num_groups).tolist()})
   return errors
 
 

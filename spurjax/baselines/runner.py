@@ -14,6 +14,7 @@ from spurjax.baselines.hparams import method_config
 from spurjax.data import load_table
 from spurjax.data.table import TRAIN
 from spurjax.errors import SpurjaxError
+from spurjax.fileio import write_json_atomic
 from spurjax.metrics import format_split
 from spurjax.train import erm, loop
 
@@ -73,7 +74,7 @@ def erm_config(cfg):
 def _finish(cfg, method: str, workdir: str, rep: dict, table) -> dict:
   train, val = group_labels_used(method, cfg)
   rep = {**rep, "method": method, "group_labels": {"train": train, "val": val}, "seed": int(cfg.seed)}
-  loop.write_json_atomic(os.path.join(workdir, "report.json"), rep)
+  write_json_atomic(os.path.join(workdir, "report.json"), rep)
   R.write(workdir, f"{TITLES.get(method, method)} on {table.name}", rep, table.class_names, table.place_names)
   return rep
 

@@ -17,7 +17,7 @@ from spurjax import models
 from spurjax import report as R
 from spurjax.metrics import format_split
 from spurjax.stages import Runner, Stage
-from spurjax.train import loop
+from spurjax.train import backbone, loop
 
 # data.* keys that change where or how fast images are read, not what the network sees.
 _DATA_IO_KEYS = ("root", "cache_dir", "cache", "verify", "num_threads")
@@ -66,8 +66,7 @@ def identity(ctx) -> dict:
   m = ctx.cfg.model
   out = {"table": ctx.table_digest}
   if m.init_from:
-    from spurjax.train import pretrain
-    out["init_from"] = file_digest(pretrain.resolve(m.init_from, m.name))
+    out["init_from"] = file_digest(backbone.resolve(m.init_from, m.name))
   if m.pretrained:
     out["pretrained"] = file_digest(m.pretrained)
   return out

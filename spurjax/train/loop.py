@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -17,7 +16,6 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from spurjax import distributed
 from spurjax import metrics as M
@@ -26,8 +24,9 @@ from spurjax import sharding as shd
 from spurjax.data.pipeline import ImageSource, eval_batches, make_sources, preprocess_from_config, train_batches  # noqa: F401
 from spurjax.data.table import Table, TRAIN
 from spurjax.errors import SpurjaxError
-from spurjax.train import losses
-from spurjax.train.checkpoint import Checkpoints
+from spurjax.fileio import write_json_atomic
+from spurjax.train import backbone, losses, progress
+from spurjax.train.checkpoint import Checkpoints, restore_variables
 from spurjax.train.optim import make_optimizer
 from spurjax.train.state import TrainState
 from spurjax.train.step import make_predict_fn, make_train_step, to_host
@@ -97,8 +96,7 @@ def init_variables(cfg, table: Table, rng):
                                                           init_variables=variables, what=path)
   init_from = cfg.model.get("init_from", "")
   if init_from:
-    from spurjax.train import pretrain
-    variables = pretrain.apply_weights(pretrain.resolve(init_from, cfg.model.name), cfg.model.name, variables)
+    variables = backbone.apply_weights(backbone.resolve(init_from, cfg.model.name), cfg.model.name, variables)
   return model, variables
 
 
@@ -124,7 +122,7 @@ def predict(cfg, model, variables, source: ImageSource, table: Table, indices: n
   it = eval_batches(source, indices, labels=table.y[indices], groups=table.group[indices], batch_size=bs,
                     num_threads=int(cfg.data.get("num_threads", 2)))
   n_batches = -(-len(indices) // bs)
-  for batch in tqdm(it, total=n_batches, desc=desc, leave=False, disable=desc is None or jax.process_index() != 0):
+  for batch in progress.bar(it, total=n_batches, desc=desc, leave=False, disable=desc is None):
     out = fn(variables, shd.shard_batch({"image": batch["image"]}, mesh)["image"])
     outs.append(jax.tree.map(to_host, out))
   out = jax.tree.map(lambda *a: np.concatenate(a)[:len(indices)], *outs)
@@ -206,13 +204,12 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
   if alphas:  # the starting weights, kept on the devices for the interpolations
     anchor = shd.replicate(jax.tree.map(np.asarray, {"params": init_vars["params"],
                                                      "batch_stats": init_vars.get("batch_stats", {})}), mesh)
-  is_main = jax.process_index() == 0
   for epoch in range(start_epoch + 1, epochs + 1):
     t0 = time.time()
     it = train_batches(sources["train"], train_set.indices, labels=train_set.labels, groups=train_set.groups,
                        weights=train_set.weights, batch_size=bs, seed=int(cfg.seed), epoch=epoch,
                        num_threads=int(cfg.data.get("num_threads", 2)))
-    bar = tqdm(it, total=steps, desc=f"{name} epoch {epoch}/{epochs}", leave=False, disable=not is_main)
+    bar = progress.bar(it, total=steps, desc=f"{name} epoch {epoch}/{epochs}", leave=False)
     sums = {}
     for batch in bar:
       batch = {k: v for k, v in batch.items() if k != "index"}
@@ -233,10 +230,10 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
     if alpha is not None:
       rec["alpha"] = alpha
     writer.write(int(state.step), rec)
-    if is_main:
-      tqdm.write(f"[{name}] epoch {epoch}/{epochs} loss {train_m.get('loss', float('nan')):.4f} | "
+    # The console shows validation only: test metrics are for the final report, never for watching epochs.
+    progress.say(f"[{name}] epoch {epoch}/{epochs} loss {train_m.get('loss', float('nan')):.4f} | "
                  + ("" if alpha is None else f"alpha {alpha:g} | ")
-                 + " | ".join(M.format_split(s, sm) for s, sm in ev.items()))
+                 + " | ".join(M.format_split(s, sm) for s, sm in ev.items() if s == "val"))
     entry = {"epoch": epoch, **ev}
     history.append({"epoch": epoch, "train": train_m, **({} if alpha is None else {"alpha": alpha}),
                     **{s: {k: v for k, v in sm.items() if k != "groups"} for s, sm in ev.items()}})
@@ -254,7 +251,7 @@ def fit(cfg, table: Table, workdir: str, *, train_set: Optional[TrainSet] = None
             "selected_epoch": best["epoch"],
             **({"selected_alpha": best["alpha"]} if "alpha" in best else {}), **best["metrics"], "history": history,
             "train_group_counts": [int(c) for c in table.group_counts(TRAIN)]}
-  if is_main:
+  if jax.process_index() == 0:
     write_json_atomic(os.path.join(workdir, "report.json"), report)
   distributed.barrier("fit_done")  # report.json is written before any process goes on
   return report
@@ -306,17 +303,9 @@ def best_interpolation(cfg, model, start, current, alphas, table: Table, sources
 
 def load_best_variables(cfg, table: Table, workdir: str):
   """The selected variables of a finished `fit` in `workdir`."""
-  from spurjax.train.checkpoint import restore_variables
   _, like = init_variables(cfg, table, jax.random.PRNGKey(0))
   got = restore_variables(os.path.join(workdir, "ckpt"), {"params": like["params"],
                                                           "batch_stats": like.get("batch_stats", {})})
   if got is None:
     raise SpurjaxError(f"{workdir}: no checkpoint to load")
   return got
-
-
-def write_json_atomic(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
