@@ -1,8 +1,8 @@
 """The one diffusion training loop: prior training and textual inversion both run through it.
 
-Pieces:
+Pieces (the model and its loss are in `spurjax.diffusion.objective`; `Model`, `pipeline_params`
+and `diffusion_loss` are importable from here too):
 
-- `Model`: the (hashable) modules and noise schedule of a text-to-image pipeline.
 - `partition` / `merge`: split a `{"unet", "text", "vae"}` param tree into the trainable
   leaves and the frozen rest. Only trainable leaves are differentiated and seen by the
   optimiser, so frozen weights are bit-identical after training by construction.
@@ -10,10 +10,19 @@ Pieces:
   (`optax.MultiSteps`) and optional row masks (e.g. only the new token rows of the text
   embedding table move: gradient and update rows outside the mask are zeroed, and the
   parameter rows outside it are copied, not re-added).
-- `make_train_step`: the jitted DDPM noise-prediction step (epsilon / v / x0 target per the
-  scheduler config), batch sharded over a mesh, state replicated and donated, rng
-  `fold_in(rng, micro_step)`.
-- `train`: the loop with Orbax checkpoints, automatic resume and a tqdm bar.
+- `make_train_step`: the jitted step on `diffusion_loss`, batch sharded over a mesh, state
+  replicated and donated, rng `fold_in(rng, micro_step)`.
+- `train`: the loop, with the classifier trainer's machinery: Orbax checkpoints and automatic
+  resume (`spurjax.train.checkpoint.Checkpoint`) and the progress bar (`spurjax.train.progress`).
+
+Why this loop is not `spurjax.train.loop.fit`: `fit` (106 lines) runs epochs of a classifier
+and, after each, evaluates validation and test, selects the best epoch, keeps it in a second
+checkpoint, mixes weights (`train.interpolate`), calls hooks and writes a report. `train`
+(51 lines, half of them docstring) runs a fixed number of micro-steps over a deterministic
+`batch_fn`, with no evaluation or selection, checkpoints every `ckpt_every` steps and logs mean
+losses. One function doing both would carry each one's branches behind flags and be longer
+than the two; they share everything below the loop instead (checkpoint saving and restoring in
+`spurjax.train.checkpoint`, progress output in `spurjax.train.progress`).
 
 Batches are dicts of numpy arrays: `pixels` uint8 NHWC at the model's resolution,
 `ids` int32 (B, L) token ids and, for an inpainting UNet, optionally `masks` float32
@@ -21,7 +30,6 @@ Batches are dicts of numpy arrays: `pixels` uint8 NHWC at the model's resolution
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -32,47 +40,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct, traverse_util
-from tqdm import tqdm
 
 from spurjax import sharding as shd
-from spurjax.diffusion import schedulers
-from spurjax.diffusion.vae import sample_latent
+from spurjax.diffusion.objective import Model, diffusion_loss, pipeline_params  # noqa: F401 (re-exported)
 from spurjax.errors import SpurjaxError
+from spurjax.train import progress
+from spurjax.train.checkpoint import Checkpoint
 
 Path = tuple[str, ...]
 TOKEN_EMBEDDING: Path = ("text", "embeddings", "token_embedding", "embedding")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Model:
-  """Modules (flax) and noise schedule; params live separately in {"unet", "text"[, "vae"]}."""
-  unet: Any
-  text_encoder: Any
-  vae: Any
-  latent_scale: float
-  sched: schedulers.Schedule
-
-  @property
-  def inpaint(self) -> bool:
-    """True for an inpainting UNet: its input is [x_t, mask, masked x0] (2C + 1 channels)."""
-    cfg = dict(getattr(self.unet, "config", {}) or {})
-    return int(cfg.get("in_channels", 4)) == 2 * int(cfg.get("out_channels", 4)) + 1
-
-  @classmethod
-  def from_pipeline(cls, pipeline) -> "Model":
-    if pipeline.unet is None or pipeline.text_encoder is None or pipeline.scheduler_config is None:
-      raise SpurjaxError(f"{pipeline.path or 'pipeline'}: training needs the unet, text_encoder and scheduler")
-    vae = pipeline.vae if pipeline.vae_params is not None else None
-    return cls(pipeline.unet, pipeline.text_encoder, vae, float(pipeline.latent_scale),
-               schedulers.make_schedule(pipeline.scheduler_config))
-
-
-def pipeline_params(pipeline) -> dict:
-  """The param tree the step trains: {"unet", "text"} plus "vae" for latent models."""
-  params = {"unet": pipeline.unet_params, "text": pipeline.text_params}
-  if pipeline.vae_params is not None:
-    params["vae"] = pipeline.vae_params
-  return params
 
 
 # ----------------------------------------------------------------------------- trainable subsets
@@ -192,97 +168,6 @@ def ema_params(state: State, paths) -> dict:
   return jax.tree.map(np.asarray, merge({p: state.ema[_key(p)] for p in paths}, frozen))
 
 
-def to_model_input(pixels: jax.Array) -> jax.Array:
-  """uint8 NHWC -> float32 in [-1, 1]."""
-  return pixels.astype(jnp.float32) / 127.5 - 1.0
-
-
-def encode_images(model: Model, params, images: jax.Array, rng: jax.Array) -> jax.Array:
-  """x0 the UNet denoises: scaled VAE posterior samples, or the images themselves (pixel space)."""
-  if model.vae is None:
-    return images
-  mean, logvar = model.vae.apply({"params": params["vae"]}, images, method="encode")
-  return sample_latent(rng, mean, logvar) * model.latent_scale
-
-
-def _mask_to_grid(masks: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """(B, H, W) masks -> (B, h, w, 1) on the latent grid (top-left pixel of each cell, as sampling does)."""
-  f = masks.shape[1] // size[0]
-  return masks[:, ::f, ::f][..., None] if f > 1 else masks[..., None]
-
-
-def min_snr_weight(sched: schedulers.Schedule, t: jax.Array, gamma: float) -> jax.Array:
-  """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's prediction target, per example."""
-  abar = jnp.asarray(sched.alphas_cumprod, jnp.float32)[t]
-  snr = abar / (1.0 - abar)
-  clipped = jnp.minimum(snr, gamma)
-  if sched.prediction_type == "epsilon":
-    return clipped / snr
-  if sched.prediction_type == "v_prediction":
-    return clipped / (snr + 1.0)
-  return clipped
-
-
-def diffusion_loss(model: Model, params, pixels: jax.Array, ids: jax.Array, rng: jax.Array,
-                   cond_drop: float = 0.0, uncond_ids: jax.Array | None = None, masks: jax.Array | None = None,
-                   mask_weight: float = 1.0, min_snr_gamma: float = 0.0, objects: jax.Array | None = None,
-                   object_weight: float = 1.0, object_t_max: float = 1.0) -> jax.Array:
-  """Mean squared error of the UNet's prediction against the scheduler's training target.
-
-  An inpainting UNet (`model.inpaint`) gets [x_t, mask, masked x0] as in SD-2-inpainting, the
-  masked x0 being the encoding of image * (1 - mask); `masks` (B, H, W) float, 1 = repaint, at
-  the pixel resolution; None means the full image is masked (plain text-to-image training, also
-  what textual inversion uses). `mask_weight` multiplies the loss inside the mask (the loss is
-  normalised by the mean weight); `min_snr_gamma` > 0 applies min-SNR-gamma weighting.
-  `objects` (B, H, W), 1 = object pixel, with `object_weight` multiplies the loss on the objects
-  (whatever the mask), so that objects a few percent of the image are not drowned by background;
-  only at timesteps below `object_t_max` x the number of training timesteps (1: all), where the
-  noisy sample already shows where the object is (at higher noise a weighted MSE's optimum, the
-  weight-tilted mean, paints object colours wherever the object might be).
-  """
-  k_vae, k_t, k_noise, k_drop, k_vae2 = jax.random.split(rng, 5)
-  images = to_model_input(pixels)
-  x0 = jax.lax.stop_gradient(encode_images(model, params, images, k_vae))
-  b = x0.shape[0]
-  if cond_drop > 0 and uncond_ids is not None:
-    drop = jax.random.bernoulli(k_drop, cond_drop, (b, 1))
-    ids = jnp.where(drop, uncond_ids[None, :], ids)
-  context = model.text_encoder.apply({"params": params["text"]}, ids)
-  t = schedulers.random_timesteps(model.sched, k_t, b)
-  noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
-  x_t = schedulers.add_noise(model.sched, x0, noise, t)
-  grid = None
-  if model.inpaint:
-    pix_mask = jnp.ones(images.shape[:3], jnp.float32) if masks is None else masks.astype(jnp.float32)
-    grid = _mask_to_grid(pix_mask, x0.shape[1:3])
-    if model.vae is None:
-      masked = images * (1.0 - pix_mask[..., None])
-    else:
-      masked = encode_images(model, params, images * (1.0 - pix_mask[..., None]), k_vae2)
-    x_in = jnp.concatenate([x_t, grid, jax.lax.stop_gradient(masked)], axis=-1)
-  else:
-    x_in = x_t
-  out = model.unet.apply({"params": params["unet"]}, x_in, t, context)
-  target = schedulers.training_target(model.sched, x0, noise, t)
-  err = jnp.square(out.astype(jnp.float32) - target)
-  w = None
-  if grid is not None and mask_weight != 1.0:
-    w = 1.0 + (mask_weight - 1.0) * grid
-  if objects is not None and object_weight != 1.0:
-    obj = _mask_to_grid(objects.astype(jnp.float32), x0.shape[1:3])
-    if object_t_max < 1.0:
-      low = t < int(round(object_t_max * model.sched.num_train_timesteps))
-      obj = obj * low[:, None, None, None].astype(jnp.float32)
-    w = (1.0 if w is None else w) + (object_weight - 1.0) * obj
-  if w is not None:
-    per_example = jnp.mean(err * w, axis=(1, 2, 3)) / jnp.mean(w, axis=(1, 2, 3))
-  else:
-    per_example = jnp.mean(err, axis=(1, 2, 3))
-  if min_snr_gamma > 0:
-    per_example = per_example * min_snr_weight(model.sched, t, float(min_snr_gamma))
-  return jnp.mean(per_example)
-
-
 def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh, *, cond_drop: float = 0.0,
                     uncond_ids: np.ndarray | None = None, ema_decay: float = 0.0, grad_accum: int = 1,
                     row_masks: Mapping[str, np.ndarray] | None = None, mask_weight: float = 1.0,
@@ -326,7 +211,7 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, paths, mesh,
       n = (state.step + 1) // grad_accum
       decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
       decay = jnp.where((state.step + 1) % grad_accum == 0, decay, 1.0)
-      ema = {k: decay * ema[k] + (1.0 - decay) * new[k] for k in new}
+      ema = optax.incremental_update(ema, new, decay)  # decay * ema + (1 - decay) * new
     params = merge({p: new[_key(p)] for p in paths}, frozen)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), {"loss": loss}
 
@@ -343,12 +228,6 @@ def _process_slice(batch: dict) -> dict:
   if n == 1:
     return batch
   return {k: v[i * (len(v) // n):(i + 1) * (len(v) // n)] for k, v in batch.items()}
-
-
-def _manager(directory: str):
-  import orbax.checkpoint as ocp
-  opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=opts, item_names=("state", "meta"))
 
 
 def train(step_fn: Callable, state: State, batch_fn: Callable[[int], dict], *, steps: int, mesh,
@@ -368,21 +247,19 @@ def train(step_fn: Callable, state: State, batch_fn: Callable[[int], dict], *, s
   Returns:
     (final state, log records [{"step", "loss", "time_s"}]).
   """
-  import orbax.checkpoint as ocp
-  mngr = _manager(os.path.join(workdir, "ckpt")) if workdir else None
+  ckpt = Checkpoint(os.path.join(workdir, "ckpt")) if workdir else None
   start, history = 0, []
-  if mngr is not None and mngr.latest_step() is not None:
-    start = int(mngr.latest_step())
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.pytree())
-    got = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                     meta=ocp.args.JsonRestore()))
-    state = state.replace(**got["state"])
-    history = list(got["meta"].get("history", []))
+  restored = None if ckpt is None else ckpt.restore(state.pytree())
+  if restored is not None:
+    start, tree, meta = restored
+    start = int(start)
+    state = state.replace(**tree)
+    history = list(meta.get("history", []))
   state = shd.replicate(state, mesh)
   rng = shd.replicate(rng, mesh)
   is_main = jax.process_index() == 0
-  bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not is_main or start >= steps,
-             mininterval=2.0)
+  bar = progress.bar(range(start, steps), initial=start, total=steps, desc=desc, disable=start >= steps,
+                     mininterval=2.0)
   losses, t0 = [], time.time()
   for i in bar:
     batch = shd.shard_batch(_process_slice(batch_fn(i)), mesh)
@@ -398,13 +275,11 @@ def train(step_fn: Callable, state: State, batch_fn: Callable[[int], dict], *, s
       if log_file and is_main:
         with open(log_file, "a") as f:
           f.write(json.dumps(rec) + "\n")
-    if mngr is not None and (done % ckpt_every == 0 or done == steps):
-      mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(state.pytree())),
-                                              meta=ocp.args.JsonSave({"history": history})))
-      mngr.wait_until_finished()
+    if ckpt is not None and (done % ckpt_every == 0 or done == steps):
+      ckpt.save(done, jax.device_get(state.pytree()), {"history": history})
   bar.close()
-  if mngr is not None:
-    mngr.close()
+  if ckpt is not None:
+    ckpt.close()
   return state, history
 
 
