@@ -139,7 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.segment.diffedit_draws = 10       # diffedit: noise draws averaged
   c.ddb.segment.diffedit_threshold = 1.5  # diffedit: keep pixels above this x the map's mean
   c.ddb.segment.diffedit_refine = False   # diffedit: colour refinement between sure background / object
-  c.ddb.segment.diffedit_refine_band = (1.0, 4.0)  # (low, high) x the map's mean (spurjax.ddb.diffedit)
+  c.ddb.segment.diffedit_refine_band = (1.0, 4.0)  # (low, high) x the map's mean (spurjax.ddb.segment.diffedit)
   c.ddb.segment.box = "none"           # predicted masks: none | box (their bounding box) | square (the square around it)
   c.ddb.segment.box_grow = 0           # pixels added on every side of that box
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spurjax.ddb import diffedit
+from spurjax.ddb.segment import diffedit
 from spurjax.diffusion import schedulers
 from spurjax.errors import SpurjaxError
 

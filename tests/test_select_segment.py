@@ -12,10 +12,11 @@ import pytest
 
 from helpers import erm_artefact, run_stage, toy_config, toy_table
 from spurjax import sharding
+from spurjax.data.boxes import box_masks
 from spurjax.data.table import Table
 from spurjax.ddb import inpaint, segment, select
 from spurjax.context import Context
-from spurjax.diffusion import clip_text, loading, sampling, tokenizer as tok_lib, unet as unet_lib
+from spurjax.diffusion import clip_text, loading, pipeline_sampling, tokenizer as tok_lib, unet as unet_lib
 from spurjax.diffusion import vae as vae_lib
 from spurjax.errors import SpurjaxError
 from spurjax.models import get_model
@@ -219,7 +220,7 @@ def test_attention_program_unet_inputs(tmp_path, kind):
     pipe = tiny_pipeline(tmp_path, in_channels=7)
     size, want = 8, (2, 8, 8, 7)
   assert inpaint.diffusion_size(pipe) == (size, size)
-  prog = segment._attention_program(pipe, (300,))
+  prog = segment.attention._attention_program(pipe, (300,))
   seen = {}
   unet_call = prog.unet.apply
 
@@ -228,7 +229,7 @@ def test_attention_program_unet_inputs(tmp_path, kind):
     return unet_call(variables, x, *args, **kw)
 
   prog = dataclasses.replace(prog, unet=types.SimpleNamespace(apply=spy))
-  params = sampling.pipeline_fns(pipe).params
+  params = pipeline_sampling.pipeline_fns(pipe).params
   out = jax.eval_shape(lambda *a: prog.__call__(*a), params, jax.random.key(0), jnp.zeros((2, size, size, 3)),
                        jnp.zeros((2, 77, 16)), jnp.zeros((2, 77)), jnp.arange(2, dtype=jnp.int32))
   assert out.shape == (2, size, size) and seen["x"].shape == want
@@ -319,13 +320,14 @@ def test_segment_stage_keeps_raw_masks_beside_boxed(tmp_path, mesh, pipe, classi
   ctx = _ctx(tmp_path, mesh, _masked_table(), "gradcam", pipeline=pipe)
   ctx.cfg.ddb.segment.compare = ()
   ctx.cfg.ddb.segment.box = "square"
-  calls, box_masks = [], segment.box_masks
-  monkeypatch.setattr(segment, "box_masks", lambda *a, **k: calls.append(1) or box_masks(*a, **k))
+  from spurjax.ddb.segment import stage as segment_stage
+  calls = []
+  monkeypatch.setattr(segment_stage, "box_masks", lambda *a, **k: calls.append(1) or box_masks(*a, **k))
   got, _ = run_stage(ctx, segment.STAGE, erm=erm_artefact(*classifier), select=SELECTED)
   assert len(got.masks) > 1 and len(calls) == 1   # boxed once for the stage, not once per scored image
   monkeypatch.undo()
   for i, m in got.masks.items():   # each used mask is the square around its raw mask
-    np.testing.assert_array_equal(m, segment.box_masks(got.raw[i][None], "square")[0])
+    np.testing.assert_array_equal(m, box_masks(got.raw[i][None], "square")[0])
   iou = json.load(open(tmp_path / "segment" / "iou.json"))
   truth = _masked_table().read_mask
   raw = np.mean([segment.mask_iou(got.raw[i], truth(i)) for i in got.raw])
@@ -337,17 +339,17 @@ def test_segment_stage_keeps_raw_masks_beside_boxed(tmp_path, mesh, pipe, classi
 def test_box_masks_grow_and_square():
   m = np.zeros((1, 12, 12), bool)
   m[0, 4:6, 3:9] = True                                    # 2 x 6
-  box = segment.box_masks(m, "box", grow=1)[0]
+  box = box_masks(m, "box", grow=1)[0]
   assert box[3:7, 2:10].all() and box.sum() == 4 * 8
-  sq = segment.box_masks(m, "square", grow=1)[0]
+  sq = box_masks(m, "square", grow=1)[0]
   ys, xs = np.nonzero(sq)
   assert ys.max() - ys.min() + 1 == 8 and xs.max() - xs.min() + 1 == 8 and sq.sum() == 64 and sq[3:7, 2:10].all()
   edge = np.zeros((1, 12, 12), bool)
   edge[0, 0:2, 0:10] = True                                # a square of side 10 is moved inside the image
-  assert segment.box_masks(edge, "square")[0].sum() == 100
-  assert not segment.box_masks(np.zeros((1, 4, 4), bool), "square").any()
-  with pytest.raises(SpurjaxError, match="mask_box"):
-    segment.box_masks(m, "circle")
+  assert box_masks(edge, "square")[0].sum() == 100
+  assert not box_masks(np.zeros((1, 4, 4), bool), "square").any()
+  with pytest.raises(SpurjaxError, match="ddb.segment.box"):
+    box_masks(m, "circle")
 
 
 def test_segment_stage_diffedit_with_colour_refinement(tmp_path, mesh, pipe):
@@ -355,7 +357,7 @@ def test_segment_stage_diffedit_with_colour_refinement(tmp_path, mesh, pipe):
   ctx.cfg.ddb.segment.compare = ()
   ctx.cfg.ddb.segment.diffedit_draws = 2
   ctx.cfg.ddb.segment.diffedit_refine = True
-  assert {"ddb.segment.diffedit_refine", "ddb.segment.diffedit_refine_band"} <= set(segment.STAGE.config_keys(ctx.cfg))
+  assert "ddb.segment" in segment.STAGE.config_keys(ctx.cfg)   # the refinement keys, with the whole group
   got, _ = run_stage(ctx, segment.STAGE, erm=None, select=SELECTED)
   assert sorted(got.masks) == [0, 1, 30, 31, 32]
   assert all(m.dtype == bool and m.shape == (16, 16) for m in got.masks.values())
@@ -365,7 +367,7 @@ def test_segment_stage_diffedit_with_colour_refinement(tmp_path, mesh, pipe):
     bad.cfg.ddb.segment.compare = ()
     bad.cfg.ddb.segment.diffedit_refine = True
     bad.cfg.ddb.segment.diffedit_refine_band = band
-    with pytest.raises(SpurjaxError, match=f"ddb.diffedit_refine_band.*{match}"):
+    with pytest.raises(SpurjaxError, match=f"ddb.segment.diffedit_refine_band.*{match}"):
       run_stage(bad, segment.STAGE, erm=None, select=SELECTED)
     assert not (tmp_path / "bad" / "segment").exists()
 

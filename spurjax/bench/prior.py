@@ -18,108 +18,38 @@
    learned here (`--ti-steps`) unless `--embeds` gives a learned_embeds file.
 4. The prior's training speed, read from its `training.json` (images/s of its training run).
 
-Prints a labelled table and writes sample grids (PNG) and `bench_prior.json` to --workdir.
+Prints a labelled table and writes sample grids (PNG) and `bench_prior.json` to --workdir. The
+corpus, judge and benchmark data: `spurjax.bench.prior_data`.
 """
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import json
 import os
 import tempfile
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
-from PIL import Image
 
 from spurjax.bench.common import print_table
-from spurjax.data.table import TRAIN, Table
-from spurjax.diffusion import invert, loading, prior
+from spurjax.bench.prior_data import (classifier_config, corpus_table, judge_table, majority_split, memory_table,
+                                      object_mask, shrink_mask)
+from spurjax.data.boxes import inference_mask
+from spurjax.data.resize import square_box_bicubic
+from spurjax.diffusion import invert, loading
+from spurjax.diffusion.builtin import resolve_diffusion_path
+from spurjax.diffusion.pipeline_sampling import inpaint_images, sample_images
+from spurjax.diffusion.token_embeds import add_tokens, initial_vectors, load_learned_embeds
 from spurjax.errors import SpurjaxError
 
 TXT2IMG_TEMPLATE = "a photo of a {obj} on {place}"
 INPAINT_TEMPLATE = "a photo of a {token} {noun}"
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def corpus_table(root: str) -> Table:
-  """The captioned corpus (file_name, text, y, place) as a Table: every 20th row val, the next test."""
-  from spurjax.data.images import read_image
-  paths, texts = prior.read_imagefolder(root)
-  meta = os.path.join(root, "metadata.csv")
-  if not os.path.isfile(meta):
-    raise SpurjaxError(f"{meta}: the benchmark needs a metadata.csv with y and place columns")
-  with open(meta, newline="") as f:
-    rows = list(csv.DictReader(f))
-  for c in ("y", "place"):
-    if c not in rows[0]:
-      raise SpurjaxError(f"{meta}: missing column '{c}' (the benchmark needs object and scene labels)")
-  try:
-    y = np.asarray([int(r["y"]) for r in rows], np.int32)
-    place = np.asarray([int(r["place"]) for r in rows], np.int32)
-  except ValueError as e:
-    raise SpurjaxError(f"{meta}: y / place must be integers ({e})") from None
-  pos = np.arange(len(rows)) % 20
-  split = np.where(pos == 0, 1, np.where(pos == 1, 2, 0)).astype(np.int32)
-  return Table(name="corpus", refs=paths, y=y, place=place, split=split, num_classes=int(y.max()) + 1,
-               num_places=int(place.max()) + 1, read_image=read_image, captions=texts)
-
-
-def judge_table(corpus: Table, root: str, seed: int) -> Table:
-  """The strict judge's data: the corpus (half its objects with pixel noise) plus one blob image per
-  corpus image (class K, same split), in memory. Needs the corpus's object masks."""
-  from spurjax.bench import blobs
-  from spurjax.data.images import read_image
-  mask_paths = prior.read_mask_paths(root)
-  if mask_paths is None:
-    raise SpurjaxError(f"{root}: --judge strict needs the corpus's object masks (column {prior.MASK_COLUMN})")
-  images, y, place, split = [], [], [], []
-  for i in range(len(corpus)):
-    img = read_image(corpus.refs[i])
-    m = np.asarray(Image.open(mask_paths[i]).convert("L")) > 0
-    if m.shape != img.shape[:2] or not m.any():
-      raise SpurjaxError(f"{mask_paths[i]}: mask empty or not the size of its image {corpus.refs[i]}")
-    s = int(seed) * 1_000_003 + i
-    images += [blobs.noisy_object(img, m, s) if i % 2 else img, blobs.blob_image(img, m, s)]
-    y += [int(corpus.y[i]), corpus.num_classes]
-    place += [int(corpus.place[i])] * 2
-    split += [int(corpus.split[i])] * 2
-  arr = np.stack(images)
-  return Table(name="corpus+blobs", refs=list(range(len(arr))), y=np.asarray(y, np.int32),
-               place=np.asarray(place, np.int32), split=np.asarray(split, np.int32),
-               num_classes=corpus.num_classes + 1, num_places=corpus.num_places, read_image=lambda i: arr[i])
-
-
-def memory_table(images: np.ndarray, y: np.ndarray, place: np.ndarray, num_classes: int, num_places: int) -> Table:
-  """In-memory uint8 images as a test-split Table."""
-  n = len(images)
-  return Table(name="samples", refs=list(range(n)), y=np.asarray(y, np.int32), place=np.asarray(place, np.int32),
-               split=np.full(n, 2, np.int32), num_classes=num_classes, num_places=num_places,
-               read_image=lambda i: images[i])
-
-
-def classifier_config(epochs: int, image_size: int, batch_size: int = 64):
-  from spurjax.config_base import base_config
-  c = base_config()
-  c.data.image_size = image_size
-  c.data.resize = image_size
-  c.data.crop_scale = (0.8, 1.0)
-  c.data.cache = True
-  c.data.num_threads = 2
-  c.data.mean = (0.5, 0.5, 0.5)
-  c.data.std = (0.25, 0.25, 0.25)
-  c.model.name = "cnn16"
-  c.optim.lr = 0.02
-  c.optim.schedule = "cosine"
-  c.train.batch_size = batch_size
-  c.train.eval_batch_size = 128
-  c.train.num_epochs = epochs
-  c.train.select = "val_avg"
-  return c
+# ----------------------------------------------------------------------------- outputs
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -137,33 +67,45 @@ def save_grid(path: str, images: np.ndarray, cols: int) -> None:
   Image.fromarray(grid).resize((cols * w * 2, rows * h * 2), Image.NEAREST).save(path)
 
 
-def _object_mask(bench, i: int) -> np.ndarray:
-  m = bench.mask(i)
-  if m is None:
-    raise SpurjaxError(f"{bench.name}: image {bench.refs[i]} has no object mask")
-  return m
+# ----------------------------------------------------------------------------- the benchmark, step by step
 
 
-def _shrink_mask(mask: np.ndarray, size: int, dilate: int) -> np.ndarray:
-  from PIL import Image
-  m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BOX)) >= 64
-  for _ in range(dilate):
-    p = np.pad(m, 1)
-    m = p[1:-1, 1:-1] | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
-  return m
+@dataclasses.dataclass
+class _Run:
+  """What the steps of one benchmark run share; each step adds its table rows and record entries."""
+  args: argparse.Namespace
+  workdir: str
+  path: str                 # the prior's directory
+  pipe: loading.Pipeline
+  res: int                  # the prior's resolution
+  blob: int                 # the strict judge's extra class (never predicted by the plain judge)
+  rows: list = dataclasses.field(default_factory=list)
+  record: dict = dataclasses.field(default_factory=dict)
 
-
-# ----------------------------------------------------------------------------- the benchmark
+  @property
+  def strict(self) -> bool:
+    return self.args.judge == "strict"
 
 
 def run(args) -> dict:
+  """The benchmark's steps 1-4 (see the module docstring) for parsed `args`; returns the record it writes."""
   t_start = time.time()
   workdir = args.workdir or tempfile.mkdtemp(prefix="bench_prior_")
   os.makedirs(workdir, exist_ok=True)
-  path = prior.resolve_diffusion_path(args.prior)
+  path = resolve_diffusion_path(args.prior)
   pipe = loading.load_pipeline(path)
-  res = invert.model_resolution(pipe)
+  bench, corpus, judge_data, nouns, places = _load_data(args)
+  r = _Run(args, workdir, path, pipe, invert.model_resolution(pipe), blob=corpus.num_classes)
+  r.record.update(prior=path, resolution=r.res, judge=args.judge)
+  classify = _train_judge(r, corpus, judge_data)                    # 1. the judge
+  t_txt = _txt2img(r, corpus, nouns, places, classify)              # 2. text-to-image
+  t_inp = _inpaint(r, bench, nouns, classify)                       # 3. inpainting with the other class's token
+  _training_speed(r)                                                # 4. the prior's training speed
+  return _report(r, t_start, t_txt, t_inp)
 
+
+def _load_data(args):
+  """(benchmark table, captioned corpus, the judge's data, class nouns, place names)."""
   from spurjax.data import load_table
   from spurjax.data.folder import read_folder
   if args.data:
@@ -182,31 +124,39 @@ def run(args) -> dict:
   places = list(bench.place_names or args.places.split(","))
   if len(nouns) < corpus.num_classes or len(places) < corpus.num_places:
     raise SpurjaxError("bench prior: class / place names unknown (give --nouns and --places)")
+  return bench, corpus, judge_data, nouns, places
 
-  # 1. The judge: a classifier of object class trained on the corpus (strict: and on blobs, a class of its own).
+
+def _train_judge(r: _Run, corpus, judge_data) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+  """A classifier of object class trained on the corpus (strict: and on blobs, a class of its own);
+  returns classify(uint8 images, y, place) -> predicted classes."""
+  from spurjax import models, sharding
+  from spurjax.data.pipeline import ImageSource
   from spurjax.train import loop
-  ccfg = classifier_config(args.clf_epochs, res, args.clf_batch_size)
+  args = r.args
+  ccfg = classifier_config(args.clf_epochs, r.res, args.clf_batch_size)
   ccfg.seed = args.seed
-  judge_dir = os.path.join(workdir, "classifier" if args.judge == "plain" else "judge_strict")
+  judge_dir = os.path.join(r.workdir, "classifier" if args.judge == "plain" else "judge_strict")
   report = loop.fit(ccfg, judge_data, judge_dir, name="classifier")
   variables = loop.load_best_variables(ccfg, judge_data, judge_dir)
-  from spurjax import models, sharding
   model = models.get_model(ccfg.model.name, judge_data.num_classes)
   mesh = sharding.make_mesh()
 
   def classify(images_u8: np.ndarray, y: np.ndarray, place: np.ndarray) -> np.ndarray:
     tab = memory_table(images_u8, y, place, judge_data.num_classes, corpus.num_places)
-    from spurjax.data.pipeline import ImageSource
     src = ImageSource(tab, loop.preprocess_from_config(ccfg))
     return loop.predict(ccfg, model, variables, src, tab, np.arange(len(tab)), mesh).argmax(-1)
 
-  rows, record = [], {"prior": path, "resolution": res, "judge": args.judge, "classifier_test": report.get("test", {})}
+  r.record["classifier_test"] = report.get("test", {})
   acc = report.get("test", {}).get("average_accuracy")
-  held = "held-out corpus" + (" and its blobs" if args.judge == "strict" else "")
-  rows.append([f"judge ({args.judge}) on {held}", "own class", int(np.sum(judge_data.split == 2)), acc])
-  blob = corpus.num_classes  # the strict judge's extra class (never predicted by the plain judge)
+  held = "held-out corpus" + (" and its blobs" if r.strict else "")
+  r.rows.append([f"judge ({args.judge}) on {held}", "own class", int(np.sum(judge_data.split == 2)), acc])
+  return classify
 
-  # 2. Text-to-image.
+
+def _txt2img(r: _Run, corpus, nouns, places, classify) -> float:
+  """N samples per (object, scene); the share judged as the prompted object. Returns the sampling seconds."""
+  args = r.args
   prompts, ys, ps = [], [], []
   for y in range(corpus.num_classes):
     for p in range(corpus.num_places):
@@ -216,112 +166,140 @@ def run(args) -> dict:
         ps.append(p)
   ys, ps = np.asarray(ys), np.asarray(ps)
   t0 = time.time()
-  samples = to_uint8(prior.sample_images(pipe, prompts, num_steps=args.steps, guidance_scale=args.guidance,
-                                         seed=args.seed))
+  samples = to_uint8(sample_images(r.pipe, prompts, num_steps=args.steps, guidance_scale=args.guidance,
+                                   seed=args.seed))
   t_txt = time.time() - t0
-  save_grid(os.path.join(workdir, "txt2img.png"), samples, cols=args.n_per_combo)
+  save_grid(os.path.join(r.workdir, "txt2img.png"), samples, cols=args.n_per_combo)
   pred = classify(samples, ys, ps)
-  record["txt2img"] = {}
+  r.record["txt2img"] = {}
   for y in range(corpus.num_classes):
     for p in range(corpus.num_places):
       sel = (ys == y) & (ps == p)
       share = float(np.mean(pred[sel] == y))
-      record["txt2img"][f"{nouns[y]} on {places[p]}"] = share
-      rows.append([f"txt2img: {TXT2IMG_TEMPLATE.format(obj=nouns[y], place=places[p])}", nouns[y],
-                   int(sel.sum()), share])
-  rows.append(["txt2img: all prompts", "prompted", len(pred), float(np.mean(pred == ys))])
-  if args.judge == "strict":
-    record["txt2img_blob"] = float(np.mean(pred == blob))
-    rows.append(["txt2img: all prompts", "blob", len(pred), record["txt2img_blob"]])
+      r.record["txt2img"][f"{nouns[y]} on {places[p]}"] = share
+      r.rows.append([f"txt2img: {TXT2IMG_TEMPLATE.format(obj=nouns[y], place=places[p])}", nouns[y],
+                     int(sel.sum()), share])
+  r.rows.append(["txt2img: all prompts", "prompted", len(pred), float(np.mean(pred == ys))])
+  if r.strict:
+    r.record["txt2img_blob"] = float(np.mean(pred == r.blob))
+    r.rows.append(["txt2img: all prompts", "blob", len(pred), r.record["txt2img_blob"]])
+  return t_txt
 
-  # 3. Inpainting majority images with the other class's token.
-  sources, learn_from = _majority_split(bench, args.n_inpaint, args.ti_images, args.seed)
+
+def _class_tokens(r: _Run, bench, nouns, learn_from) -> tuple[loading.Pipeline, list[str]]:
+  """The pipeline with one textual-inversion token per class (read from --embeds, else learned here)."""
+  args = r.args
+  tokens = [args.placeholder_fmt.format(c) for c in range(bench.num_classes)]
   if args.embeds:
-    tokens_pipe = invert.load_learned_embeds(pipe, args.embeds)
-    tokens = [args.placeholder_fmt.format(c) for c in range(bench.num_classes)]
+    tokens_pipe = load_learned_embeds(r.pipe, args.embeds)
     missing = [t for t in tokens if t not in tokens_pipe.tokenizer.get_vocab()]
     if missing:
       raise SpurjaxError(f"{args.embeds}: no embedding for token {missing[0]}")
-  else:
-    images = {c: np.stack([bench.image(int(i)) for i in learn_from[c]]) for c in learn_from}
-    ti_masks = None
-    if args.ti_mask == "inpaint":  # the token learns to repaint the same regions it will be inpainted into
-      ti_masks = {c: np.stack([prior.inference_mask(_shrink_mask(_object_mask(bench, int(i)), res, 0), args.mask,
-                                                    args.grow) for i in learn_from[c]]) for c in learn_from}
-    tokens_pipe, _ = invert.learn_tokens(pipe, images, nouns, placeholder_fmt=args.placeholder_fmt,
-                                         steps=args.ti_steps, batch=4, grad_accum=1, lr=5e-4, seed=args.seed,
-                                         workdir=os.path.join(workdir, "ti" if ti_masks is None else "ti_inpaint"),
-                                         log_every=25, ckpt_every=10**9, masks_by_class=ti_masks,
-                                         mask_weight=args.ti_mask_weight)
-    record["ti_mask"] = {"kind": args.ti_mask, "weight": args.ti_mask_weight}
-    tokens = [args.placeholder_fmt.format(c) for c in range(bench.num_classes)]
-  init_pipe, _ = invert.add_tokens(pipe, tokens, invert.initial_vectors(pipe, nouns[:bench.num_classes]))
-  src_imgs, src_masks, true_masks, src_y, src_place = [], [], [], [], []
+    return tokens_pipe, tokens
+  images = {c: np.stack([bench.image(int(i)) for i in learn_from[c]]) for c in learn_from}
+  ti_masks = None
+  if args.ti_mask == "inpaint":  # the token learns to repaint the same regions it will be inpainted into
+    ti_masks = {c: np.stack([inference_mask(shrink_mask(object_mask(bench, int(i)), r.res, 0), args.mask, args.grow)
+                             for i in learn_from[c]]) for c in learn_from}
+  tokens_pipe, _ = invert.learn_tokens(r.pipe, images, nouns, placeholder_fmt=args.placeholder_fmt,
+                                       steps=args.ti_steps, batch=4, grad_accum=1, lr=5e-4, seed=args.seed,
+                                       workdir=os.path.join(r.workdir, "ti" if ti_masks is None else "ti_inpaint"),
+                                       log_every=25, ckpt_every=10**9, masks_by_class=ti_masks,
+                                       mask_weight=args.ti_mask_weight)
+  r.record["ti_mask"] = {"kind": args.ti_mask, "weight": args.ti_mask_weight}
+  return tokens_pipe, tokens
+
+
+def _inpaint_sources(r: _Run, bench, sources) -> dict:
+  """The inpainting sources at the prior's resolution: uint8 images, the regions to repaint, the true
+  object masks, their classes and places."""
+  imgs, masks, true_masks, ys, places = [], [], [], [], []
   for c, idx in sources.items():
     for i in idx:
-      src_imgs.append(prior.resize_image(bench.image(int(i)), res))
-      true_masks.append(_shrink_mask(_object_mask(bench, int(i)), res, 0))
-      src_masks.append(prior.inference_mask(true_masks[-1], args.mask, args.grow))
-      src_y.append(c)
-      src_place.append(int(bench.place[int(i)]))
-  src_imgs, src_masks = np.stack(src_imgs), np.stack(src_masks).astype(np.float32)
-  src_y, src_place = np.asarray(src_y), np.asarray(src_place)
-  record["inpaint_mask"] = {"kind": args.mask, "grow": args.grow, "mean_area": float(src_masks.mean())}
+      imgs.append(square_box_bicubic(bench.image(int(i)), r.res))
+      true_masks.append(shrink_mask(object_mask(bench, int(i)), r.res, 0))
+      masks.append(inference_mask(true_masks[-1], r.args.mask, r.args.grow))
+      ys.append(c)
+      places.append(int(bench.place[int(i)]))
+  return {"images": np.stack(imgs), "masks": np.stack(masks).astype(np.float32), "true_masks": np.stack(true_masks),
+          "y": np.asarray(ys), "place": np.asarray(places)}
+
+
+def _inpaint(r: _Run, bench, nouns, classify) -> float:
+  """Majority images repainted with the other class's token, its initialiser, the class word, and their
+  own class word; the shares judged as the prompted class. Returns the inpainting seconds."""
+  args = r.args
+  sources, learn_from = majority_split(bench, args.n_inpaint, args.ti_images, args.seed)
+  tokens_pipe, tokens = _class_tokens(r, bench, nouns, learn_from)
+  init_pipe, _ = add_tokens(r.pipe, tokens, initial_vectors(r.pipe, nouns[:bench.num_classes]))
+  src = _inpaint_sources(r, bench, sources)
+  src_imgs, src_masks, src_y, src_place = src["images"], src["masks"], src["y"], src["place"]
+  r.record["inpaint_mask"] = {"kind": args.mask, "grow": args.grow, "mean_area": float(src_masks.mean())}
   target = (src_y + 1) % bench.num_classes
-  record["inpaint"] = {}
+  r.record["inpaint"] = {}
   t0 = time.time()
   runs = (("learned token", tokens_pipe, target, tokens), ("initialiser token", init_pipe, target, tokens),
-          ("class word", pipe, target, None), ("same class, class word", pipe, src_y, None))
+          ("class word", r.pipe, target, None), ("same class, class word", r.pipe, src_y, None))
   for label, p, goal, toks in runs:
     prompts = [INPAINT_TEMPLATE.format(token=toks[t] if toks else "", noun=nouns[t]).replace("  ", " ")
                for t in goal]
-    out = to_uint8(prior.inpaint_images(p, src_imgs.astype(np.float32) / 255.0, src_masks, prompts,
-                                        num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed + 7))
-    save_grid(os.path.join(workdir, f"inpaint_{label.replace(',', '').replace(' ', '_')}.png"),
+    out = to_uint8(inpaint_images(p, src_imgs.astype(np.float32) / 255.0, src_masks, prompts,
+                                  num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed + 7))
+    save_grid(os.path.join(r.workdir, f"inpaint_{label.replace(',', '').replace(' ', '_')}.png"),
               np.concatenate([src_imgs, out]), cols=len(src_imgs))
     pred = classify(out, goal, src_place)
     for c in range(bench.num_classes):
       sel = src_y == c
       t = int(goal[sel][0])
       share = float(np.mean(pred[sel] == t))
-      record["inpaint"][f"{nouns[c]}->{nouns[t]} ({label})"] = share
-      rows.append([f"inpaint {nouns[c]} -> '{prompts[int(np.flatnonzero(sel)[0])]}' ({label})", nouns[t],
-                   int(sel.sum()), share])
+      r.record["inpaint"][f"{nouns[c]}->{nouns[t]} ({label})"] = share
+      r.rows.append([f"inpaint {nouns[c]} -> '{prompts[int(np.flatnonzero(sel)[0])]}' ({label})", nouns[t],
+                     int(sel.sum()), share])
     share = float(np.mean(pred == goal))
-    record["inpaint"][f"all ({label})"] = share
-    rows.append([f"inpaint, all sources ({label})", "prompted", len(goal), share])
-    if args.judge == "strict":
-      record["inpaint"][f"blob ({label})"] = float(np.mean(pred == blob))
-      rows.append([f"inpaint, all sources ({label})", "blob", len(goal), float(np.mean(pred == blob))])
+    r.record["inpaint"][f"all ({label})"] = share
+    r.rows.append([f"inpaint, all sources ({label})", "prompted", len(goal), share])
+    if r.strict:
+      r.record["inpaint"][f"blob ({label})"] = float(np.mean(pred == r.blob))
+      r.rows.append([f"inpaint, all sources ({label})", "blob", len(goal), float(np.mean(pred == r.blob))])
   t_inp = time.time() - t0
   source_pred = classify(src_imgs, src_y, src_place)
-  rows.append(["unedited inpainting sources (sanity)", "own class", len(src_y), float(np.mean(source_pred == src_y))])
+  r.rows.append(["unedited inpainting sources (sanity)", "own class", len(src_y),
+                 float(np.mean(source_pred == src_y))])
   if args.diffedit_draws > 0:
-    rows += _diffedit_rows(pipe, src_imgs, np.stack(true_masks), src_y, nouns, args, record, workdir)
-  info_path = os.path.join(path, "training.json")
+    r.rows += _diffedit_rows(r.pipe, src_imgs, src["true_masks"], src_y, nouns, args, r.record, r.workdir)
+  return t_inp
+
+
+def _training_speed(r: _Run) -> None:
+  """The prior's training speed (images/s), read from its training.json."""
+  info_path = os.path.join(r.path, "training.json")
   speed = None
   if os.path.isfile(info_path):
     with open(info_path) as f:
       info = json.load(f)
     speed = (info.get("training_run") or {}).get("images_per_s") or info.get("images_per_s_this_run")
-  record["prior_train_images_per_s"] = speed
-  rows.append(["prior training speed (images/s, from its training.json)", "-", "-",
-               speed if speed is not None else "unknown"])
+  r.record["prior_train_images_per_s"] = speed
+  r.rows.append(["prior training speed (images/s, from its training.json)", "-", "-",
+                 speed if speed is not None else "unknown"])
 
-  title = (f"bench prior: {path} ({res} px) | {args.n_per_combo} samples per combo, {args.n_inpaint} inpaints per "
-           f"class, {args.steps} DDIM steps, guidance {args.guidance} | txt2img {t_txt:.0f} s, inpaint {t_inp:.0f} s, "
-           f"total {time.time() - t_start:.0f} s | {jax.devices()[0].platform}")
-  print_table(title, ["samples", "judged as", "n", "share"], rows)
-  record.update(rows=rows, workdir=workdir, seconds=round(time.time() - t_start, 1))
-  with open(os.path.join(workdir, "bench_prior.json"), "w") as f:
-    json.dump(record, f, indent=1, default=float)
-  print(f"grids and bench_prior.json in {workdir}")
-  return record
+
+def _report(r: _Run, t_start: float, t_txt: float, t_inp: float) -> dict:
+  """Prints the table and writes bench_prior.json; returns the record."""
+  args = r.args
+  title = (f"bench prior: {r.path} ({r.res} px) | {args.n_per_combo} samples per combo, {args.n_inpaint} inpaints "
+           f"per class, {args.steps} DDIM steps, guidance {args.guidance} | txt2img {t_txt:.0f} s, inpaint "
+           f"{t_inp:.0f} s, total {time.time() - t_start:.0f} s | {jax.devices()[0].platform}")
+  print_table(title, ["samples", "judged as", "n", "share"], r.rows)
+  r.record.update(rows=r.rows, workdir=r.workdir, seconds=round(time.time() - t_start, 1))
+  with open(os.path.join(r.workdir, "bench_prior.json"), "w") as f:
+    json.dump(r.record, f, indent=1, default=float)
+  print(f"grids and bench_prior.json in {r.workdir}")
+  return r.record
 
 
 def _diffedit_rows(pipe, images_u8, true_masks, src_y, nouns, args, record, workdir: str) -> list[list]:
   """IoU of DiffEdit contrast masks (own class word vs the other's) against the true masks."""
-  from spurjax.ddb import diffedit
+  from spurjax.ddb.segment import diffedit
   k = len(nouns)
   src = [f"a photo of a {nouns[c]}" for c in src_y]
   tgt = [f"a photo of a {nouns[(c + 1) % k]}" for c in src_y]
@@ -341,7 +319,7 @@ def _diffedit_rows(pipe, images_u8, true_masks, src_y, nouns, args, record, work
                                                   threshold=args.diffedit_threshold, refine=True,
                                                   refine_low=low, refine_high=high)
     iou_refined = float(diffedit.iou(refined, true_masks).mean())
-  true_boxes = np.stack([prior.inference_mask(m, "box", args.grow) > 0.5 for m in true_masks])
+  true_boxes = np.stack([inference_mask(m, "box", args.grow) > 0.5 for m in true_masks])
   iou_mask = float(diffedit.iou(masks, true_masks).mean())
   iou_box = float(diffedit.iou(boxes, true_boxes).mean())
   record["diffedit"] = {"iou_mask": iou_mask, "iou_box": iou_box, "draws": args.diffedit_draws,
@@ -358,21 +336,6 @@ def _diffedit_rows(pipe, images_u8, true_masks, src_y, nouns, args, record, work
     rows.append([f"DiffEdit mask + colour refinement (band {args.diffedit_refine} x mean) IoU", "-", len(src_y),
                  iou_refined])
   return rows + [["DiffEdit grown box IoU vs the true grown box", "-", len(src_y), iou_box]]
-
-
-def _majority_split(table: Table, n_sources: int, n_learn: int, seed: int):
-  """Per class, disjoint sets of majority-group training indices: inpainting sources and TI images."""
-  train = table.indices(TRAIN)
-  rng = np.random.default_rng([seed, 5])
-  sources, learn = {}, {}
-  for c in range(table.num_classes):
-    idx = train[table.y[train] == c]
-    counts = np.bincount(table.place[idx], minlength=table.num_places)
-    idx = rng.permutation(idx[table.place[idx] == int(np.argmax(counts))])
-    if len(idx) < n_sources + 1:
-      raise SpurjaxError(f"{table.name}: class {c} has only {len(idx)} majority training images")
-    sources[c], learn[c] = idx[:n_sources], idx[n_sources:n_sources + n_learn]
-  return sources, learn
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -415,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.ti_mask_weight > 0:
     raise SpurjaxError(f"bench prior: --ti-mask-weight must be > 0, got {args.ti_mask_weight}")
   if args.diffedit_refine:
-    from spurjax.ddb.diffedit import parse_band
+    from spurjax.ddb.segment.diffedit import parse_band
     parse_band(args.diffedit_refine, "bench prior: --diffedit-refine")
   run(args)
   return 0

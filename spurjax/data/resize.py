@@ -3,6 +3,7 @@ the classifier's pipeline is PIL bilinear, the prior's corpus box-shrinks and bi
 diffusion-side resizes run on arrays in [0, 1] with JAX's (antialiased) linear filter."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -37,6 +38,7 @@ def masks_nearest(masks, size: int) -> np.ndarray:
   return (np.stack(out) > 127).astype(np.float32)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _linear(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return jax.image.resize(x, shape, method="linear")
 

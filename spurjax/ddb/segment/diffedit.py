@@ -238,11 +238,11 @@ def pipeline_contrast_masks(pipeline, images, source_prompts, target_prompts, *,
   """`contrast_masks` for a loaded pipeline: images (B, H, W, 3) in [0, 1] at the model's resolution,
   one source and one target prompt per image; `overrides` are `Settings` fields (inpaint is set from
   the UNet). Returns numpy (maps, masks)."""
-  from spurjax.diffusion import sampling
-  fns = sampling.pipeline_fns(pipeline)
+  from spurjax.diffusion import pipeline_sampling
+  fns = pipeline_sampling.pipeline_fns(pipeline)
   st = dataclasses.replace(settings or Settings(), inpaint=bool(pipeline.is_inpaint), **overrides)
-  ctx_s = sampling.encode_prompts(pipeline, list(source_prompts))
-  ctx_t = sampling.encode_prompts(pipeline, list(target_prompts))
+  ctx_s = pipeline_sampling.encode_prompts(pipeline, list(source_prompts))
+  ctx_t = pipeline_sampling.encode_prompts(pipeline, list(target_prompts))
   sched = schedulers.make_schedule(pipeline.scheduler_config)
   maps, masks = contrast_masks(fns.denoise, sched, fns.params, images, ctx_s, ctx_t, jax.random.key(seed),
                                encode_fn=fns.encode, settings=st)
