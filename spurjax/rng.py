@@ -12,3 +12,5 @@ SUBSAMPLE = 101       # baselines: SUBY / SUBG subsampling
 UPSAMPLE = 103        # baselines: group upsampling (GroupDRO's balanced batches)
 DFR_SUBSAMPLE = 202   # DFR: the group-balanced subsamples of the validation set
 BLOBS = 0xB10B        # bench prior's strict judge: the blob images and noisy objects made from one seed
+INPAINT_ATTRIBUTE = 0xA77  # inpaint: which of ddb.inpaint.attributes an edit's prompt names
+PASTE_DONOR = 0x9a57e   # paste generator: the donor object and its flip

@@ -2,7 +2,7 @@
 import numpy as np
 
 from spurjax.bench import blobs
-from spurjax.ddb.paste import dilate
+from spurjax.ddb.inpaint.paste import dilate
 
 
 def _scene(seed=0):

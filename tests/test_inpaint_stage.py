@@ -12,6 +12,7 @@ from helpers import run_stage, toy_config, toy_table
 from spurjax import sharding
 from spurjax.data.images import read_image, read_mask
 from spurjax.ddb import inpaint, invert, segment, select
+from spurjax.ddb.images import diffusion_size
 from spurjax.context import Context
 from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
 from spurjax.errors import SpurjaxError
@@ -161,10 +162,10 @@ def test_prompts_and_token_checks(pipe3, tmp_path):
 
 
 def test_diffusion_size_uses_the_vae_factor(pipe3):
-  assert inpaint.diffusion_size(pipe3) == (8, 8)
+  assert diffusion_size(pipe3) == (8, 8)
   vae = types.SimpleNamespace(config={})
   latent = types.SimpleNamespace(unet=pipe3.unet, vae=vae, vae_scale_factor=8)
-  assert inpaint.diffusion_size(latent) == (64, 64)
+  assert diffusion_size(latent) == (64, 64)
 
 
 def _stage_ctx(tmp_path, mesh, pipeline):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from spurjax.data import synth
-from spurjax.ddb import paste
+from spurjax.ddb.inpaint import paste
 from spurjax.errors import SpurjaxError
 
 

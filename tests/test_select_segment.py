@@ -15,6 +15,7 @@ from spurjax import sharding
 from spurjax.data.boxes import box_masks
 from spurjax.data.table import Table
 from spurjax.ddb import inpaint, segment, select
+from spurjax.ddb.images import diffusion_size
 from spurjax.context import Context
 from spurjax.diffusion import clip_text, loading, pipeline_sampling, tokenizer as tok_lib, unet as unet_lib
 from spurjax.diffusion import vae as vae_lib
@@ -219,7 +220,7 @@ def test_attention_program_unet_inputs(tmp_path, kind):
   else:
     pipe = tiny_pipeline(tmp_path, in_channels=7)
     size, want = 8, (2, 8, 8, 7)
-  assert inpaint.diffusion_size(pipe) == (size, size)
+  assert diffusion_size(pipe) == (size, size)
   prog = segment.attention._attention_program(pipe, (300,))
   seen = {}
   unet_call = prog.unet.apply

@@ -191,7 +191,7 @@ def test_redraw_keeps_the_scene_and_swaps_the_object(ds):
   """`redraw` draws a benchmark image again: with its own class and stream it is the file itself; with the
   other class only the old and new objects' pixels change (and thin antialiased parts, legs and stems, that
   cover under half a pixel and so are outside the masks, within 2 px of them)."""
-  from spurjax.ddb.paste import dilate
+  from spurjax.ddb.inpaint.paste import dilate
   rows = [r for r in _rows(ds / "metadata.csv") if r["split"] == "0"][:6]
   for r in rows:
     info, index = synth.image_origin(str(ds / r["img_filename"]))

@@ -99,7 +99,7 @@ def reinpaint(ctx, tokens, selection, masks, n_samples: int) -> dict:
   indices = [int(i) for c in sorted(sel) for i in sel[c]]
   classes = [c for c in sorted(sel) for _ in sel[c]]
   images = np.stack([ctx.sources["eval"](i) for i in indices])
-  stage_masks = inpaint._stage_masks(masks, indices, images.shape[1:3])
+  stage_masks = inpaint.stage.source_masks(masks, indices, images.shape[1:3])
   out = inpaint.make_counterfactuals(
       inpaint.inpaint_pipeline(ctx, tokens), images, stage_masks, classes, tokens.tokens,
       nouns_for(ctx.cfg, ctx.table),

@@ -2,7 +2,7 @@
 
 A two-class judge (bird / flower) must name a class for every patch a prior paints, and it
 does so from coarse cues (extent, aspect, colour). The strict judge gets a third class,
-"blob": corpus images whose object is erased (`spurjax.ddb.paste.erase`) and replaced by a
+"blob": corpus images whose object is erased (`spurjax.ddb.inpaint.paste.erase`) and replaced by a
 union of one to three ellipses of the object's extent, filled with the object's colour (or
 a random one), with pixel noise and, half the time, a dark outline. A blob carries the cues
 a shapeless patch has (colour, size, place, outline, noise) and none of the object's parts,
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from spurjax import rng as rng_ids
-from spurjax.ddb.paste import bbox, dilate, erase
+from spurjax.ddb.inpaint.paste import bbox, dilate, erase
 
 
 def _rng(seed: int) -> np.random.Generator:

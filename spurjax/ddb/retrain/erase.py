@@ -10,7 +10,7 @@ loss of those rows is smallest when the network gives the scene alone a uniform 
 Erasing needs no generator and no group label: the object's pixels (the segment stage's mask before
 its box, grown) are filled with the scene texture found at the same place shifted by the object's
 width (then height, then both) where that lands outside the mask, and any pixel still missing takes
-the colour of its nearest unmasked pixel. `spurjax.ddb.paste.erase` (the paste generator's) fills a
+the colour of its nearest unmasked pixel. `spurjax.ddb.inpaint.paste.erase` (the paste generator's) fills a
 hole smoothly instead; a smooth patch in a textured scene could itself mark where the object was, so
 these rows keep the scene's texture (the two fills were not compared in retraining). `grown` dilates 4-connected (paste's `dilate` 8-connected); the
 erased-background numbers in README and `configs/synth.py` were measured with it.

@@ -17,8 +17,9 @@ import dataclasses
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
+from spurjax import rng as rng_ids
+from spurjax.data.resize import pil_resize
 from spurjax.errors import SpurjaxError
 
 
@@ -137,9 +138,8 @@ def fit_into(patch: np.ndarray, patch_mask: np.ndarray, box: tuple[int, int, int
   if (nh, nw) == (ph, pw):
     img, m = np.asarray(patch), np.asarray(patch_mask, bool)
   else:
-    img = np.asarray(Image.fromarray(np.ascontiguousarray(patch)).resize((nw, nh), Image.BILINEAR))
-    mf = Image.fromarray(np.ascontiguousarray(patch_mask).astype(np.uint8) * 255).resize((nw, nh), Image.BILINEAR)
-    m = np.asarray(mf) >= 128
+    img = pil_resize(patch, (nw, nh))
+    m = pil_resize(np.asarray(patch_mask).astype(np.uint8) * 255, (nw, nh)) >= 128
   top = min(max(t + (bh - nh) // 2, 0), shape[0] - nh)
   left = min(max(l + (bw - nw) // 2, 0), shape[1] - nw)
   out = np.zeros(tuple(shape) + (3,), patch.dtype)
@@ -165,7 +165,7 @@ def paste_edit(image: np.ndarray, mask: np.ndarray, donors: Sequence[tuple[np.nd
   image, mask = _check(image, mask, "source")
   if len(donors) == 0:
     raise SpurjaxError("paste: no donor images of the target class")
-  rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9a57e]))
+  rng = np.random.default_rng(np.random.SeedSequence([int(seed), rng_ids.PASTE_DONOR]))
   k = int(rng.integers(len(donors)))
   do_flip = bool(flip and rng.random() < 0.5)
   d_img, d_mask = _check(*donors[k], what=f"donor {k}")

@@ -19,7 +19,7 @@ import numpy as np
 
 from spurjax.ddb.nouns import nouns_for
 from spurjax.ddb.select import selected_indices
-from spurjax.diffusion import invert as inv
+from spurjax.diffusion import invert as inv, token_embeds
 from spurjax.errors import SpurjaxError
 from spurjax.stages import Stage
 
@@ -105,8 +105,8 @@ def load(ctx, folder: str) -> Tokens:
   pipeline = None if str(ctx.cfg.ddb.inpaint.generator) in MODEL_FREE else ctx.load_pipeline()
   if not info:
     return Tokens({c: "" for c in range(ctx.table.num_classes)}, pipeline)
-  embeds = os.path.join(folder, inv.EMBEDS_FILE)
-  pipeline = inv.load_learned_embeds(pipeline, embeds)
+  embeds = os.path.join(folder, token_embeds.EMBEDS_FILE)
+  pipeline = token_embeds.load_learned_embeds(pipeline, embeds)
   return Tokens({int(v["class"]): t for t, v in info.items()}, pipeline, embeds)
 
 
