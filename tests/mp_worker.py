@@ -123,7 +123,7 @@ def invert(workdir: str, local_dir: str, mesh) -> dict:
 
 def prune(cfg, ctx, runner) -> dict:
   """The prune stage on the inpaint stage's edits (IG sharded over processes, process 0 writes)."""
-from spurjax.ddb.prune import stage as prune_stage
+  from spurjax.ddb.prune import stage as prune_stage
   from spurjax.train import loop
   from spurjax.train.erm import ErmResult
   cfg.ddb.prune.ig_steps, cfg.ddb.prune.ig_chunk, cfg.ddb.prune.ig_batch_size = 4, 0, 4

@@ -72,7 +72,7 @@ def test_run_end_to_end_and_resume(tmp_path, prior_dir, monkeypatch, capsys):
   assert os.path.getmtime(tmp_path / "a" / "inpaint" / "edits.csv") == mtime
 
   # Killed during the pruning stage, then rerun: the same report.
-from spurjax.ddb.prune import stage as prune_stage
+  from spurjax.ddb.prune import stage as prune_stage
   real = prune_stage.score_edits
 
   def boom(*a, **k):

@@ -44,7 +44,7 @@ def check_method(method: str) -> str:
 def group_labels_used(method: str, cfg) -> tuple[str, str]:
   """The declared use, with validation 'yes' whenever the run selects by validation WGA."""
   train, val = GROUP_LABELS.get(method, ("no", "yes"))
-  if cfg.train.get("select", "val_wga") == "val_wga":
+  if cfg.train.select == "val_wga":
     val = "yes"
   return train, val
 
@@ -102,11 +102,11 @@ def run_method(cfg, method: str, workdir: str, erm_workdir: Optional[str] = None
     from spurjax.baselines.sampling import balanced_train_set
     rep = loop.fit(cfg, table, workdir, train_set=balanced_train_set(table, method, int(cfg.seed)), name=method)
   elif method == "groupdro":
-    loss = cfg.method.get("loss", "ce")
+    loss = cfg.method.loss
     cfg = _with_method_cfg(cfg, method, loss="group_dro" if loss == "ce" else loss,
                            group_counts=tuple(int(c) for c in table.group_counts(TRAIN)))
     ts = None
-    if cfg.method.get("dro_balanced", True):
+    if cfg.method.dro_balanced:
       from spurjax.baselines.sampling import group_upsampled_train_set
       ts = group_upsampled_train_set(table, int(cfg.seed))
     rep = loop.fit(cfg, table, workdir, train_set=ts, name=method)

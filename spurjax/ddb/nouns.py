@@ -6,7 +6,7 @@ from spurjax.errors import SpurjaxError
 
 def nouns_for(cfg, table) -> list[str]:
   """The object noun of each class: `cfg.ddb.nouns`, else the table's class names."""
-  nouns = list(cfg.get("ddb", {}).get("nouns", ()) or ())
+  nouns = list(cfg.ddb.nouns or ())
   if not nouns:
     nouns = list(table.class_names or ())
   if not nouns:

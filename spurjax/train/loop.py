@@ -80,7 +80,7 @@ class TrainSet:
 
 
 def dtype_of(cfg):
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[cfg.model.get("dtype", "float32")]
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[cfg.model.dtype]
 
 
 def init_variables(cfg, table: Table, rng):
@@ -88,13 +88,13 @@ def init_variables(cfg, table: Table, rng):
   model = models.get_model(cfg.model.name, table.num_classes, dtype_of(cfg))
   variables = _init(model, int(cfg.data.image_size), rng)
   variables = jax.tree.map(np.asarray, dict(variables))
-  path = cfg.model.get("pretrained", "")
+  path = cfg.model.pretrained
   if path:
     from spurjax.models import torchvision_io
     sd = torchvision_io.load_state_dict(path)
     variables = torchvision_io.variables_from_torchvision(sd, cfg.model.name, table.num_classes,
                                                           init_variables=variables, what=path)
-  init_from = cfg.model.get("init_from", "")
+  init_from = cfg.model.init_from
   if init_from:
     variables = backbone.apply_weights(backbone.resolve(init_from, cfg.model.name), cfg.model.name, variables)
   return model, variables

@@ -67,6 +67,7 @@ def check_config(ctx) -> None:
   if _learns(ctx.cfg):
     from spurjax.diffusion.model_dir import unet_config
     unet_config(ctx.diffusion_dir)
+    nouns_for(ctx.cfg, ctx.table)
   if not _on_masks(ctx.cfg):
     return
   from pathlib import Path

@@ -105,7 +105,7 @@ def check_config(ctx) -> None:
   """Before any work: `ddb.retrain.interpolate` is a list of alphas in (0, 1] with a validation criterion,
   and `ddb.retrain.background_weight` / `background_grow` are not negative."""
   rcfg = retrain_config(ctx.cfg)
-  interpolation_alphas(rcfg, rcfg.train.get("select", "val_wga"), True, key="ddb.retrain.interpolate")
+  interpolation_alphas(rcfg, rcfg.train.select, True, key="ddb.retrain.interpolate")
   d = ctx.cfg.ddb.retrain
   if float(d.background_weight) < 0:
     raise SpurjaxError(f"config ddb.retrain.background_weight = {d.background_weight}: must be >= 0 (0: off)")

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from spurjax.data.boxes import box_masks
+from spurjax.ddb.nouns import nouns_for
 from spurjax.ddb.segment.masks import DIFFUSION_METHODS, mask_iou, mean_iou, method_name
 from spurjax.ddb.segment.methods import method_masks, refine_settings, true_masks
 from spurjax.errors import SpurjaxError
@@ -27,6 +28,7 @@ def check_config(ctx) -> None:
   if set(_methods(ctx.cfg)) & set(DIFFUSION_METHODS):
     from spurjax.diffusion.model_dir import unet_config
     unet_config(ctx.diffusion_dir)
+    nouns_for(ctx.cfg, ctx.table)
   if "diffedit" in _methods(ctx.cfg):
     refine_settings(ctx.cfg.ddb.segment)
 
