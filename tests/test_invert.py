@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from spurjax.diffusion import clip_text, invert, loading, tokenizer as tok_lib, unet as unet_lib, vae as vae_lib
+from spurjax.diffusion import clip_text, invert, loading, token_embeds, tokenizer as tok_lib, unet as unet_lib
+from spurjax.diffusion import vae as vae_lib
 from spurjax.errors import SpurjaxError
 
 UNET_CFG = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, cross_attention_dim=16,
@@ -84,7 +85,7 @@ def test_workdir_files_and_resume(pipe, images, learned):
   info = json.loads((workdir / "tokens.json").read_text())
   assert info["effective_lr"] == pytest.approx(5e-2 * 4) and info["tokens"]["<c1>"]["images"] == 2
   assert len((workdir / "loss.jsonl").read_text().splitlines()) == 4  # micro-steps
-  single = invert.read_learned_embeds(str(workdir / "learned_embeds_class1.safetensors"))
+  single = token_embeds.read_learned_embeds(str(workdir / "learned_embeds_class1.safetensors"))
   assert list(single) == ["<c1>"]
   # Rerunning with the same workdir resumes from the last checkpoint: same result, no new steps.
   _, again = invert.learn_tokens(pipe, images, ["bird", "flower"], steps=2, batch=2, grad_accum=2, lr=5e-2,
@@ -95,32 +96,32 @@ def test_workdir_files_and_resume(pipe, images, learned):
 
 def test_learned_embeds_round_trip(pipe, learned):
   _, emb, workdir = learned
-  loaded = invert.load_learned_embeds(pipe, str(workdir / invert.EMBEDS_FILE))
+  loaded = token_embeds.load_learned_embeds(pipe, str(workdir / token_embeds.EMBEDS_FILE))
   table = np.asarray(loaded.text_params["embeddings"]["token_embedding"]["embedding"])
   ids = tok_lib.encode(loaded.tokenizer, "a photo of a <c1> flower")[0]
   assert 1001 in ids.tolist()
   np.testing.assert_array_equal(table[1000], emb["<c0>"])
   np.testing.assert_array_equal(table[1001], emb["<c1>"])
   with pytest.raises(SpurjaxError, match="learned_embeds.safetensors.*already exists"):
-    invert.load_learned_embeds(loaded, str(workdir / invert.EMBEDS_FILE))
+    token_embeds.load_learned_embeds(loaded, str(workdir / token_embeds.EMBEDS_FILE))
 
 
 def test_bad_embeddings_files(pipe, tmp_path):
   missing = tmp_path / "nope.safetensors"
   with pytest.raises(SpurjaxError, match="nope.safetensors: textual-inversion embeddings file not found"):
-    invert.load_learned_embeds(pipe, str(missing))
+    token_embeds.load_learned_embeds(pipe, str(missing))
   wide = tmp_path / "wide.safetensors"
   save_file({"<x>": np.ones(7, np.float32)}, str(wide))
   with pytest.raises(SpurjaxError, match="wide.safetensors: embedding of '<x>' has width 7 .* 16"):
-    invert.load_learned_embeds(pipe, str(wide))
+    token_embeds.load_learned_embeds(pipe, str(wide))
   junk = tmp_path / "junk.safetensors"
   junk.write_bytes(b"not a safetensors file")
   with pytest.raises(SpurjaxError, match="junk.safetensors: cannot read"):
-    invert.load_learned_embeds(pipe, str(junk))
+    token_embeds.load_learned_embeds(pipe, str(junk))
   ints = tmp_path / "ints.safetensors"
   save_file({"<x>": np.ones(16, np.int32)}, str(ints))
   with pytest.raises(SpurjaxError, match="ints.safetensors: embedding of '<x>' must be a float vector"):
-    invert.load_learned_embeds(pipe, str(ints))
+    token_embeds.load_learned_embeds(pipe, str(ints))
 
 
 def test_bad_learn_inputs(pipe, images):

@@ -7,8 +7,8 @@ import pytest
 
 from spurjax import cli
 from spurjax.config_util import load_config
-from spurjax.data import synth
-from spurjax.diffusion import invert, loading, prior, tokenizer as tok_lib
+from spurjax.data import boxes as box_lib, imagefolder, synth
+from spurjax.diffusion import builtin, loading, pipeline_sampling, prior, token_embeds, tokenizer as tok_lib
 from spurjax.errors import SpurjaxError
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -40,7 +40,7 @@ def test_trained_prior_loads_and_samples(trained):
   assert info["steps"] == 3 and info["images"] == 12 and np.isfinite(info["final_loss"])
   work = str(trained) + ".work"
   assert len(open(os.path.join(work, "loss.jsonl")).read().splitlines()) == 2  # log_every=2: steps 2 and 3
-  x = prior.sample_images(p, ["a photo of a bird on land", "a flower on water"], num_steps=3, guidance_scale=2.0)
+  x = pipeline_sampling.sample_images(p, ["a photo of a bird on land", "a flower on water"], num_steps=3, guidance_scale=2.0)
   assert x.shape == (2, 16, 16, 3) and np.all(np.isfinite(x)) and 0.0 <= x.min() and x.max() <= 1.0
   assert np.abs(x[0] - x[1]).max() > 0
 
@@ -52,11 +52,11 @@ def test_invert_cli_on_trained_prior(trained, data, tmp_path):
                  f"--config.diffusion.path={trained}", f"--config.data.root={data}", "--config.data.kind=folder",
                  "--config.invert.steps=2", "--config.invert.batch_size=2"])
   assert rc == 0
-  emb = invert.read_learned_embeds(str(work / invert.EMBEDS_FILE))
+  emb = token_embeds.read_learned_embeds(str(work / token_embeds.EMBEDS_FILE))
   assert sorted(emb) == ["<c0>", "<c1>"] and emb["<c0>"].shape == (16,)
   info = json.loads((work / "tokens.json").read_text())
   assert info["tokens"]["<c0>"]["noun"] == "bird" and info["tokens"]["<c1>"]["initializer"] == "flower"
-  p = invert.load_learned_embeds(loading.load_pipeline(trained), str(work / invert.EMBEDS_FILE))
+  p = token_embeds.load_learned_embeds(loading.load_pipeline(trained), str(work / token_embeds.EMBEDS_FILE))
   assert len(p.tokenizer) == len(loading.load_pipeline(trained).tokenizer) + 2
 
 
@@ -87,9 +87,9 @@ def _folder(tmp_path, rows, kind="csv", make_images=True):
 def test_imagefolder_reading(tmp_path):
   root = _folder(tmp_path, '{"file_name": "images/0.png", "text": "a bird"}\n\n'
                            '{"file_name": "images/1.png", "text": "a flower", "extra": 1}\n', kind="jsonl")
-  paths, texts = prior.read_imagefolder(str(root))
+  paths, texts = imagefolder.read_imagefolder(str(root))
   assert texts == ["a bird", "a flower"] and paths[1].endswith("images/1.png")
-  imgs = prior.load_images(paths, 4)
+  imgs = imagefolder.load_images(paths, 4)
   assert imgs.shape == (2, 4, 4, 3) and imgs.dtype == np.uint8 and imgs[1].min() == 50
 
 
@@ -104,14 +104,14 @@ def test_imagefolder_reading(tmp_path):
 def test_bad_imagefolders(tmp_path, rows, kind, match):
   root = _folder(tmp_path, rows, kind)
   with pytest.raises(SpurjaxError, match=match):
-    prior.read_imagefolder(str(root))
+    imagefolder.read_imagefolder(str(root))
 
 
 def test_missing_folder_and_metadata(tmp_path, capsys):
   with pytest.raises(SpurjaxError, match="imagefolder not found"):
-    prior.read_imagefolder(str(tmp_path / "nope"))
+    imagefolder.read_imagefolder(str(tmp_path / "nope"))
   with pytest.raises(SpurjaxError, match="no metadata.csv or metadata.jsonl"):
-    prior.read_imagefolder(str(tmp_path))
+    imagefolder.read_imagefolder(str(tmp_path))
   rc = cli.main(["prior", "train", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--config", os.path.join(CONFIGS, "prior_synth.py:tiny")])
   assert rc == 2 and "no metadata.csv or metadata.jsonl" in capsys.readouterr().err
@@ -120,19 +120,19 @@ def test_missing_folder_and_metadata(tmp_path, capsys):
 
 
 def test_resolve_diffusion_path(tmp_path):
-  assert prior.resolve_diffusion_path(str(tmp_path)) == str(tmp_path)
+  assert builtin.resolve_diffusion_path(str(tmp_path)) == str(tmp_path)
   with pytest.raises(SpurjaxError, match="diffusion.path: no diffusion model"):
-    prior.resolve_diffusion_path("")
+    builtin.resolve_diffusion_path("")
   with pytest.raises(SpurjaxError, match="directory not found"):
-    prior.resolve_diffusion_path(str(tmp_path / "nope"))
-  assert prior.builtin_prior_path().endswith(os.path.join("spurjax", "assets", "prior"))
+    builtin.resolve_diffusion_path(str(tmp_path / "nope"))
+  assert builtin.builtin_prior_path().endswith(os.path.join("spurjax", "assets", "prior"))
 
 
 def test_shipped_prior():
-  path = prior.builtin_prior_path()
+  path = builtin.builtin_prior_path()
   if not os.path.isfile(os.path.join(path, "model_index.json")):
     pytest.skip("the built-in prior is not installed")
-  assert prior.resolve_diffusion_path("builtin") == path
+  assert builtin.resolve_diffusion_path("builtin") == path
   size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
   assert size <= 25 * 2**20
   p = loading.load_pipeline(path)
@@ -151,7 +151,7 @@ def test_trained_prior_is_inpainting_and_used_object_masks(trained, data):
   img = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype(np.float32)
   m = np.zeros((2, 16, 16), np.float32)
   m[:, 4:12, 4:12] = 1
-  out = prior.inpaint_images(p, img, m, ["a photo of a bird", "a photo of a flower"], num_steps=3)
+  out = pipeline_sampling.inpaint_images(p, img, m, ["a photo of a bird", "a photo of a flower"], num_steps=3)
   assert out.shape == img.shape
   np.testing.assert_allclose(out[:, m[0] < 0.5], img[:, m[0] < 0.5], atol=1e-6)  # the known region is kept
   assert np.abs(out[:, m[0] > 0.5] - img[:, m[0] > 0.5]).max() > 0.05
@@ -159,28 +159,28 @@ def test_trained_prior_is_inpainting_and_used_object_masks(trained, data):
 
 def test_mask_paths_are_read_and_checked(tmp_path):
   root = _folder(tmp_path, "file_name,text\nimages/0.png,a bird\nimages/1.png,a flower\n")
-  assert prior.read_mask_paths(str(root)) is None
+  assert imagefolder.read_mask_paths(str(root)) is None
   (root / "metadata.csv").write_text("file_name,text,mask_file_name\nimages/0.png,a bird,images/1.png\n"
                                      "images/1.png,a flower,masks/9.png\n")
   with pytest.raises(SpurjaxError, match=r"row 3: mask not found: .*9.png"):
-    prior.read_mask_paths(str(root))
+    imagefolder.read_mask_paths(str(root))
 
 
 def test_boxes_squares_and_inference_masks():
   m = np.zeros((1, 16, 16), bool)
   m[0, 3:6, 2:12] = True          # a wide object: rows 3..5, cols 2..11
-  box = prior.object_boxes(m)[0]
+  box = box_lib.object_boxes(m)[0]
   assert tuple(box) == (3, 2, 6, 12)
-  assert tuple(prior.object_boxes(np.zeros((1, 16, 16), bool))[0]) == (0, 0, 16, 16)
-  assert prior.grow_box(box, 2, 16) == (1, 0, 8, 14)
-  sq = prior.square_box(prior.grow_box(box, 2, 16), 16)
+  assert tuple(box_lib.object_boxes(np.zeros((1, 16, 16), bool))[0]) == (0, 0, 16, 16)
+  assert box_lib.grow_box(box, 2, 16) == (1, 0, 8, 14)
+  sq = box_lib.square_box(box_lib.grow_box(box, 2, 16), 16)
   assert sq[2] - sq[0] == sq[3] - sq[1] == 14 and sq[0] >= 0 and sq[2] <= 16
-  assert prior.square_box((0, 0, 2, 16), 16) == (0, 0, 16, 16)     # shifted into the image
-  assert prior.inference_mask(m[0], "object").sum() == m.sum()
-  assert prior.inference_mask(m[0], "box", grow=2).sum() == 7 * 14
-  assert prior.inference_mask(m[0], "square", grow=2).sum() == 14 * 14
+  assert box_lib.square_box((0, 0, 2, 16), 16) == (0, 0, 16, 16)     # shifted into the image
+  assert box_lib.inference_mask(m[0], "object").sum() == m.sum()
+  assert box_lib.inference_mask(m[0], "box", grow=2).sum() == 7 * 14
+  assert box_lib.inference_mask(m[0], "square", grow=2).sum() == 14 * 14
   with pytest.raises(SpurjaxError, match="mask kind"):
-    prior.inference_mask(m[0], "blob")
+    box_lib.inference_mask(m[0], "blob")
 
 
 def test_training_masks_mix():
@@ -191,7 +191,7 @@ def test_training_masks_mix():
     probs = np.asarray([k == kind for k in prior.MASK_KINDS], float)
     masks = prior.training_masks(n, boxes, size, rng, probs, grow=(1, 3))
     assert masks.shape == (n, size, size) and set(np.unique(masks)) <= {0.0, 1.0}
-    got = prior.object_boxes(masks > 0.5)
+    got = box_lib.object_boxes(masks > 0.5)
     h, w = got[:, 2] - got[:, 0], got[:, 3] - got[:, 1]
     assert np.all(masks.sum((1, 2)) == h * w)                      # every mask is one box
     inside = (got[:, 0] <= 10) & (got[:, 1] <= 4) & (got[:, 2] >= 18) & (got[:, 3] >= 24)

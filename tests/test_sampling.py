@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spurjax import sharding
-from spurjax.diffusion import sampling
+from spurjax.diffusion import guidance, pipeline_sampling, sampling, sampling_loop
 from spurjax.diffusion import schedulers as S
 from spurjax.errors import SpurjaxError
 
@@ -135,12 +135,12 @@ def test_channels_mode_feeds_mask_and_masked_image(data):
 
 
 def test_first_step_follows_diffusers_strength_rule():
-  assert sampling.first_step(16, 1.0) == 0
-  assert sampling.first_step(16, 0.8) == 4      # int(12.8) = 12 steps run
-  assert sampling.first_step(25, 0.6) == 10
+  assert sampling_loop.first_step(16, 1.0) == 0
+  assert sampling_loop.first_step(16, 0.8) == 4      # int(12.8) = 12 steps run
+  assert sampling_loop.first_step(25, 0.6) == 10
   for bad in (0.0, -0.5, 1.01, 0.05):
     with pytest.raises(SpurjaxError, match="strength="):
-      sampling.first_step(16, bad)
+      sampling_loop.first_step(16, bad)
 
 
 @pytest.mark.parametrize("mode,sampler", [("channels", "dpmpp_2m"), ("blended", "ddim")])
@@ -157,11 +157,11 @@ def test_strength_starts_from_the_noised_image_at_its_step(data, mode, sampler):
   out = _inpaint(data, mode, sampler=sampler, num_steps=n, rng=rng, strength=0.5, denoise_fn=spy,
                  debug_python_loop=True)
   ts = S.get_sampler(sampler).timesteps(SCHED, n)
-  start = sampling.first_step(len(ts), 0.5)
+  start = sampling_loop.first_step(len(ts), 0.5)
   assert start == 3 and len(calls) == len(ts) - start
   assert [int(t[0]) for _, t in calls] == [int(t) for t in ts[start:]]
   # The first model input is the whole image (masked region included) noised to step `start`.
-  noise = np.asarray(sampling._noise_program((8, 8, 3), None)(rng, jnp.arange(4, dtype=jnp.int32)))
+  noise = np.asarray(sampling_loop.noise_program((8, 8, 3), None)(rng, jnp.arange(4, dtype=jnp.int32)))
   want = np.asarray(S.add_noise(SCHED, jnp.asarray(data.images * 2 - 1), jnp.asarray(noise), int(ts[start])))
   np.testing.assert_allclose(calls[0][0][::2, ..., :3], want, atol=1e-5)  # rows interleave uncond / cond
   keep = data.masks[..., None] < 0.5
@@ -175,12 +175,12 @@ def test_strength_starts_from_the_noised_image_at_its_step(data, mode, sampler):
 
 def test_guidance_interval_weights_and_errors():
   ts = np.array([999, 750, 500, 250, 0])
-  np.testing.assert_array_equal(sampling.guidance_weights(ts, 3.0), [3.0] * 5)
-  np.testing.assert_array_equal(sampling.guidance_weights(ts, 3.0, ()), [3.0] * 5)
-  np.testing.assert_array_equal(sampling.guidance_weights(ts, 3.0, (250, 750)), [1.0, 3.0, 3.0, 3.0, 1.0])
+  np.testing.assert_array_equal(guidance.guidance_weights(ts, 3.0), [3.0] * 5)
+  np.testing.assert_array_equal(guidance.guidance_weights(ts, 3.0, ()), [3.0] * 5)
+  np.testing.assert_array_equal(guidance.guidance_weights(ts, 3.0, (250, 750)), [1.0, 3.0, 3.0, 3.0, 1.0])
   for bad in ((5, 1), (-1, 3), (1,), "ab", (1, 2, 3)):
     with pytest.raises(SpurjaxError, match="guidance_interval="):
-      sampling.check_guidance_interval(bad)
+      guidance.check_guidance_interval(bad)
 
 
 @pytest.mark.parametrize("mode,sampler", [("channels", "dpmpp_2m"), ("blended", "ddim")])
@@ -283,9 +283,9 @@ def pipeline():
 
 
 def test_real_unet_and_vae_inpaint_channels(data, pipeline, mesh4):
-  fns = sampling.pipeline_fns(pipeline)
+  fns = pipeline_sampling.pipeline_fns(pipeline)
   assert (fns.in_channels, fns.latent_channels, fns.downscale) == (9, 4, 2)
-  assert sampling.pipeline_fns(pipeline).denoise is fns.denoise  # same callables -> compiled program reused
+  assert pipeline_sampling.pipeline_fns(pipeline).denoise is fns.denoise  # same callables -> compiled program reused
   images = np.repeat(np.repeat(data.images[:2], 2, 1), 2, 2)  # (2, 16, 16, 3)
   masks = np.zeros((2, 16, 16), np.float32)
   masks[:, 4:12, 4:12] = 1.0
@@ -312,13 +312,13 @@ def test_encode_prompts_with_tiny_clip(tmp_path):
   config = dict(vocab_size=600, hidden_size=D, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
   pipe = types.SimpleNamespace(tokenizer=tok, text_encoder=clip_lib.CLIPTextModel(config),
                                text_params=_random_like(clip_lib.clip_param_shapes(config), 3))
-  ctx = np.asarray(sampling.encode_prompts(pipe, ["a photo of a bird", "a dog"]))
+  ctx = np.asarray(pipeline_sampling.encode_prompts(pipe, ["a photo of a bird", "a dog"]))
   chex.assert_shape(ctx, (2, 77, D))
-  empty = np.asarray(sampling.empty_context(pipe))
+  empty = np.asarray(pipeline_sampling.empty_context(pipe))
   chex.assert_shape(empty, (1, 77, D))
   ids = tok_lib.encode(tok, ["a dog"])
   want = pipe.text_encoder.apply({"params": pipe.text_params}, jnp.asarray(ids))
   np.testing.assert_allclose(ctx[1:], np.asarray(want), atol=1e-5)
   assert np.abs(ctx[0] - ctx[1]).max() > 1e-3 and np.abs(ctx[1] - empty[0]).max() > 1e-3
   with pytest.raises(SpurjaxError, match="prompts"):
-    sampling.encode_prompts(pipe, [])
+    pipeline_sampling.encode_prompts(pipe, [])

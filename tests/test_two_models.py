@@ -9,7 +9,7 @@ import pytest
 
 from helpers import run_stage
 from spurjax.ddb import inpaint, invert, segment, select
-from spurjax.diffusion import clip_text, invert as inv, loading, tokenizer as tok_lib
+from spurjax.diffusion import clip_text, loading, token_embeds, tokenizer as tok_lib
 from spurjax.errors import SpurjaxError
 from spurjax.stages import fingerprint
 from spurjax import sharding
@@ -42,14 +42,14 @@ def models(tmp_path_factory):
                                unet_params=tiny_pipeline(root / "u2", 7).unet_params)
   folder = loading.save_pipeline(second, root / "inpainting")
   rows = {"<c0>": np.full(CLIP["hidden_size"], 0.5, np.float32), "<c1>": np.full(CLIP["hidden_size"], -0.25, np.float32)}
-  embeds = inv.save_learned_embeds(rows, str(root / inv.EMBEDS_FILE))
-  return base, inv.load_learned_embeds(base, embeds), folder, embeds, rows
+  embeds = token_embeds.save_learned_embeds(rows, str(root / token_embeds.EMBEDS_FILE))
+  return base, token_embeds.load_learned_embeds(base, embeds), folder, embeds, rows
 
 
 def test_transfer_moves_exactly_the_learned_rows(models):
   base, learned, folder, embeds, rows = models
   target = loading.load_pipeline(folder)
-  moved = inv.transfer_tokens(learned, target, embeds)
+  moved = token_embeds.transfer_tokens(learned, target, embeds)
   old = np.asarray(target.text_params["embeddings"]["token_embedding"]["embedding"])
   new = np.asarray(moved.text_params["embeddings"]["token_embedding"]["embedding"])
   ids = [moved.tokenizer.convert_tokens_to_ids(t) for t in rows]
@@ -66,10 +66,10 @@ def test_transfer_refuses_other_widths_and_vocabularies(models, tmp_path):
   wide = dataclasses.replace(target, text_params=clip_text.init_clip_params({**CLIP, "hidden_size": 8},
                                                                             jax.random.key(0)))
   with pytest.raises(SpurjaxError, match=r"base and second: text encoders differ in width \(16 vs 8\)"):
-    inv.transfer_tokens(learned, wide, embeds, where=("base", "second"))
+    token_embeds.transfer_tokens(learned, wide, embeds, where=("base", "second"))
   small = tok_lib.load_tokenizer(tok_lib.write_clip_tokenizer(tmp_path / "tok", vocab_size=CLIP["vocab_size"] - 50))
   with pytest.raises(SpurjaxError, match="base and second: tokenizers differ in vocabulary"):
-    inv.transfer_tokens(learned, dataclasses.replace(target, tokenizer=small), embeds, where=("base", "second"))
+    token_embeds.transfer_tokens(learned, dataclasses.replace(target, tokenizer=small), embeds, where=("base", "second"))
 
 
 def test_inpaint_stage_uses_the_second_model(models, tmp_path, mesh):
@@ -97,14 +97,14 @@ def test_inpaint_stage_uses_the_second_model(models, tmp_path, mesh):
 def test_mismatched_text_encoders_fail_before_any_work(models, tmp_path):
   base, _, folder, _, _ = models
   base_dir = loading.save_pipeline(base, tmp_path / "base")
-  inv.check_transferable(base_dir, folder)                                   # same width and vocabulary: fine
+  token_embeds.check_transferable(base_dir, folder)                                   # same width and vocabulary: fine
   wide_dir = tmp_path / "wide"                                               # only its config is read
   shutil.copytree(folder, wide_dir)
   config = loading.read_json(wide_dir / "text_encoder" / "config.json")
   (wide_dir / "text_encoder" / "config.json").write_text(json.dumps({**config, "hidden_size": 8}))
   with pytest.raises(SpurjaxError, match=r"text encoders differ in width \(16 vs 8\)"):
-    inv.check_transferable(base_dir, wide_dir, where=("a", "b"))
+    token_embeds.check_transferable(base_dir, wide_dir, where=("a", "b"))
   tok_lib.write_clip_tokenizer(tmp_path / "small" / "tokenizer", vocab_size=CLIP["vocab_size"] - 50)
   shutil.copytree(folder / "text_encoder", tmp_path / "small" / "text_encoder")
   with pytest.raises(SpurjaxError, match=r"a and b: tokenizers differ in vocabulary"):
-    inv.check_transferable(base_dir, tmp_path / "small", where=("a", "b"))
+    token_embeds.check_transferable(base_dir, tmp_path / "small", where=("a", "b"))

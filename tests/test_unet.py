@@ -7,6 +7,7 @@ import pytest
 
 from spurjax.diffusion import attention as attn_lib
 from spurjax.diffusion import unet as unet_lib
+from spurjax.diffusion.unet_config import parse_config
 from spurjax.errors import SpurjaxError
 
 TINY = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
@@ -164,10 +165,10 @@ def test_unsupported_config_value_names_key(key, value):
 def test_unknown_block_type_and_harmless_keys():
   config = dict(TINY, in_channels=4, down_block_types=("AttnDownBlock2D", "DownBlock2D"))
   with pytest.raises(SpurjaxError, match="down_block_types.*AttnDownBlock2D"):
-    unet_lib.parse_config(config)
-  spec = unet_lib.parse_config(dict(TINY, in_channels=9, _class_name="UNet2DConditionModel",
-                                    _diffusers_version="0.8.0", sample_size=64, upcast_attention=True,
-                                    num_attention_heads=None, dual_cross_attention=False))
+    parse_config(config)
+  spec = parse_config(dict(TINY, in_channels=9, _class_name="UNet2DConditionModel",
+                           _diffusers_version="0.8.0", sample_size=64, upcast_attention=True,
+                           num_attention_heads=None, dual_cross_attention=False))
   assert spec.heads == (2, 4) and spec.in_channels == 9
 
 
@@ -175,7 +176,7 @@ def test_sd2_heads_from_attention_head_dim():
   config = dict(block_out_channels=[320, 640, 1280, 1280], attention_head_dim=[5, 10, 20, 20],
                 down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=1024)
-  spec = unet_lib.parse_config(config)
+  spec = parse_config(config)
   assert spec.heads == (5, 10, 20, 20)
   assert {c // h for c, h in zip(spec.block_out_channels, spec.heads)} == {64}
 

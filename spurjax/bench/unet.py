@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spurjax.diffusion import unet as unet_lib
+from spurjax.diffusion.unet_config import parse_config
 from spurjax.diffusion.attention import select_implementation
 from spurjax.bench.common import add_speed_args, speed_setup
 
@@ -183,11 +184,11 @@ def _prior_train(args) -> int:
   from pathlib import Path
 
   from spurjax.diffusion import loading
-  from spurjax.diffusion.prior import builtin_prior_path
+  from spurjax.diffusion.builtin import builtin_prior_path
   folder = Path(builtin_prior_path()) / "unet"
   config = loading.read_json(folder / "config.json")
   model, params = loading.load_unet(folder)
-  spec = unet_lib.parse_config(config)
+  spec = parse_config(config)
   batch, size = args.batch or 64, args.size or int(config["sample_size"])
   rs = np.random.RandomState(args.seed)
   x = rs.randn(batch, size, size, spec.in_channels).astype(np.float32)
@@ -262,7 +263,7 @@ def _main(args) -> int:
   warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
   iters = args.iters or (20 if on_gpu else 2)
   config = bench_config(args.small)
-  spec = unet_lib.parse_config(config)
+  spec = parse_config(config)
 
   rs = np.random.RandomState(args.seed)
   x = rs.randn(batch, size, size, spec.in_channels).astype(np.float32)

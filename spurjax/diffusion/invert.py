@@ -5,12 +5,12 @@
 
 Only the new rows of the text encoder's token embedding table train (the DDPM noise loss of
 `spurjax.diffusion.train`); every other weight is frozen and stays bit-identical. Results are
-written in the diffusers convention: `learned_embeds.safetensors` = {token: vector} (all
-classes) plus one single-token file per class that diffusers' `load_textual_inversion` reads.
+written in the diffusers convention (`spurjax.diffusion.token_embeds`): `learned_embeds.safetensors`
+= {token: vector} (all classes) plus one single-token file per class that diffusers'
+`load_textual_inversion` reads.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -22,10 +22,11 @@ import numpy as np
 
 from spurjax import rng as rng_ids
 from spurjax import sharding as shd
+from spurjax.data.resize import masks_nearest, square_box_bicubic
 from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, train as dtrain
+from spurjax.diffusion.token_embeds import EMBEDS_FILE, add_tokens, initial_vectors, save_learned_embeds
 from spurjax.errors import SpurjaxError
 
-EMBEDS_FILE = "learned_embeds.safetensors"
 DEFAULT_TEMPLATES = (
     "a photo of a {token} {noun}",
     "a picture of a {token} {noun}",
@@ -52,14 +53,13 @@ def model_resolution(pipeline) -> int:
 
 def prepare_images(images: np.ndarray, size: int, what: str) -> np.ndarray:
   """uint8 NHWC RGB at `size` x `size` (un-normalised; the step maps them to [-1, 1])."""
-  from spurjax.diffusion.prior import resize_image
   a = np.asarray(images)
   if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] not in (1, 3, 4) or len(a) == 0:
     raise SpurjaxError(f"{what}: expected a non-empty uint8 NHWC RGB array, got {a.dtype} {tuple(a.shape)}")
   if a.shape[-1] == 1:
     a = np.repeat(a, 3, axis=-1)
   a = a[..., :3]
-  return np.stack([resize_image(np.ascontiguousarray(x), size) for x in a])
+  return np.stack([square_box_bicubic(np.ascontiguousarray(x), size) for x in a])
 
 
 def prepare_masks(masks, size: int, count: int, what: str) -> np.ndarray:
@@ -71,21 +71,7 @@ def prepare_masks(masks, size: int, count: int, what: str) -> np.ndarray:
     raise SpurjaxError(f"{what}: expected {count} masks of shape (H, W), got {tuple(m.shape)}")
   if not m.reshape(len(m), -1).any(1).all():
     raise SpurjaxError(f"{what}: a mask is empty")
-  from PIL import Image
-  out = [np.asarray(Image.fromarray(np.ascontiguousarray(x > 0).astype(np.uint8) * 255).resize((size, size), Image.NEAREST))
-         for x in m]
-  return (np.stack(out) > 127).astype(np.float32)
-
-
-def _token_ids(tokenizer, text: str) -> list[int]:
-  ids = tok_lib.encode(tokenizer, [text])[0]
-  special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-  body = []
-  for i in ids[1:]:
-    if int(i) in special:
-      break
-    body.append(int(i))
-  return body
+  return masks_nearest(m, size)
 
 
 def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
@@ -114,37 +100,6 @@ def _per_class(value, classes: Sequence[int], name: str) -> dict[int, str]:
   if max(classes) >= len(value):
     raise SpurjaxError(f"textual inversion: {name} has {len(value)} entries but class {max(classes)} is used")
   return {c: str(value[c]) for c in classes}
-
-
-def initial_vectors(pipeline, words: Sequence[str]) -> list[np.ndarray]:
-  """Per word, the mean embedding row of its tokens (one row for single-token words)."""
-  table = np.asarray(pipeline.text_params["embeddings"]["token_embedding"]["embedding"])
-  out = []
-  for w in words:
-    body = _token_ids(pipeline.tokenizer, w)
-    if not body:
-      raise SpurjaxError(f"textual inversion: initializer {w!r} has no tokens")
-    out.append(table[body].mean(axis=0))
-  return out
-
-
-def add_tokens(pipeline, tokens: Sequence[str], init_vectors: Sequence[np.ndarray]):
-  """A new Pipeline whose tokenizer knows `tokens` and whose embedding rows hold `init_vectors`.
-
-  The input pipeline (and its tokenizer) is left untouched. Returns (pipeline, token ids).
-  """
-  tokenizer = copy.deepcopy(pipeline.tokenizer)
-  ids = tok_lib.add_placeholder_tokens(tokenizer, tokens)
-  rows = clip_text.vocab_size_of(pipeline.text_params)
-  text = clip_text.resize_token_embeddings(pipeline.text_params, max(rows, max(ids) + 1))
-  table = np.array(text["embeddings"]["token_embedding"]["embedding"])
-  for i, v in zip(ids, init_vectors):
-    table[i] = np.asarray(v, table.dtype)
-  text = {**text, "embeddings": {**text["embeddings"], "token_embedding": {"embedding": table}}}
-  text_encoder = pipeline.text_encoder
-  if isinstance(getattr(text_encoder, "config", None), Mapping):
-    text_encoder = text_encoder.clone(config={**text_encoder.config, "vocab_size": int(table.shape[0])})
-  return dataclasses.replace(pipeline, tokenizer=tokenizer, text_params=text, text_encoder=text_encoder), ids
 
 
 # ----------------------------------------------------------------------------- learning
@@ -260,104 +215,6 @@ def learn_tokens(pipeline, images_by_class: Mapping[int, np.ndarray], nouns, *, 
   return out, embeddings
 
 
-# ----------------------------------------------------------------------------- files
-
-
-def save_learned_embeds(embeddings: Mapping[str, np.ndarray], path: str) -> str:
-  """Writes {token: (D,) float32} as safetensors (the diffusers textual-inversion convention)."""
-  from safetensors.numpy import save_file
-  tensors = {str(t): np.ascontiguousarray(np.asarray(v, np.float32).reshape(-1)) for t, v in embeddings.items()}
-  if not tensors:
-    raise SpurjaxError(f"{path}: no embeddings to write")
-  save_file(tensors, path, metadata={"format": "pt"})
-  return path
-
-
-def read_learned_embeds(path: str) -> dict[str, np.ndarray]:
-  """{token: (D,) float32} from a learned_embeds file ((1, D) vectors are accepted too)."""
-  if not os.path.isfile(path):
-    raise SpurjaxError(f"{path}: textual-inversion embeddings file not found")
-  from safetensors.numpy import load_file
-  try:
-    tensors = load_file(path)
-  except Exception as e:  # corrupt headers surface as several exception types
-    raise SpurjaxError(f"{path}: cannot read safetensors ({type(e).__name__}: {e})") from None
-  if not tensors:
-    raise SpurjaxError(f"{path}: holds no embeddings")
-  out = {}
-  for token, v in tensors.items():
-    v = np.asarray(v)
-    if v.ndim == 2 and v.shape[0] == 1:
-      v = v[0]
-    if v.ndim != 1 or not np.issubdtype(v.dtype, np.floating):
-      raise SpurjaxError(f"{path}: embedding of {token!r} must be a float vector, got {v.dtype} {tuple(v.shape)}")
-    if not np.all(np.isfinite(v)):
-      raise SpurjaxError(f"{path}: embedding of {token!r} holds NaN or infinite values")
-    out[token] = v.astype(np.float32)
-  return out
-
-
-def load_learned_embeds(pipeline, path: str):
-  """The pipeline with the tokens of a learned_embeds file added and their rows set.
-
-  Raises SpurjaxError naming the file when it is missing or unreadable, when a vector's
-  width differs from the text encoder's, or when a token already exists.
-  """
-  embeds = read_learned_embeds(path)
-  width = int(np.shape(pipeline.text_params["embeddings"]["token_embedding"]["embedding"])[1])
-  for token, v in embeds.items():
-    if v.shape[0] != width:
-      raise SpurjaxError(f"{path}: embedding of {token!r} has width {v.shape[0]} but the text encoder's is "
-                         f"{width} (learned for another model?)")
-  try:
-    pipe, _ = add_tokens(pipeline, list(embeds), list(embeds.values()))
-  except SpurjaxError as e:
-    raise SpurjaxError(f"{path}: {e}") from None
-  return pipe
-
-
-def transfer_tokens(source, target, embeds_file: str | None, where: tuple[str, str] = ("source", "target")):
-  """`target` (a second model, e.g. SD-2-inpainting) with the rows learned on `source` (e.g. SD-2-base).
-
-  The two text encoders must share embedding width and base vocabulary (same tokenizer entries), else
-  a SpurjaxError names both models and what differs. Every other row of `target` is left as it was.
-  """
-  def width(p):
-    return int(np.shape(p.text_params["embeddings"]["token_embedding"]["embedding"])[1])
-
-  if width(source) != width(target):
-    raise SpurjaxError(f"{where[0]} and {where[1]}: text encoders differ in width ({width(source)} vs "
-                       f"{width(target)}); learned tokens cannot move between them")
-  if embeds_file is None:
-    vocab_s, vocab_t = source.tokenizer.get_vocab(), target.tokenizer.get_vocab()
-  else:
-    learned = set(read_learned_embeds(embeds_file))
-    vocab_s = {k: v for k, v in source.tokenizer.get_vocab().items() if k not in learned}
-    vocab_t = target.tokenizer.get_vocab()
-  if vocab_s != vocab_t:
-    raise SpurjaxError(f"{where[0]} and {where[1]}: tokenizers differ in vocabulary ({len(vocab_s)} vs "
-                       f"{len(vocab_t)} entries); learned tokens cannot move between them")
-  return target if embeds_file is None else load_learned_embeds(target, embeds_file)
-
-
-def check_transferable(source_dir, target_dir, where: tuple[str, str] | None = None) -> None:
-  """Before any work: tokens learned on the model in `source_dir` can move into `target_dir`'s text
-  encoder (same embedding width in text_encoder/config.json, same tokenizer vocabulary). Reads only
-  the two configs and tokenizers; a SpurjaxError names both directories and what differs."""
-  from pathlib import Path
-
-  a, b = where or (str(source_dir), str(target_dir))
-  width = [int(loading.read_json(Path(d) / "text_encoder" / "config.json").get("hidden_size", -1))
-           for d in (source_dir, target_dir)]
-  if width[0] != width[1]:
-    raise SpurjaxError(f"{a} and {b}: text encoders differ in width ({width[0]} vs {width[1]}); "
-                       "learned tokens cannot move between them")
-  vocab = [tok_lib.load_tokenizer(d).get_vocab() for d in (source_dir, target_dir)]
-  if vocab[0] != vocab[1]:
-    raise SpurjaxError(f"{a} and {b}: tokenizers differ in vocabulary ({len(vocab[0])} vs {len(vocab[1])} "
-                       "entries); learned tokens cannot move between them")
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -384,7 +241,7 @@ def majority_images(table, k: int, seed: int = 0, group: str = "majority") -> di
 def run(cfg, workdir: str):
   """`spurjax invert`: learns the class tokens for the dataset of `cfg.data`."""
   from spurjax.data import load_table
-  from spurjax.diffusion.prior import resolve_diffusion_path
+  from spurjax.diffusion.builtin import resolve_diffusion_path
   path = resolve_diffusion_path(cfg.diffusion.path)
   pipeline = loading.load_pipeline(path)
   table = load_table(cfg.data)
