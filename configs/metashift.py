@@ -1,11 +1,11 @@
 """MetaShift cat vs dog (the DISC / DaC layout). ERM as in DISC: ImageNet-pretrained ResNet-50,
 SGD momentum 0.9, lr 1e-3, weight decay 1e-4, batch 16, 100 epochs.
 """
-from spurjax.config_base import base_config
+from spurjax.config_base import base_config, paper_ddb
 
 
 def get_config(arg=None):
-  c = base_config()
+  c = paper_ddb(base_config(), "animal")   # the paper's DDB recipe (the reference's mask prompt and prompt noun)
   c.data.kind = "metashift"
   c.data.root = "data/metashift"
   c.data.image_size = 224
@@ -17,6 +17,7 @@ def get_config(arg=None):
   c.train.num_epochs = 100
   # `:tiny`: ResNet-18 at 32 px for one epoch, a CPU smoke run.
   if arg == "tiny":
+    c.model.pretrained = "none"
     c.model.name = "resnet18"
     c.data.image_size = 32
     c.data.resize = 36

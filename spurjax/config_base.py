@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet50"
-  c.model.pretrained = ""         # torchvision state dict (.pth / .safetensors)
+  c.model.pretrained = ""         # torchvision state dict (.pth / .safetensors); "none": none on purpose
   c.model.init_from = ""          # spurjax weights (.npz from `spurjax pretrain`) or "builtin"; fc re-initialised
   c.model.dtype = "float32"
 
@@ -150,12 +150,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.invert.accum = 4
   c.ddb.invert.mask = "full"           # full: whole image (the paper) | segment: repaint the segment masks from context
   c.ddb.invert.mask_weight = 1.0       # segment: loss weight inside the mask
+  c.ddb.invert.images = 0              # images per class it learns from: the lowest-loss selected ones (0: all)
 
   c.ddb.inpaint = ml_collections.ConfigDict()  # the other classes' tokens painted into each selected image's mask
   c.ddb.inpaint.generator = "diffusion"   # diffusion | paste (another image's object) | redraw (built-in benchmark only)
   c.ddb.inpaint.template = "a photo of a {token} {noun}"
   c.ddb.inpaint.attributes = ()        # words of which each prompt names one ({attribute} / {a_attribute} in the template)
-  c.ddb.inpaint.mode = "blended"       # blended (4-channel UNet) | channels (9-channel inpainting UNet) | auto
+  c.ddb.inpaint.mode = "auto"          # auto: channels for a 9-channel inpainting UNet, else blended | blended | channels
   c.ddb.inpaint.n_samples = 2          # edits per (image, target class)
   c.ddb.inpaint.num_steps = 50
   c.ddb.inpaint.guidance_scale = 7.5
@@ -191,4 +192,38 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.retrain.gen_fraction = 0.5     # share of each retraining epoch made of (repeated) kept edits
   c.ddb.retrain.background_weight = 0.0  # > 0: selected images with their object erased, once per label (0: off)
   c.ddb.retrain.background_grow = 2    # px the segment mask grows before erasing
+  return c
+
+
+def paper_ddb(c: ml_collections.ConfigDict, noun: str) -> ml_collections.ConfigDict:
+  """The paper's DDB recipe on a real dataset with Stable Diffusion 2 (base for masks and tokens,
+  `diffusion.inpaint_path` SD-2-inpainting for the edits) and an ImageNet-pretrained ResNet-50;
+  `noun` names the object of both classes ("a photo of a <c_i> bird")."""
+  c.model.pretrained = "required"      # the literature's ERM starts from ImageNet weights (or "none", on purpose)
+  c.diffusion.path = ""                # stabilityai/stable-diffusion-2-base, a diffusers directory (paper)
+  c.ddb.nouns = (noun, noun)           # one noun, the class named by its token (reference prompts, e.g. "animal")
+  c.ddb.select.k = 300                 # majority images per class (reference code's runs)
+  c.ddb.segment.method = "attention"   # language-guided masks from the noun, in place of LangSAM (paper)
+  c.ddb.segment.template = "a photo of a {noun}"
+  c.ddb.segment.compare = ()           # no second mask method at this size
+  c.ddb.invert.steps = 3000            # textual inversion: 3000 steps (paper, reference script)
+  c.ddb.invert.lr = 5e-4               # scaled by batch x accumulation = 2e-3 (reference script's --scale_lr)
+  c.ddb.invert.batch = 1               # batch 1 x accumulation 4 (reference script)
+  c.ddb.invert.accum = 4
+  c.ddb.invert.images = 30             # 30 images per class (paper's ablation: best of 20-40)
+  c.ddb.inpaint.mode = "auto"          # channels with SD-2-inpainting's 9-channel UNet (reference pipeline)
+  c.ddb.inpaint.template = "a photo of a {token} {noun}"   # reference prompt
+  c.ddb.inpaint.n_samples = 1          # one edit per image (reference pipeline's default)
+  c.ddb.inpaint.num_steps = 50         # diffusers' inpainting default
+  c.ddb.inpaint.guidance_scale = 7.5   # diffusers' inpainting default
+  c.ddb.inpaint.sampler = "ddim"
+  c.ddb.prune.ig_steps = 50            # captum's default, as the reference calls it
+  c.ddb.prune.ig_method = "gausslegendre"
+  c.ddb.prune.threshold = 0.3          # reference code
+  c.ddb.retrain.name = "adam"          # retraining: Adam, lr 5e-6, 200 epochs, batch 32 (reference code)
+  c.ddb.retrain.lr = 5e-6
+  c.ddb.retrain.num_epochs = 200
+  c.ddb.retrain.batch_size = 32
+  c.ddb.retrain.gammas = (6.0, 10.0)   # loss weights of the kept edits per class (reference code)
+  c.ddb.retrain.select = "val_wga"     # epoch by validation worst-group accuracy (paper)
   return c

@@ -123,7 +123,7 @@ def test_channels_mode_and_mode_checks(pipe3, pipe7, mesh):
     inpaint.make_counterfactuals(pipe3, images, masks, [1, 0], TOKENS, NOUNS[:2], mode="channels", **FAST)
   with pytest.raises(SpurjaxError, match="blended"):
     inpaint.make_counterfactuals(pipe7, images, masks, [1, 0], TOKENS, NOUNS[:2], mode="blended", **FAST)
-  with pytest.raises(SpurjaxError, match="inpaint_mode"):
+  with pytest.raises(SpurjaxError, match="ddb.inpaint.mode"):
     inpaint.make_counterfactuals(pipe7, images, masks, [1, 0], TOKENS, NOUNS[:2], mode="sdedit", **FAST)
 
 

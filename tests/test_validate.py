@@ -83,3 +83,47 @@ def test_a_config_file_with_an_old_flat_key_names_its_new_place(tmp_path):
                   "def get_config():\n  c = base_config()\n  c.ddb.inpaint_mode = 'channels'\n  return c\n")
   with pytest.raises(SpurjaxError, match="'ddb.inpaint_mode' moved to 'ddb.inpaint.mode'"):
     config_from(str(path))
+
+
+@pytest.mark.parametrize("preset", ["configs/waterbirds.py", "configs/celeba.py", "configs/metashift.py"])
+def test_a_paper_preset_without_imagenet_weights_or_a_model_is_refused_before_any_stage(tmp_path, folder, capsys, preset):
+  work = tmp_path / "work"
+  args = ["run", "--config", preset, "--workdir", str(work), "--config.data.kind=folder", f"--config.data.root={folder}"]
+  before = _listing(tmp_path)
+  assert cli.main(args) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "model.pretrained" in err and "none" in err, err
+  assert cli.main(args + ["--config.model.pretrained=none"]) == 2   # on purpose: then the diffusion model is asked for
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "diffusion.path" in err, err
+  assert cli.main(args + ["--config.model.pretrained=/no/such/weights.pth"]) == 2
+  assert "file not found: /no/such/weights.pth" in capsys.readouterr().err
+  assert _listing(tmp_path) == before
+
+
+def test_the_paper_preset_takes_the_two_stable_diffusion_models_and_checks_them(tmp_path, folder, capsys):
+  """The paper's setup: masks and tokens on SD-2-base, edits with SD-2-inpainting (9 channels: the mode
+  follows the model); SD-2-base as the inpainter in channels mode is refused before any stage."""
+  base = _model(tmp_path / "sd2_base", 4, 4)
+  inpainter = _model(tmp_path / "sd2_inpainting", 9, 4)
+  for d in (base, inpainter):   # the two text encoders must match for the tokens to move
+    os.makedirs(os.path.join(d, "text_encoder"), exist_ok=True)
+    with open(os.path.join(d, "text_encoder", "config.json"), "w") as f:
+      json.dump({"hidden_size": 16}, f)
+  from spurjax.context import Context
+  from spurjax.data import load_table
+  from spurjax.ddb import run as ddb_run
+  from spurjax import sharding
+  over = ["--config.data.kind=folder", f"--config.data.root={folder}", "--config.model.pretrained=none",
+          f"--config.diffusion.path={base}", f"--config.diffusion.inpaint_path={inpainter}"]
+  cfg = config_from("configs/waterbirds.py", over)
+  ctx = Context(cfg=cfg, workdir=str(tmp_path / "w"), table=load_table(cfg.data), mesh=sharding.make_mesh())
+  try:
+    ddb_run.validate(ctx)
+  except SpurjaxError as e:   # only the tokenizers, which these JSON-only directories lack, may be missing
+    assert "tokenizer" in str(e), e
+  cfg.ddb.inpaint.mode = "channels"
+  cfg.diffusion.inpaint_path = base
+  ctx = Context(cfg=cfg, workdir=str(tmp_path / "w"), table=load_table(cfg.data), mesh=sharding.make_mesh())
+  with pytest.raises(SpurjaxError, match="needs an inpainting UNet"):
+    ddb_run.validate(ctx)

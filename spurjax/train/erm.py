@@ -16,6 +16,7 @@ from spurjax import distributed
 from spurjax import models
 from spurjax import report as R
 from spurjax.metrics import format_split
+from spurjax.errors import SpurjaxError
 from spurjax.stages import Runner, Stage
 from spurjax.train import backbone, loop
 
@@ -67,12 +68,34 @@ def identity(ctx) -> dict:
   out = {"table": ctx.table_digest}
   if m.init_from:
     out["init_from"] = file_digest(backbone.resolve(m.init_from, m.name))
-  if m.pretrained:
+  if pretrained_path(m.pretrained):
     out["pretrained"] = file_digest(m.pretrained)
   return out
 
 
-STAGE = Stage(name="erm", groups=GROUPS, shared=shared_keys, upstream=(), compute=compute, load=load, identity=identity)
+NO_WEIGHTS = ("", "none")   # model.pretrained: no torchvision weights ("none": on purpose, where a preset asks for them)
+REQUIRED = "required"       # model.pretrained in a preset whose recipe starts from ImageNet weights
+
+
+def pretrained_path(value) -> str:
+  """The torchvision weights file `model.pretrained` names ("" for none)."""
+  return "" if str(value) in NO_WEIGHTS + (REQUIRED,) else str(value)
+
+
+def validate(ctx) -> None:
+  """Before any stage: a preset that starts from ImageNet weights is given them (or told `none`), and a
+  weights file given exists."""
+  value = str(ctx.cfg.model.pretrained)
+  if value == REQUIRED:
+    raise SpurjaxError(f"config model.pretrained: this recipe starts {ctx.cfg.model.name} from ImageNet weights; set "
+                       "--config.model.pretrained=PATH (a torchvision state dict, .pth or .safetensors), or "
+                       "--config.model.pretrained=none to start from random weights on purpose")
+  if pretrained_path(value) and not os.path.isfile(value):
+    raise SpurjaxError(f"config model.pretrained: file not found: {value}")
+
+
+STAGE = Stage(name="erm", groups=GROUPS, shared=shared_keys, upstream=(), compute=compute, load=load, identity=identity,
+              validate=validate)
 
 
 def run(cfg, workdir: str, table=None, hooks=(), mesh=None) -> dict:
@@ -84,6 +107,7 @@ def run(cfg, workdir: str, table=None, hooks=(), mesh=None) -> dict:
   table = table if table is not None else load_table(cfg.data)  # validated before anything is written
   ctx = Context(cfg=cfg, workdir=os.path.dirname(os.path.abspath(workdir)), table=table,
                 mesh=mesh or shd.make_mesh(), dirs={"erm": workdir}, hooks=tuple(hooks))
+  STAGE.check(ctx)
   runner = Runner(ctx)
   res = runner.run(STAGE)
   runner.report()

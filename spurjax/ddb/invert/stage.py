@@ -61,9 +61,11 @@ def _on_masks(cfg) -> bool:
 def check_config(ctx) -> None:
   """Before any work: `ddb.invert.steps` is not negative, `ddb.invert.mask` is valid, the model is a
   diffusers directory, and `segment` has an inpainting UNet to learn with."""
-  steps = ctx.cfg.ddb.invert.steps
+  steps, images = ctx.cfg.ddb.invert.steps, ctx.cfg.ddb.invert.images
   if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
     raise SpurjaxError(f"config ddb.invert.steps={steps!r} must be an integer >= 0 (0: no token)")
+  if isinstance(images, bool) or not isinstance(images, int) or images < 0:
+    raise SpurjaxError(f"config ddb.invert.images={images!r} must be an integer >= 0 (0: every selected image)")
   if _learns(ctx.cfg):
     from spurjax.diffusion.model_dir import unet_config
     unet_config(ctx.diffusion_dir)
@@ -88,6 +90,8 @@ def compute(ctx, inputs, folder: str) -> None:
         json.dump({"tokens": {}, "steps": 0}, f)
     return
   idx = selected_indices(inputs["select"])
+  if int(d.images) > 0:   # the lowest-loss ones: a selection is in increasing loss order
+    idx = {c: v[:int(d.images)] for c, v in idx.items()}
   images = {c: np.stack([ctx.table.image(int(i)) for i in idx[c]]) for c in sorted(idx)}
   masks = None
   if _on_masks(ctx.cfg):
