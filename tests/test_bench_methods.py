@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from spurjax import cli
@@ -23,6 +24,7 @@ def write_folder(root, table):
       w.writerow([f"img/{i}.png", int(table.y[i]), int(table.split[i]), int(table.place[i])])
 
 
+@pytest.mark.slow
 def test_bench_methods_runs_on_the_dataset_the_overrides_name(tmp_path, capsys):
   root = str(tmp_path / "toyfolder")
   write_folder(root, toy_table(n_per_group=(10, 3, 3, 10), val=3, test=5))

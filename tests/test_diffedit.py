@@ -98,6 +98,7 @@ def test_inpainting_unet_sees_the_whole_image_masked():
   assert np.all(np.asarray(seen["t"]) == 400)
 
 
+@pytest.mark.slow
 def test_pipeline_adapter_on_a_tiny_random_pipeline(tmp_path):
   pytest.importorskip("transformers")
   from test_select_segment import tiny_pipeline

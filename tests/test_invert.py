@@ -55,6 +55,7 @@ def _leaves(tree):
   return jax.tree_util.tree_leaves_with_path(tree)
 
 
+@pytest.mark.slow
 def test_only_new_rows_change(pipe, learned):
   out, emb, _ = learned
   assert len(pipe.tokenizer) == 1000  # the input pipeline is untouched
@@ -80,6 +81,7 @@ def test_only_new_rows_change(pipe, learned):
   np.testing.assert_array_equal(emb["<c1>"], new[1001])
 
 
+@pytest.mark.slow
 def test_workdir_files_and_resume(pipe, images, learned):
   _, emb, workdir = learned
   info = json.loads((workdir / "tokens.json").read_text())
@@ -94,6 +96,7 @@ def test_workdir_files_and_resume(pipe, images, learned):
     np.testing.assert_array_equal(again[t], emb[t])
 
 
+@pytest.mark.slow
 def test_learned_embeds_round_trip(pipe, learned):
   _, emb, workdir = learned
   loaded = token_embeds.load_learned_embeds(pipe, str(workdir / token_embeds.EMBEDS_FILE))
@@ -135,6 +138,7 @@ def test_bad_learn_inputs(pipe, images):
     invert.learn_tokens(pipe, images, ["bird", "flower"], steps=1, placeholder_fmt="bird")
 
 
+@pytest.mark.slow
 def test_inversion_on_an_inpainting_model_whole_image_or_masks(pipe, images):
   """A 9-channel (SD-2-inpainting layout) UNet: plain inversion masks the whole image; with masks the
   token learns to repaint them, which changes what it learns; every other row stays bit-identical."""

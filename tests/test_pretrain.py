@@ -24,6 +24,7 @@ def weights(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_weights_file_holds_the_model_and_its_provenance(weights):
   flat, meta = backbone.load_weights(str(weights))
   assert meta["model"] == "cnn3" and meta["num_classes"] == len(broad.OBJECT_NAMES)
@@ -44,6 +45,7 @@ def _task(data_dir, init_from):
   return cfg, load_table(cfg.data)
 
 
+@pytest.mark.slow
 def test_init_from_loads_the_backbone_and_reinitialises_the_head(data_dir, weights):
   flat, _ = backbone.load_weights(str(weights))
   cfg, table = _task(data_dir, str(weights))
@@ -57,6 +59,7 @@ def test_init_from_loads_the_backbone_and_reinitialises_the_head(data_dir, weigh
   assert not np.array_equal(fresh["params"]["conv_1"]["kernel"], flat["params/conv_1/kernel"])
 
 
+@pytest.mark.slow
 def test_fit_starts_from_the_pretrained_backbone(tmp_path, data_dir, weights):
   cfg, table = _task(data_dir, str(weights))
   cfg.train.num_epochs = 1
@@ -68,6 +71,7 @@ def test_fit_starts_from_the_pretrained_backbone(tmp_path, data_dir, weights):
   np.testing.assert_allclose(np.asarray(got["params"]["conv_0"]["kernel"]), flat["params/conv_0/kernel"])
 
 
+@pytest.mark.slow
 def test_bad_init_from(tmp_path, data_dir, weights):
   cfg, table = _task(data_dir, str(tmp_path / "missing.npz"))
   with pytest.raises(SpurjaxError, match="not found"):

@@ -282,6 +282,7 @@ def pipeline():
       vae=vae_lib.AutoencoderKL(VAE), vae_params=_random_like(vae_lib.vae_param_shapes(VAE), 2))
 
 
+@pytest.mark.slow
 def test_real_unet_and_vae_inpaint_channels(data, pipeline, mesh4):
   fns = pipeline_sampling.pipeline_fns(pipeline)
   assert (fns.in_channels, fns.latent_channels, fns.downscale) == (9, 4, 2)

@@ -183,6 +183,7 @@ def test_noun_token_weights(pipe):
     segment.noun_token_weights(pipe.tokenizer, ["a photo of a cat"], ["bird"])
 
 
+@pytest.mark.slow
 def test_attention_maps_shape_and_normalisation(pipe, mesh):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)  # not the model's 8 px: resized both ways
@@ -353,6 +354,7 @@ def test_box_masks_grow_and_square():
     box_masks(m, "circle")
 
 
+@pytest.mark.slow
 def test_segment_stage_diffedit_with_colour_refinement(tmp_path, mesh, pipe):
   ctx = _ctx(tmp_path, mesh, _masked_table(), "diffedit", pipeline=pipe)
   ctx.cfg.ddb.segment.compare = ()

@@ -72,6 +72,7 @@ def test_transfer_refuses_other_widths_and_vocabularies(models, tmp_path):
     token_embeds.transfer_tokens(learned, dataclasses.replace(target, tokenizer=small), embeds, where=("base", "second"))
 
 
+@pytest.mark.slow
 def test_inpaint_stage_uses_the_second_model(models, tmp_path, mesh):
   base, learned, folder, embeds, _ = models
   ctx = _stage_ctx(tmp_path, mesh, base)
