@@ -89,6 +89,11 @@ def test_workdir_files_and_resume(pipe, images, learned):
   assert len((workdir / "loss.jsonl").read_text().splitlines()) == 4  # micro-steps
   single = token_embeds.read_learned_embeds(str(workdir / "learned_embeds_class1.safetensors"))
   assert list(single) == ["<c1>"]
+  # Checkpoints hold the trainable embedding table and its optimiser state, not the frozen weights.
+  ckpt_bytes = sum(f.stat().st_size for f in (workdir / "ckpt").rglob("*") if f.is_file())
+  unet_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(pipe.unet_params))
+  table_bytes = np.asarray(pipe.text_params["embeddings"]["token_embedding"]["embedding"]).nbytes
+  assert ckpt_bytes < unet_bytes and ckpt_bytes < 10 * table_bytes, (ckpt_bytes, unet_bytes, table_bytes)
   # Rerunning with the same workdir resumes from the last checkpoint: same result, no new steps.
   _, again = invert.learn_tokens(pipe, images, ["bird", "flower"], steps=2, batch=2, grad_accum=2, lr=5e-2,
                                  workdir=str(workdir), log_every=1, ckpt_every=2)

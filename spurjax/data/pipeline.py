@@ -59,6 +59,12 @@ def base_image(img: np.ndarray, pp: Preprocess) -> np.ndarray:
   return square_bilinear(img, pp.resize_to)
 
 
+def base_image_at(img: np.ndarray, pp: Preprocess, size: int) -> np.ndarray:
+  """`base_image` at another square size, straight from the source image (e.g. at a diffusion model's
+  resolution, with no detour through the classifier's smaller base image)."""
+  return base_image(img, dataclasses.replace(pp, resize=int(size)))
+
+
 def eval_view(base: np.ndarray, pp: Preprocess) -> np.ndarray:
   return square_bilinear(_center_crop(base, pp.image_size), pp.image_size)
 

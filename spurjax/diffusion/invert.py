@@ -194,7 +194,7 @@ def learn_tokens(pipeline, images_by_class: Mapping[int, np.ndarray], nouns, *, 
     os.makedirs(workdir, exist_ok=True)
   state, history = dtrain.train(step_fn, state, batch_fn, steps=steps * grad_accum, mesh=mesh,
                                 rng=jax.random.key(seed), workdir=workdir, desc="textual inversion",
-                                log_every=log_every, ckpt_every=ckpt_every,
+                                log_every=log_every, ckpt_every=ckpt_every, paths=paths,
                                 log_file=os.path.join(workdir, "loss.jsonl") if workdir else None)
   learned = np.asarray(state.params["text"]["embeddings"]["token_embedding"]["embedding"])
   text = jax.tree.map(np.asarray, state.params["text"])

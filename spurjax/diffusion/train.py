@@ -232,7 +232,7 @@ def _process_slice(batch: dict) -> dict:
 
 def train(step_fn: Callable, state: State, batch_fn: Callable[[int], dict], *, steps: int, mesh,
           rng: jax.Array, workdir: str | None = None, ckpt_every: int = 500, desc: str = "train",
-          log_every: int = 50, log_file: str | None = None) -> tuple[State, list[dict]]:
+          log_every: int = 50, log_file: str | None = None, paths=None) -> tuple[State, list[dict]]:
   """Runs `steps` micro-batches (resuming from `workdir/ckpt` when a checkpoint is there).
 
   Args:
@@ -244,16 +244,19 @@ def train(step_fn: Callable, state: State, batch_fn: Callable[[int], dict], *, s
     workdir: checkpoint root (None: no checkpoints).
     ckpt_every: micro-steps between checkpoints (one is always written at the end).
     log_every: micro-steps per logged mean loss (to `log_file` as JSON lines, and the bar).
+    paths: the trainable leaves; given, checkpoints hold only them (with the optimiser state and the
+      EMA), not the frozen weights, which the caller rebuilds (textual inversion: one embedding table
+      instead of a whole Stable Diffusion every `ckpt_every` micro-steps).
   Returns:
     (final state, log records [{"step", "loss", "time_s"}]).
   """
   ckpt = Checkpoint(os.path.join(workdir, "ckpt")) if workdir else None
   start, history = 0, []
-  restored = None if ckpt is None else ckpt.restore(state.pytree())
+  restored = None if ckpt is None else ckpt.restore(checkpoint_tree(state, paths))
   if restored is not None:
     start, tree, meta = restored
     start = int(start)
-    state = state.replace(**tree)
+    state = from_checkpoint_tree(state, tree, paths)
     history = list(meta.get("history", []))
   state = shd.replicate(state, mesh)
   rng = shd.replicate(rng, mesh)
@@ -276,11 +279,29 @@ def train(step_fn: Callable, state: State, batch_fn: Callable[[int], dict], *, s
         with open(log_file, "a") as f:
           f.write(json.dumps(rec) + "\n")
     if ckpt is not None and (done % ckpt_every == 0 or done == steps):
-      ckpt.save(done, jax.device_get(state.pytree()), {"history": history})
+      ckpt.save(done, jax.device_get(checkpoint_tree(state, paths)), {"history": history})
   bar.close()
   if ckpt is not None:
     ckpt.close()
   return state, history
+
+
+def checkpoint_tree(state: State, paths=None) -> dict:
+  """What a checkpoint holds: the whole state, or (with `paths`) its trainable leaves only."""
+  if paths is None:
+    return state.pytree()
+  trainable, _ = partition(state.params, paths)
+  return {"step": state.step, "params": {_key(p): v for p, v in trainable.items()}, "opt_state": state.opt_state,
+          "ema": state.ema}
+
+
+def from_checkpoint_tree(state: State, tree: dict, paths=None) -> State:
+  """`state` with a checkpoint's tree put back (trainable leaves merged into the frozen rest)."""
+  if paths is None:
+    return state.replace(**tree)
+  _, frozen = partition(state.params, paths)
+  trainable = {p: tree["params"][_key(p)] for p in paths}
+  return state.replace(step=tree["step"], params=merge(trainable, frozen), opt_state=tree["opt_state"], ema=tree["ema"])
 
 
 def sample_batch_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:

@@ -34,12 +34,14 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
                          batch_size: int = 8, num_classes: int | None = None, paste: bool = True,
                          skip=None, desc: str | None = "inpaint", attributes: Sequence[str] = (),
                          eta: float = 0.0, same_class: bool = False, strength: float = 1.0,
-                         guidance_interval=None) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
+                         guidance_interval=None, model_images=None) -> Iterator[tuple[int, list[Edit], np.ndarray | None]]:
   """Yields (chunk index, its edits, float32 (n, H, W, 3) images in [0, 1]) chunk by chunk.
 
   Arguments as in `make_counterfactuals`; `skip(chunk_index, edits) -> bool` marks chunks that are
   already done (they are yielded with images None and not computed); `same_class`: each image is
-  repainted with its own class's prompt instead (`plan_edits`).
+  repainted with its own class's prompt instead (`plan_edits`); `model_images`: the same sources as
+  the model should see them (e.g. read at its resolution from the original files; default: `images`
+  resized). The edits come back at the size of `images`, pasted into them through `masks`.
   """
   images = to_float_images(images)
   masks = np.asarray(masks)
@@ -65,8 +67,12 @@ def iter_counterfactuals(pipeline, images, masks, source_classes, target_tokens,
   skip = skip or (lambda c, e: False)
   todo_mask = distributed.from_main(np.asarray([not skip(c, e) for c, e in enumerate(chunks)], np.int32))
   todo = {c for c in range(len(chunks)) if todo_mask[c]}
-  prep = _prepare(pipeline, images, masks, target_tokens, nouns, num_classes, template, guidance_scale,
-                  attributes) if todo else None
+  if model_images is not None:
+    model_images = to_float_images(model_images)
+    if len(model_images) != len(images):
+      raise SpurjaxError(f"inpaint: {len(model_images)} model images for {len(images)} images")
+  prep = _prepare(pipeline, images if model_images is None else model_images, masks, target_tokens, nouns,
+                  num_classes, template, guidance_scale, attributes) if todo else None
   n_attr = max(1, len(attributes))
   run = sampling.inpaint_channels if mode == "channels" else sampling.inpaint_blended
   params = fns.params

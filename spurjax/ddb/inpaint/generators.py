@@ -12,6 +12,7 @@ import os
 import jax
 import numpy as np
 
+from spurjax.ddb.images import diffusion_size
 from spurjax.ddb.inpaint.generate import iter_counterfactuals
 from spurjax.ddb.inpaint.prompts import Edit, plan_edits
 from spurjax.ddb.nouns import nouns_for
@@ -45,6 +46,17 @@ def inpaint_pipeline(ctx, tokens):
                          where=(str(ctx.cfg.diffusion.path), ctx.inpaint_dir))
 
 
+def sources_at(ctx, indices, size) -> np.ndarray | None:
+  """The selected images read from their files at the diffusion model's (square) resolution, through
+  the classifier's deterministic crop but not its smaller base size (None for a non-square model)."""
+  if int(size[0]) != int(size[1]):
+    return None
+  from spurjax.data.pipeline import base_image_at
+  from spurjax.train.loop import preprocess_from_config
+  pp = preprocess_from_config(ctx.cfg)
+  return np.stack([base_image_at(ctx.table.image(int(i)), pp, int(size[0])) for i in indices])
+
+
 def generator_settings(ctx) -> dict:
   """The `iter_counterfactuals` keywords that the config's `ddb.*` keys set (all but samples and seed)."""
   d = ctx.cfg.ddb.inpaint
@@ -64,9 +76,11 @@ def diffuse_all(ctx, folder, tokens, images, masks, indices, source_classes) -> 
     return all(os.path.isfile(os.path.join(folder, edit_file(indices[e.source], e))) for e in edits)
 
   rows = []
+  pipeline = inpaint_pipeline(ctx, tokens)
   for _, edits, imgs in iter_counterfactuals(
-      inpaint_pipeline(ctx, tokens), images, masks, source_classes, tokens.tokens, nouns_for(cfg, table),
-      n_samples=int(d.inpaint.n_samples), seed=int(cfg.seed), skip=done, desc="inpaint", **generator_settings(ctx)):
+      pipeline, images, masks, source_classes, tokens.tokens, nouns_for(cfg, table),
+      n_samples=int(d.inpaint.n_samples), seed=int(cfg.seed), skip=done, desc="inpaint",
+      model_images=sources_at(ctx, indices, diffusion_size(pipeline)), **generator_settings(ctx)):
     for n, e in enumerate(edits):
       i = indices[e.source]
       name = edit_file(i, e)
