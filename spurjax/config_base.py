@@ -79,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.lr = 1e-3
   c.optim.momentum = 0.9
   c.optim.nesterov = False
+  c.optim.b1 = 0.9                # adam / adamw
+  c.optim.b2 = 0.999
   c.optim.weight_decay = 1e-4
   c.optim.schedule = "constant"
   c.optim.warmup_epochs = 0.0

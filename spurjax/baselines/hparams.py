@@ -67,10 +67,10 @@ LOSS = {"groupdro": "group_dro"}
 def dataset_of(cfg) -> Optional[str]:
   """'synth', 'waterbirds', 'celeba', 'metashift' or None (no published values)."""
   d = cfg.data
-  kind = d.get("kind", "folder")
+  kind = d.kind
   if kind in ("synth", "celeba", "metashift"):
     return kind
-  text = f"{d.get('root', '')} {d.get('tfds_name', '')}".lower()
+  text = f"{d.root} {d.tfds_name}".lower()
   if "waterbird" in text:
     return "waterbirds"
   return None

@@ -114,7 +114,7 @@ def predict(cfg, model, variables, source: ImageSource, table: Table, indices: n
   """Eval-mode logits (and optionally features) for `indices`, as numpy, in order."""
   # Keyed by value (modules and meshes hash by their fields), never by id(): a new model
   # object may reuse a freed id.
-  key = (model, mesh, tuple(cfg.data.mean), tuple(cfg.data.std), str(cfg.model.get("dtype", "float32")), features)
+  key = (model, mesh, tuple(cfg.data.mean), tuple(cfg.data.std), str(cfg.model.dtype), features)
   if key not in _PREDICT_CACHE:
     _PREDICT_CACHE[key] = make_predict_fn(model.apply, mesh, mean=cfg.data.mean, std=cfg.data.std,
                                           dtype=dtype_of(cfg), features=features)

@@ -8,8 +8,8 @@ from spurjax.errors import SpurjaxError
 
 def make_schedule(cfg, total_steps: int, steps_per_epoch: int):
   lr = float(cfg.lr)
-  warmup = int(round(float(cfg.get("warmup_epochs", 0.0)) * steps_per_epoch))
-  name = cfg.get("schedule", "constant")
+  warmup = int(round(float(cfg.warmup_epochs) * steps_per_epoch))
+  name = cfg.schedule
   if name == "constant":
     main = optax.constant_schedule(lr)
   elif name == "cosine":
@@ -26,14 +26,14 @@ def make_schedule(cfg, total_steps: int, steps_per_epoch: int):
 def make_optimizer(cfg, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
   """SGD (torch-style L2 weight decay), Adam (L2) or AdamW (decoupled), with a schedule."""
   sched = make_schedule(cfg, total_steps, steps_per_epoch)
-  wd = float(cfg.get("weight_decay", 0.0))
-  name = cfg.get("name", "sgd")
+  wd = float(cfg.weight_decay)
+  name = cfg.name
   if name == "sgd":
-    opt = optax.sgd(sched, momentum=float(cfg.get("momentum", 0.9)) or None, nesterov=bool(cfg.get("nesterov", False)))
+    opt = optax.sgd(sched, momentum=float(cfg.momentum) or None, nesterov=bool(cfg.nesterov))
     return optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
   if name == "adam":
-    opt = optax.adam(sched, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)))
+    opt = optax.adam(sched, b1=float(cfg.b1), b2=float(cfg.b2))
     return optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
   if name == "adamw":
-    return optax.adamw(sched, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)), weight_decay=wd)
+    return optax.adamw(sched, b1=float(cfg.b1), b2=float(cfg.b2), weight_decay=wd)
   raise SpurjaxError(f"config optim.name: unknown optimiser '{name}' (sgd, adam, adamw)")
