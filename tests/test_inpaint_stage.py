@@ -107,6 +107,30 @@ def test_paste_keeps_background_at_another_size(pipe3, mesh):
   assert np.abs(np.where(keep, 0, out["images"] - src)).max() > 1e-2
 
 
+def test_the_model_sees_the_sources_at_its_resolution_and_the_edits_come_back_at_theirs(pipe3, mesh, monkeypatch):
+  """Inpainting starts from the source read at the model's resolution (8 px here), not from the
+  classifier's smaller base image (4 px) upsampled; the edits come back at the base size, pasted
+  into the base images outside the mask."""
+  from spurjax.diffusion import sampling
+  sharp, masks = _inputs(size=8, n=2, seed=2)
+  small = sharp.reshape(2, 4, 2, 4, 2, 3).mean((2, 4))          # the base images: 4 x 4
+  small_masks = masks[:, ::2, ::2]
+  seen = []
+  real = sampling.inpaint_blended
+  monkeypatch.setattr(sampling, "inpaint_blended", lambda *a, **k: seen.append(np.asarray(k["images"])) or real(*a, **k))
+  edits = list(inpaint.iter_counterfactuals(pipe3, small, small_masks, [0, 1], TOKENS, NOUNS[:2], seed=0, mesh=mesh,
+                                            model_images=sharp, desc=None, **FAST))
+  np.testing.assert_allclose(seen[0][:2], sharp[[0, 1]], atol=1e-6)   # the sharp sources, not `small` upsampled
+  out = np.concatenate([imgs for _, _, imgs in edits])
+  assert out.shape == (2, 4, 4, 3)
+  keep = ~small_masks[..., None]
+  np.testing.assert_allclose(np.where(keep, out, 0), np.where(keep, small[[0, 1]], 0), atol=1e-6)
+  seen.clear()
+  list(inpaint.iter_counterfactuals(pipe3, small, small_masks, [0, 1], TOKENS, NOUNS[:2], seed=0, mesh=mesh,
+                                    desc=None, **FAST))
+  assert np.abs(seen[0][:2] - sharp[[0, 1]]).max() > 1e-2          # without them: the base images upsampled
+
+
 @pytest.mark.slow
 def test_channels_mode_and_mode_checks(pipe3, pipe7, mesh):
   images, masks = _inputs()
