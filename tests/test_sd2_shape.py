@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from spurjax.diffusion import unet as unet_lib
+from test_unet import _randomise
 
 # stabilityai/stable-diffusion-2-base unet/config.json with widths / 8 and a smaller text width.
 SD2_SHAPE = dict(block_out_channels=(40, 80, 160, 160), layers_per_block=2, attention_head_dim=(5, 10, 20, 20),
@@ -16,19 +17,6 @@ SD2_SHAPE = dict(block_out_channels=(40, 80, 160, 160), layers_per_block=2, atte
                  downsample_padding=1, mid_block_scale_factor=1, norm_eps=1e-5, upcast_attention=False)
 
 pytestmark = pytest.mark.slow
-
-
-def _randomise(model, seed=0):
-  import torch
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if p.ndim >= 2:
-        p.copy_(torch.randn(p.shape, generator=g) / np.sqrt(np.prod(p.shape[1:])))
-      elif name.endswith("weight"):
-        p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-      else:
-        p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
 def test_unet_parity_at_sd2_inpainting_structure(in_channels=9):
