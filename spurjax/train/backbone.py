@@ -17,6 +17,15 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 _META = "__meta__"
 
 
+NO_WEIGHTS = ("", "none")   # model.pretrained: no torchvision weights ("none": on purpose, where a preset asks for them)
+REQUIRED = "required"       # model.pretrained in a preset whose recipe starts from ImageNet weights
+
+
+def pretrained_path(value) -> str:
+  """The torchvision weights file `model.pretrained` names ("" for none)."""
+  return "" if str(value) in NO_WEIGHTS + (REQUIRED,) else str(value)
+
+
 def builtin_path(model_name: str) -> str:
   """The shipped weights file of `model_name` (which may not exist)."""
   return os.path.join(ASSETS, f"{model_name}.npz")

@@ -68,29 +68,20 @@ def identity(ctx) -> dict:
   out = {"table": ctx.table_digest}
   if m.init_from:
     out["init_from"] = file_digest(backbone.resolve(m.init_from, m.name))
-  if pretrained_path(m.pretrained):
+  if backbone.pretrained_path(m.pretrained):
     out["pretrained"] = file_digest(m.pretrained)
   return out
-
-
-NO_WEIGHTS = ("", "none")   # model.pretrained: no torchvision weights ("none": on purpose, where a preset asks for them)
-REQUIRED = "required"       # model.pretrained in a preset whose recipe starts from ImageNet weights
-
-
-def pretrained_path(value) -> str:
-  """The torchvision weights file `model.pretrained` names ("" for none)."""
-  return "" if str(value) in NO_WEIGHTS + (REQUIRED,) else str(value)
 
 
 def validate(ctx) -> None:
   """Before any stage: a preset that starts from ImageNet weights is given them (or told `none`), and a
   weights file given exists."""
   value = str(ctx.cfg.model.pretrained)
-  if value == REQUIRED:
+  if value == backbone.REQUIRED:
     raise SpurjaxError(f"config model.pretrained: this recipe starts {ctx.cfg.model.name} from ImageNet weights; set "
                        "--config.model.pretrained=PATH (a torchvision state dict, .pth or .safetensors), or "
                        "--config.model.pretrained=none to start from random weights on purpose")
-  if pretrained_path(value) and not os.path.isfile(value):
+  if backbone.pretrained_path(value) and not os.path.isfile(value):
     raise SpurjaxError(f"config model.pretrained: file not found: {value}")
 
 

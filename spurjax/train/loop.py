@@ -88,10 +88,9 @@ def init_variables(cfg, table: Table, rng):
   model = models.get_model(cfg.model.name, table.num_classes, dtype_of(cfg))
   variables = _init(model, int(cfg.data.image_size), rng)
   variables = jax.tree.map(np.asarray, dict(variables))
-  from spurjax.train.erm import REQUIRED, pretrained_path
-  if str(cfg.model.pretrained) == REQUIRED:
+  if str(cfg.model.pretrained) == backbone.REQUIRED:
     raise SpurjaxError("config model.pretrained: this recipe needs ImageNet weights (a file), or 'none'")
-  path = pretrained_path(cfg.model.pretrained)
+  path = backbone.pretrained_path(cfg.model.pretrained)
   if path:
     from spurjax.models import torchvision_io
     sd = torchvision_io.load_state_dict(path)
