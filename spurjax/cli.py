@@ -1,6 +1,7 @@
 """The `spurjax` command line. Thin: every command calls an importable function.
 
   spurjax erm --config configs/synth.py --workdir W [--config.key=value ...]
+  spurjax dryrun --config configs/waterbirds.py [--workdir W] [--width N]
   spurjax data synth --out DIR [...]
   spurjax bench {erm,unet} [...]
 
@@ -18,6 +19,7 @@ USAGE = """usage: spurjax <command> [options]
 commands:
   run     --config FILE[:arg] --workdir DIR [--config.key=value ...]   the DDB pipeline end to end
   erm     --config FILE[:arg] --workdir DIR [--config.key=value ...]   train ERM, write report.json/.md
+  dryrun  --config FILE [--workdir DIR] [--models DIR] [--width N] [...]  the preset at full size, random weights: time, memory
   baseline --method NAME --config FILE --workdir DIR [...]           a baseline (suby rwy subg rwg groupdro jtt dfr)
   invert  --config FILE --workdir DIR [...]                            learn one textual-inversion token per class
   prior   train --data DIR --out PRIOR_DIR [...]                      train a small text-to-image prior
@@ -49,6 +51,9 @@ def _dispatch(argv):
   if cmd == "run":
     from spurjax.ddb import run as ddb_run
     return ddb_run.main(rest) or 0
+  if cmd == "dryrun":
+    from spurjax.dryrun import run as dryrun
+    return dryrun.main(rest) or 0
   if cmd == "invert":
     from spurjax.diffusion import invert
     return invert.main(rest) or 0

@@ -16,6 +16,7 @@ line saying which stages were reused and which were redone, and why.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -31,6 +32,18 @@ from spurjax.errors import SpurjaxError
 from spurjax.fileio import write_json_atomic
 
 STAGE_FILE = "stage.json"
+_AROUND: list = []   # factories (stage name, ctx, inputs, folder) -> context manager, see `around_compute`
+
+
+@contextlib.contextmanager
+def around_compute(factory):
+  """Within the block every stage a `Runner` computes runs inside `factory(name, ctx, inputs, folder)`
+  (a context manager; e.g. a meter of time and memory). Stages reused from their folders are not."""
+  _AROUND.append(factory)
+  try:
+    yield
+  finally:
+    _AROUND.remove(factory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,9 +216,12 @@ class Runner:
         os.makedirs(tmp, exist_ok=True)
         write_json_atomic(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": False})
       distributed.barrier(f"{stage.name}_start")
-      start = time.perf_counter()
-      stage.compute(self.ctx, inputs, tmp)
-      self.seconds[stage.name] = time.perf_counter() - start
+      with contextlib.ExitStack() as around:
+        for factory in list(_AROUND):
+          around.enter_context(factory(stage.name, self.ctx, inputs, tmp))
+        start = time.perf_counter()
+        stage.compute(self.ctx, inputs, tmp)
+        self.seconds[stage.name] = time.perf_counter() - start
       if distributed.is_main():
         write_json_atomic(os.path.join(tmp, STAGE_FILE), {"fingerprint": fp, "record": record, "complete": True,
                                                     "seconds": round(self.seconds[stage.name], 1)})
