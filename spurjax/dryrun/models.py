@@ -7,6 +7,7 @@ from the parameter shapes (`jax.eval_shape`, no Flax init) and written one compo
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -108,6 +109,12 @@ def sd2_configs(width: int = 1, resolution: int = 512, inpaint: bool = False) ->
 
 def param_shapes(component: str, config: dict):
   """The Flax param tree of a component as ShapeDtypeStructs (no weights)."""
+  return _param_shapes(component, json.dumps(config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(component: str, config_json: str):
+  config = json.loads(config_json)
   if component == "unet":
     return unet_lib.unet_param_shapes(config)
   if component == "vae":
