@@ -1,8 +1,8 @@
 """A tiny Waterbirds-format folder (`spurjax.data.folder`): metadata.csv (img_filename, y, place, split),
 classes.json and JPEG photos of a bird-like blob on a land- or water-coloured scene.
 
-Per group counts keep Waterbirds' split ratio (train 4795 : val 1199 : test 5794 ~ 20 : 5 : 24), so the
-evaluation the trainers do each epoch weighs on the time per training image as it will on the real data.
+Per group counts are Waterbirds' scaled down to the training batch (`split_counts`), so the evaluation
+the trainers do each epoch weighs on the time per training image as it will on the real data.
 Like the real folder it has no object masks.
 """
 from __future__ import annotations
@@ -18,7 +18,21 @@ from spurjax.fileio import write_json_atomic
 
 # (y, place) groups: landbird on land, landbird on water, waterbird on land, waterbird on water.
 GROUPS = ((0, 0), (0, 1), (1, 0), (1, 1))
+WATERBIRDS_GROUPS = {0: (3498, 184, 56, 1057), 1: (467, 466, 133, 133), 2: (2255, 2255, 642, 642)}
 SPLIT_COUNTS = {0: (8, 2, 2, 8), 1: (2, 1, 1, 1), 2: (9, 9, 3, 3)}   # per split, images per group
+
+
+def split_counts(n_train: int) -> dict[int, tuple[int, ...]]:
+  """Images per group of each split: Waterbirds' counts scaled to at least `n_train` training images
+  (the batch must fit), every group present in every split."""
+  scale = n_train / sum(WATERBIRDS_GROUPS[0])
+  out = {}
+  for split, groups in WATERBIRDS_GROUPS.items():
+    per = [max(1, int(round(g * scale))) for g in groups]
+    if split == 0 and sum(per) < n_train:
+      per[0] += n_train - sum(per)
+    out[split] = tuple(per)
+  return out
 STAMP = "dryrun_data.json"
 _SCENE = {0: (96, 128, 60), 1: (50, 90, 150)}   # land green-brown, water blue
 _BIRD = {0: (150, 110, 60), 1: (235, 235, 225)}  # landbird brown, waterbird white

@@ -104,7 +104,9 @@ def dryrun(spec: str, workdir: str, overrides: Sequence[str] = (), models_dir: s
   written = models.write_models(models_dir, width, resolution, str(full.model.name), log=log) \
       if not all(PATH_KEYS[k] in given for k in PATH_KEYS) else {}
   paths = {k: p for k, p in written.items() if PATH_KEYS[k] not in given}
-  root = data_lib.write_folder(os.path.join(workdir, "data"), image_size, log=log)
+  n_train = max(int(full.train.batch_size), int(full.ddb.retrain.batch_size), 8)
+  root = data_lib.write_folder(os.path.join(workdir, "data"), image_size, split_counts=data_lib.split_counts(n_train),
+                               log=log)
   full, run_cfg = configs(spec, [f"--config.data.root={root}"] + list(overrides), paths, dry_counts)
   run_dir = os.path.join(workdir, "run")
   _clear_stages(run_dir)
