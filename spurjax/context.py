@@ -92,6 +92,11 @@ class Context:
       self._inpainter = loading.load_pipeline(self.inpaint_dir)
     return self._inpainter
 
+  def release_pipeline(self) -> None:
+    """Forgets the loaded first model (a later `load_pipeline()` reads it again); its digest is kept."""
+    _ = self.diffusion_digest   # an in-memory model's identity is its weights: taken while they are here
+    self.pipeline = None
+
   def load_pipeline(self):
     """`pipeline`, loading it from `cfg.diffusion.path` ("builtin" or a diffusers directory) on first use."""
     if self.pipeline is None:

@@ -198,3 +198,21 @@ def test_attention_matches_softmax_reference():
   chex.assert_shape(probs, (2, 3, 6, 4))
   want = jnp.einsum("bhts,bshd->bthd", probs, v)
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_attention_in_query_blocks_equals_whole():
+  """Past the scores budget the CPU path runs the queries in blocks: same values, same gradients."""
+  rng = np.random.default_rng(3)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 12, 3, 8)), jnp.float32) for _ in range(3))
+  whole = attn_lib._heads_major_attention(q, k, v)
+  budget = 4 * 2 * 3 * 12 * 5   # five query rows' scores: blocks of 4 (the largest divisor of 12 up to 5)
+  blocks = attn_lib._heads_major_attention(q, k, v, scores_budget=budget)
+  np.testing.assert_allclose(np.asarray(blocks), np.asarray(whole), rtol=1e-6, atol=1e-6)
+  hlo = jax.jit(lambda q: attn_lib._heads_major_attention(q, k, v, scores_budget=budget)).lower(q).as_text()
+  assert "while" in hlo   # the blocks run one after the other
+  loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))
+  g_whole = jax.grad(loss(attn_lib._heads_major_attention), argnums=(0, 1, 2))(q, k, v)
+  g_blocks = jax.grad(loss(lambda q, k, v: attn_lib._heads_major_attention(q, k, v, scores_budget=budget)),
+                      argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g_blocks, g_whole):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -20,6 +20,7 @@ _GPU_PLATFORMS = ("gpu", "cuda")
 # cuDNN's fused (flash) attention handles head dims that are multiples of 8 up to
 # 128 on every supported GPU (256 on Hopper and later; 128 is the safe bound).
 _CUDNN_MAX_HEAD_DIM = 128
+CPU_SCORES_BUDGET = 1 << 28   # bytes of float32 attention scores one CPU attention call materialises
 
 
 def default_platform() -> str:
@@ -61,13 +62,29 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str |
   return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
 
 
-def _heads_major_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def _heads_major_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                           scores_budget: int | None = None) -> jax.Array:
   """Attention with heads moved next to batch before the two matmuls.
 
   On the CPU XLA runs (B, H)-batched matmuls over contiguous (T, D) blocks several
   times faster than the (B, T, H, D) contraction `jax.nn.dot_product_attention`
   emits (the shipped prior's 16x16 self-attention: 16 vs 68 ms per UNet call).
+  Where the (B, H, T, S) float32 scores would pass `scores_budget` bytes (SD 2's 64x64
+  self-attention: 5 GiB for 16 rows), the queries go through in blocks, one after the other
+  (each row's softmax is whole, so the result is the same), each block recomputed in the backward pass.
   """
+  b, t, h, _ = q.shape
+  budget = CPU_SCORES_BUDGET if scores_budget is None else int(scores_budget)
+  rows = max(1, budget // (4 * b * h * k.shape[1]))
+  if rows >= t:
+    return _heads_major_block(q, k, v)
+  block = max(d for d in range(1, rows + 1) if t % d == 0)
+  qb = jnp.moveaxis(q.reshape(b, t // block, block, h, q.shape[-1]), 1, 0)
+  out = jax.lax.map(jax.checkpoint(lambda qi: _heads_major_block(qi, k, v)), qb)
+  return jnp.moveaxis(out, 0, 1).reshape(b, t, h, v.shape[-1])
+
+
+def _heads_major_block(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   probs = attention_probs(q, k)
   vh = jnp.transpose(v, (0, 2, 1, 3))
   out = jnp.einsum("bhts,bhsd->bhtd", probs.astype(v.dtype), vh)

@@ -7,6 +7,7 @@ changed region as `inpaint/masks/...`, which the prune stage then scores.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -42,6 +43,10 @@ def inpaint_pipeline(ctx, tokens):
   if not ctx.separate_inpainter:
     return tokens.pipeline
   from spurjax.diffusion.token_embeds import transfer_tokens
+  # Only the first model's tokenizer and text encoder are needed from here on: its UNet and VAE
+  # are let go before the second model loads (two SD-2-sized models do not fit a 24 GiB host).
+  tokens.pipeline = dataclasses.replace(tokens.pipeline, unet_params=None, vae_params=None)
+  ctx.release_pipeline()
   return transfer_tokens(tokens.pipeline, ctx.load_inpaint_pipeline(), tokens.embeds_file,
                          where=(str(ctx.cfg.diffusion.path), ctx.inpaint_dir))
 
