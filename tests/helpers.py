@@ -1,4 +1,4 @@
-"""Small in-memory datasets for tests."""
+"""Small in-memory datasets, configs and a tiny diffusion model for tests."""
 import numpy as np
 
 from spurjax.config_base import base_config
@@ -56,3 +56,27 @@ def erm_artefact(model, variables):
   """An ERM stage artefact around a classifier made in a test."""
   from spurjax.train.erm import ErmResult
   return ErmResult(report={}, model=model, variables=variables, folder="")
+
+
+TINY_CLIP = dict(vocab_size=600, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+TINY_UNET = dict(block_out_channels=(8,), layers_per_block=1, norm_num_groups=4, cross_attention_dim=16,
+                 attention_head_dim=(2,), down_block_types=("CrossAttnDownBlock2D",),
+                 up_block_types=("CrossAttnUpBlock2D",), in_channels=3, out_channels=3, sample_size=16)
+TINY_SCHEDULER = dict(_class_name="DDIMScheduler", num_train_timesteps=1000, beta_schedule="scaled_linear",
+                      beta_start=0.00085, beta_end=0.012, steps_offset=1, set_alpha_to_one=False, clip_sample=False)
+
+
+def write_tiny_pipeline(folder) -> str:
+  """A one-level pixel-space text-to-image model (random weights) saved as a diffusers directory."""
+  import jax
+
+  from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
+  from pathlib import Path
+  d = Path(folder)
+  tok = tok_lib.load_tokenizer(tok_lib.write_clip_tokenizer(d / "tok", vocab_size=TINY_CLIP["vocab_size"]))
+  pipe = loading.Pipeline(
+      unet=unet_lib.UNet2DConditionModel(TINY_UNET), unet_params=unet_lib.init_unet_params(TINY_UNET, jax.random.key(0)),
+      text_encoder=clip_text.CLIPTextModel(TINY_CLIP), text_params=clip_text.init_clip_params(TINY_CLIP, jax.random.key(1)),
+      tokenizer=tok, scheduler_config=TINY_SCHEDULER)
+  loading.save_pipeline(pipe, d / "model")
+  return str(d / "model")

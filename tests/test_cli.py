@@ -106,7 +106,10 @@ def test_erm_notebook_runs(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_ddb_notebook_runs(tmp_path, monkeypatch, capsys):
-  ns = run_notebook(os.path.join(NOTEBOOKS, "ddb.ipynb"), tmp_path, monkeypatch, NOTEBOOK_SETTINGS["ddb"])
+  from helpers import write_tiny_pipeline
+  model = write_tiny_pipeline(tmp_path / "model")   # a one-level model: the shipped prior compiles for a minute
+  ns = run_notebook(os.path.join(NOTEBOOKS, "ddb.ipynb"), tmp_path, monkeypatch,
+                    [*NOTEBOOK_SETTINGS["ddb"], f"diffusion.path={model}"])
   assert ns["cfg"].ddb.select.k == 3
   assert {n for n, _ in ns["runner"].redone} == {"erm", "select", "segment", "invert", "inpaint", "prune",
                                                   "retrain"}

@@ -2,35 +2,20 @@
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
+from helpers import write_tiny_pipeline
 from spurjax import cli, sharding
-from spurjax.diffusion import clip_text, loading, tokenizer as tok_lib, unet as unet_lib
 
 pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.slow  # end-to-end runs: minutes on a CPU
 
-CLIP = dict(vocab_size=600, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-UNET = dict(block_out_channels=(8,), layers_per_block=1, norm_num_groups=4, cross_attention_dim=16,
-            attention_head_dim=(2,), down_block_types=("CrossAttnDownBlock2D",),
-            up_block_types=("CrossAttnUpBlock2D",), in_channels=3, out_channels=3, sample_size=16)
-SCHED = dict(_class_name="DDIMScheduler", num_train_timesteps=1000, beta_schedule="scaled_linear",
-             beta_start=0.00085, beta_end=0.012, steps_offset=1, set_alpha_to_one=False, clip_sample=False)
-
 
 @pytest.fixture(scope="module")
 def prior_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("prior")
-  tok = tok_lib.load_tokenizer(tok_lib.write_clip_tokenizer(d / "tok", vocab_size=CLIP["vocab_size"]))
-  pipe = loading.Pipeline(
-      unet=unet_lib.UNet2DConditionModel(UNET), unet_params=unet_lib.init_unet_params(UNET, jax.random.key(0)),
-      text_encoder=clip_text.CLIPTextModel(CLIP), text_params=clip_text.init_clip_params(CLIP, jax.random.key(1)),
-      tokenizer=tok, scheduler_config=SCHED)
-  loading.save_pipeline(pipe, d / "model")
-  return str(d / "model")
+  return write_tiny_pipeline(tmp_path_factory.mktemp("prior"))
 
 
 def _args(work, data, prior):

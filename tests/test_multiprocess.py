@@ -29,9 +29,15 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _other_xla_flags() -> str:
+  """This run's XLA flags (conftest's compile settings) less the device count."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  return " ".join(f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
+
+
 def _env(devices: int, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith("SPURJAX_")}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {_other_xla_flags()}",
              TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]), **extra)
   return env
 
