@@ -157,6 +157,33 @@ def test_trained_prior_is_inpainting_and_used_object_masks(trained, data):
   assert np.abs(out[:, m[0] > 0.5] - img[:, m[0] > 0.5]).max() > 0.05
 
 
+@pytest.mark.slow
+def test_plain_captioned_corpus_trains_on_whole_images_and_random_boxes(data, tmp_path, capsys):
+  import csv
+  import shutil
+  corpus = tmp_path / "plain"
+  shutil.copytree(data / "corpus", corpus)
+  with open(corpus / "metadata.csv") as f:
+    rows = list(csv.DictReader(f))
+  with open(corpus / "metadata.csv", "w", newline="") as f:   # only file_name and text, as real corpora
+    w = csv.DictWriter(f, ["file_name", "text"])
+    w.writeheader()
+    w.writerows({"file_name": r["file_name"], "text": r["text"]} for r in rows)
+  out = tmp_path / "p"
+  rc = cli.main(["prior", "train", "--data", str(corpus), "--out", str(out),
+                 "--config", os.path.join(CONFIGS, "prior_synth.py:tiny"), "--config.train.steps=1"])
+  assert rc == 0
+  said = [line for line in capsys.readouterr().out.splitlines() if "no object masks" in line]
+  assert len(said) == 1 and "random boxes" in said[0]
+  info = json.loads((out / "training.json").read_text())
+  mix = info["mask_mix"]
+  assert info["object_masks"] is False and mix["box"] == mix["square"] == mix["aspect"] == 0
+  assert mix["random"] > 0 and mix["full"] > 0 and abs(sum(mix.values()) - 1) < 1e-9
+  masks = prior.training_masks(2000, None, 16, np.random.default_rng(0), prior.plain_corpus_mix(
+      prior.mask_mix({"full": 1, "box": 1, "square": 1, "aspect": 0, "random": 1})))
+  assert abs((masks.sum((1, 2)) == 16 * 16).mean() - 0.25) < 0.04   # full keeps its share; the rest random boxes
+
+
 def test_mask_paths_are_read_and_checked(tmp_path):
   root = _folder(tmp_path, "file_name,text\nimages/0.png,a bird\nimages/1.png,a flower\n")
   assert imagefolder.read_mask_paths(str(root)) is None

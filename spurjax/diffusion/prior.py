@@ -17,7 +17,9 @@ example gets a mask drawn from the mix in `cfg.masks`: the whole image (so the s
 draws from text alone and serves textual inversion), the object's bounding box grown by a
 few pixels, the square around that box, a box of another aspect ratio around it (so the
 mask's shape does not tell the class), or a random box (box geometry: `spurjax.data.boxes`). Box
-masks need the object masks (`mask_file_name`); without them only full-image and random masks are drawn.
+masks need the object masks (`mask_file_name`). A plain captioned corpus has none: its examples get
+whole-image masks and random boxes, the box kinds' weight going to the random boxes
+(`plain_corpus_mix`), and the run says so in one line.
 """
 from __future__ import annotations
 
@@ -52,6 +54,15 @@ def mask_mix(cfg_masks) -> np.ndarray:
   if (p < 0).any() or p.sum() <= 0:
     raise SpurjaxError(f"config masks: the weights of {', '.join(MASK_KINDS)} must be >= 0, not all 0; got {p}")
   return p / p.sum()
+
+
+def plain_corpus_mix(probs: np.ndarray) -> np.ndarray:
+  """The mask mix for a corpus without object masks: the box kinds' weight moved to random boxes."""
+  probs = np.asarray(probs, np.float64).copy()
+  boxed = [MASK_KINDS.index(k) for k in ("box", "square", "aspect")]
+  probs[MASK_KINDS.index("random")] += probs[boxed].sum()
+  probs[boxed] = 0.0
+  return probs
 
 
 def training_masks(batch: int, boxes: np.ndarray | None, size: int, rng: np.random.Generator, probs, *,
@@ -120,9 +131,11 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
   inpaint = bool(cfg.get("inpaint", False))
   mask_paths = read_mask_paths(data_dir) if inpaint else None
   probs = mask_mix(cfg.masks) if inpaint else None
+  notes = []
   if inpaint and mask_paths is None and any(probs[MASK_KINDS.index(k)] > 0 for k in ("box", "square", "aspect")):
-    raise SpurjaxError(f"{data_dir}: box masks (config masks.box / square / aspect) need an imagefolder column "
-                       f"'{MASK_COLUMN}' with the object masks (spurjax data synth writes it)")
+    probs = plain_corpus_mix(probs)
+    notes.append(f"no object masks (column '{MASK_COLUMN}'): masks are whole images ({probs[0]:.2f}) and random "
+                 f"boxes ({probs[MASK_KINDS.index('random')]:.2f}), not object boxes")
   t = cfg.train
   decay = _decay(t)
   object_weight = float(t.get("object_weight", 1.0))
@@ -130,8 +143,10 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
   if not 0.0 < object_t_max <= 1.0:
     raise SpurjaxError(f"config train.object_t_max={object_t_max} must be in (0, 1]")
   if object_weight != 1.0 and mask_paths is None:
-    raise SpurjaxError(f"{data_dir}: config train.object_weight={object_weight} needs an imagefolder column "
-                       f"'{MASK_COLUMN}' with the object masks (spurjax data synth writes it)")
+    notes.append(f"train.object_weight={object_weight} ignored (no object masks)")
+    object_weight = 1.0
+  for note in notes:
+    print(f"prior: {data_dir}: {note}", flush=True)
   mesh = shd.make_mesh()
   bs = int(t.batch_size)
   if bs % mesh.devices.size:
@@ -205,6 +220,7 @@ def train_prior(cfg, data_dir: str, out_dir: str, workdir: str | None = None) ->
                               out_dir)
   wall = time.time() - t0
   info = {"data": os.path.abspath(data_dir), "images": len(images), "object_masks": mask_paths is not None,
+          "mask_mix": dict(zip(MASK_KINDS, map(float, probs))) if inpaint else None,
           "steps": int(t.steps), "grad_accum": accum, "batch_size": bs, "wall_s_this_run": round(wall, 1),
           "steps_this_run": calls[0] // accum, "images_per_s_this_run": round(calls[0] * bs / wall, 2),
           "final_loss": history[-1]["loss"] if history else None, "config": cfg.to_dict()}
