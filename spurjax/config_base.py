@@ -136,6 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.segment.radius = 1             # opening / closing radius in pixels (0: none)
   c.ddb.segment.keep_ratio = 0.25      # keep components >= this fraction of the largest
   c.ddb.segment.dilate = 0             # final dilation in pixels
+  c.ddb.segment.max_cover = 0.75       # a mask over more of its image found no object: that image is not edited
   c.ddb.segment.compare = ("attention", "diffedit", "gradcam")  # also scored in segment/iou.json (true masks)
   c.ddb.segment.diffedit_strength = 0.5   # diffedit: noise level (fraction of the training timesteps)
   c.ddb.segment.diffedit_draws = 10       # diffedit: noise draws averaged

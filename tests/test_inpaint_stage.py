@@ -314,3 +314,34 @@ def test_redraw_generator_through_the_stage(tmp_path, mesh, crop):
   save_png(table.refs[0], 255 - table.image(0))
   with pytest.raises(SpurjaxError, match="is not what its benchmark's renderer draws"):
     inpaint.check_config(ctx)
+
+
+def test_masks_that_cover_the_image_are_not_edited(tmp_path, mesh, capsys):
+  """A method's mask over more than ddb.segment.max_cover of its image found no object: the segment stage
+  says so in one line and lists it; the inpaint stage leaves that image out (and says why when none is left)."""
+  from spurjax.ddb.segment.stage import check_config, coverage
+  ctx = _stage_ctx(tmp_path, mesh, None)
+  ctx.cfg.ddb.inpaint.generator = "paste"
+  ctx.cfg.ddb.inpaint.n_samples = 1
+  square = np.zeros((16, 16), bool)
+  square[4:12, 4:12] = True                  # 25 % of the image
+  almost_all = np.ones((16, 16), bool)
+  almost_all[:2] = False                     # 88 %
+  cov = coverage(ctx.cfg, "attention", [square, almost_all, square, square], [0, 1, 30, 31])
+  assert cov["too_large"] == [1] and cov["max_cover"] == 0.75 and abs(cov["max"] - 0.875) < 1e-9
+  said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("segment:")]
+  assert len(said) == 1 and "1 of 4 attention masks cover more than 75%" in said[0]
+  assert coverage(ctx.cfg, "given", [almost_all], [1])["too_large"] == []   # the dataset's own masks are objects
+  selected = select.Selection(k=2, selected={0: np.array([0, 1]), 1: np.array([30, 31])}, psi_ref={}, loss={})
+  masks = segment.Masks({0: square, 1: almost_all, 30: square, 31: square}, {"coverage": cov})
+  edits, _ = run_stage(ctx, inpaint.STAGE, select=selected, segment=masks, invert=invert.Tokens({0: "", 1: ""}, None))
+  assert sorted(r["source_index"] for r in edits.rows) == [0, 30, 31]
+  none_left = segment.Masks(masks.masks, {"coverage": dict(cov, too_large=[0, 1, 30, 31])})
+  ctx_b = _stage_ctx(tmp_path / "b", mesh, None)
+  ctx_b.cfg.ddb.inpaint.generator = "paste"
+  with pytest.raises(SpurjaxError, match="every mask covers more than ddb.segment.max_cover"):
+    run_stage(ctx_b, inpaint.STAGE, select=selected, segment=none_left, invert=invert.Tokens({0: "", 1: ""}, None))
+  for bad in (0.0, 1.5, -0.1):
+    ctx.cfg.ddb.segment.max_cover = bad
+    with pytest.raises(SpurjaxError, match="ddb.segment.max_cover"):
+      check_config(ctx)

@@ -80,10 +80,14 @@ def compute(ctx, inputs, folder: str) -> None:
     raise SpurjaxError(f"config ddb.inpaint.generator={generator!r} must be one of {', '.join(GENERATORS)}")
   sel = selected_indices(inputs["select"])
   classes = sorted(sel)
-  indices = [int(i) for c in classes for i in sel[c]]
+  skip = inputs["segment"].too_large   # masks that found no object: editing would repaint the scene
+  sel = {c: [int(i) for i in sel[c] if int(i) not in skip] for c in classes}
+  indices = [i for c in classes for i in sel[c]]
   source_classes = [c for c in classes for _ in sel[c]]
   if not indices:
-    raise SpurjaxError("inpaint: no selected images")
+    raise SpurjaxError("inpaint: no selected image to edit" + (
+        f" (every mask covers more than ddb.segment.max_cover={ctx.cfg.ddb.segment.max_cover} of its image: "
+        "no object found; try another ddb.segment.method)" if skip else ""))
   main = jax.process_index() == 0
   if main:
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)

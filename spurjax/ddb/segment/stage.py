@@ -4,6 +4,9 @@ attention | diffedit | gradcam | given), optionally replaced by its grown box (`
 Artefact `Masks`; on disk `segment/masks/<table index>.png` (at the base image size: the
 classifier's eval resize, before its center crop) and `segment/iou.json` (mean IoU against the
 dataset's masks for the chosen method and those of `ddb.segment.compare`, when the dataset has masks).
+A method's mask that covers more than `ddb.segment.max_cover` of its image found no object: the run
+says so in one line, `iou.json` lists those images under `coverage.too_large`, and the inpaint stage
+does not edit them (a mask over the whole picture would repaint the scene, not the object).
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ from spurjax.stages import Stage
 def check_config(ctx) -> None:
   """Before any work: the method names, the diffusion model directory when a method needs one, and
   the colour refinement's band when DiffEdit masks are made or compared."""
+  cover = ctx.cfg.ddb.segment.max_cover
+  if isinstance(cover, bool) or not isinstance(cover, (int, float)) or not 0 < cover <= 1:
+    raise SpurjaxError(f"config ddb.segment.max_cover={cover!r} must be in (0, 1] (1: keep every mask)")
   if set(_methods(ctx.cfg)) & set(DIFFUSION_METHODS):
     from spurjax.diffusion.model_dir import unet_config
     unet_config(ctx.diffusion_dir)
@@ -47,6 +53,11 @@ class Masks:
   def __post_init__(self):
     if self.raw is None:
       self.raw = self.masks
+
+  @property
+  def too_large(self) -> set[int]:
+    """Table indices whose mask covers more than `ddb.segment.max_cover` of the image: not edited."""
+    return {int(i) for i in self.iou.get("coverage", {}).get("too_large", [])}
 
 
 def _methods(cfg) -> list[str]:
@@ -78,7 +89,7 @@ def compute(ctx, inputs, folder: str) -> None:
   truth = true_masks(table, indices, ctx.cfg)
   have = [n for n, t in enumerate(truth) if t is not None]
   iou = {"num_images": len(have), "method": methods[0], "mask_box": box, "mask_box_grow": grow,
-         "mean_iou": {}, "mean_iou_raw": {}}
+         "mean_iou": {}, "mean_iou_raw": {}, "coverage": coverage(ctx.cfg, methods[0], raw, indices)}
   if have:
     scored = {methods[0]: raw}
     for other in methods[1:]:
@@ -101,6 +112,19 @@ def compute(ctx, inputs, folder: str) -> None:
         save_png(os.path.join(folder, "raw", f"{i}.png"), m)
     with open(os.path.join(folder, "iou.json"), "w", encoding="utf-8") as f:
       json.dump({**iou, "indices": indices}, f, indent=1)
+
+
+def coverage(cfg, method: str, raw, indices) -> dict:
+  """The fraction of each image the method's masks cover, and the images over `ddb.segment.max_cover`
+  (none for the dataset's own masks); says in one line how many there are."""
+  frac = np.asarray([float(np.mean(m)) for m in raw]) if len(raw) else np.zeros(0)
+  limit = float(cfg.ddb.segment.max_cover)
+  over = [] if method == "given" else [int(i) for i, f in zip(indices, frac) if f > limit]
+  if over and jax.process_index() == 0:
+    print(f"segment: {len(over)} of {len(indices)} {method} masks cover more than {limit:.0%} of their image, so "
+          f"they found no object: those images are not edited (ddb.segment.max_cover)", flush=True)
+  return {"mean": float(frac.mean()) if len(frac) else 0.0, "max": float(frac.max()) if len(frac) else 0.0,
+          "max_cover": limit, "too_large": over}
 
 
 def load(ctx, folder: str) -> Masks:
