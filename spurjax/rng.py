@@ -5,6 +5,7 @@ one seed share a stream by accident and changing one use leaves the others as th
 DDIM_ETA = 1          # diffusion sampling: the eta (stochastic) noise of each example
 PRIOR_FLIP = 1        # prior training: horizontal flips of batch i
 INVERT_TEMPLATE = 2   # textual inversion: the prompt template of each example at step i
+INVERT_FLIP = 3       # textual inversion: the horizontal flip of each example at step i (per class)
 DIFFEDIT = 5          # DiffEdit masks: the noise draws of chunk c
 EPOCH_ORDER = 7       # classifier training: the example order of an epoch
 AUGMENT = 11          # classifier training: the random crop / flip of one example in one epoch
