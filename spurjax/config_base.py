@@ -154,6 +154,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.ddb.invert.mask = "full"           # full: whole image (the paper) | segment: repaint the segment masks from context
   c.ddb.invert.mask_weight = 1.0       # segment: loss weight inside the mask
   c.ddb.invert.images = 0              # images per class it learns from: the lowest-loss selected ones (0: all)
+  # The next three keep the built-in benchmark's results (joint, short, no flip); paper_ddb sets the reference's.
+  c.ddb.invert.mode = "joint"          # joint: all tokens in one run | per_class: one run per class (as the reference)
+  c.ddb.invert.templates = "short"     # short: 8 templates | reference: the reference script's 27 object templates
+  c.ddb.invert.flip = 0.0              # probability of mirroring each example left-right (reference script: 0.5)
 
   c.ddb.inpaint = ml_collections.ConfigDict()  # the other classes' tokens painted into each selected image's mask
   c.ddb.inpaint.generator = "diffusion"   # diffusion | paste (another image's object) | redraw (built-in benchmark only)
@@ -214,6 +218,9 @@ def paper_ddb(c: ml_collections.ConfigDict, noun: str) -> ml_collections.ConfigD
   c.ddb.invert.batch = 1               # batch 1 x accumulation 4 (reference script)
   c.ddb.invert.accum = 4
   c.ddb.invert.images = 30             # 30 images per class (paper's ablation: best of 20-40)
+  c.ddb.invert.mode = "per_class"      # one independent run per class (reference script, run once per class)
+  c.ddb.invert.templates = "reference" # its 27 object templates, one drawn per example (reference script)
+  c.ddb.invert.flip = 0.5              # horizontal flips with probability 0.5 (reference script)
   c.ddb.inpaint.mode = "auto"          # channels with SD-2-inpainting's 9-channel UNet (reference pipeline)
   c.ddb.inpaint.template = "a photo of a {token} {noun}"   # reference prompt
   c.ddb.inpaint.n_samples = 1          # one edit per image (reference pipeline's default)

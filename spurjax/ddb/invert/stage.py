@@ -1,7 +1,9 @@
 """Stage invert: one textual-inversion token per class, learned on the selected majority images.
 
 Core: `spurjax.diffusion.invert.learn_tokens` (its checkpoints resume a killed run inside the
-stage's `.tmp` folder). Artefact `Tokens`: {class: token} and the pipeline with the learned rows;
+stage's `.tmp` folder). `ddb.invert.mode=per_class` runs one inversion per class, each in its own
+`class{c}/` subfolder (a finished class is not redone), and writes the combined files at the top.
+Artefact `Tokens`: {class: token} and the pipeline with the learned rows;
 on disk `learned_embeds.safetensors` and `tokens.json`. With `ddb.invert.mask=segment` the
 tokens are learned on the segment stage's masks (which then runs first). `ddb.invert.steps = 0` learns no token:
 prompts then use the class noun alone (the initialiser-token ablation); the paste generator
@@ -59,9 +61,16 @@ def _on_masks(cfg) -> bool:
 
 
 def check_config(ctx) -> None:
-  """Before any work: `ddb.invert.steps` is not negative, `ddb.invert.mask` is valid, the model is a
-  diffusers directory, and `segment` has an inpainting UNet to learn with."""
-  steps, images = ctx.cfg.ddb.invert.steps, ctx.cfg.ddb.invert.images
+  """Before any work: `ddb.invert.steps` is not negative, `ddb.invert.mask`, `mode`, `templates` and
+  `flip` are valid, the model is a diffusers directory, and `segment` has an inpainting UNet to learn with."""
+  d = ctx.cfg.ddb.invert
+  if d.mode not in inv.MODES:
+    raise SpurjaxError(f"config ddb.invert.mode = {d.mode!r}; valid: {', '.join(inv.MODES)}")
+  if d.templates not in inv.TEMPLATES:
+    raise SpurjaxError(f"config ddb.invert.templates = {d.templates!r}; valid: {', '.join(inv.TEMPLATES)}")
+  if isinstance(d.flip, bool) or not isinstance(d.flip, (int, float)) or not 0.0 <= d.flip <= 1.0:
+    raise SpurjaxError(f"config ddb.invert.flip = {d.flip!r} must be a probability in [0, 1]")
+  steps, images = d.steps, d.images
   if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
     raise SpurjaxError(f"config ddb.invert.steps={steps!r} must be an integer >= 0 (0: no token)")
   if isinstance(images, bool) or not isinstance(images, int) or images < 0:
@@ -100,7 +109,8 @@ def compute(ctx, inputs, folder: str) -> None:
   batch, accum = device_batch(int(d.batch), int(d.accum), ctx.mesh.devices.size)
   inv.learn_tokens(ctx.load_pipeline(), images, nouns_for(ctx.cfg, ctx.table), steps=steps, lr=float(d.lr),
                    batch=batch, grad_accum=accum, seed=int(ctx.cfg.seed), workdir=folder, mesh=ctx.mesh,
-                   masks_by_class=masks, mask_weight=float(d.mask_weight))
+                   masks_by_class=masks, mask_weight=float(d.mask_weight), mode=str(d.mode),
+                   templates=str(d.templates), flip=float(d.flip))
 
 
 def load(ctx, folder: str) -> Tokens:
