@@ -120,6 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
   # A second model for the inpaint stage only (the paper: inversion and masks on SD-2-base, inpainting
   # with SD-2-inpainting); "" = diffusion.path. The learned token rows move into its text encoder.
   c.diffusion.inpaint_path = ""
+  c.diffusion.dtype = "auto"      # auto (bfloat16 on a GPU/TPU, float32 on CPU) | float32 | bfloat16: UNet/VAE compute
 
   # DDB: one group per stage; a stage's fingerprint hashes its whole group (spurjax.stages).
   c.ddb = ml_collections.ConfigDict()

@@ -20,7 +20,7 @@ import numpy as np
 
 from spurjax.diffusion import unet as unet_lib
 from spurjax.diffusion.unet_config import parse_config
-from spurjax.diffusion.attention import select_implementation
+from spurjax.diffusion.attention import fused_attention_calls, select_implementation
 from spurjax.bench.common import add_speed_args, speed_setup
 
 SD2_INPAINT_UNET = {
@@ -285,6 +285,9 @@ def _main(args) -> int:
     start = time.perf_counter()
     compiled = jax.jit(model.apply).lower({"params": params}, jx, jt, jctx).compile()
     compile_s = time.perf_counter() - start
+    if on_gpu:
+      print(f"compiled UNet ({impl or 'picked'} attention, activations {dtype_name}): "
+            f"{fused_attention_calls(compiled.as_text())} cuDNN fused attention calls")
     if flops is None:
       counted = matmul_flops(model.apply, {"params": params}, jx, jt, jctx)
       from_xla = xla_flops(compiled)

@@ -41,6 +41,7 @@ def validate(ctx, stages=STAGES) -> None:
   """Every stage's settings, model directories and nouns, checked before the first stage computes."""
   if ctx.table.num_classes < 2:
     raise SpurjaxError(f"{ctx.table.name}: DDB needs at least 2 classes")
+  _ = ctx.diffusion_dtype   # diffusion.dtype: a bad value is a one-line error here
   for path in [ctx.workdir, *ctx.dirs.values()]:
     check_workdir(path)
   for stage in stages:

@@ -2,10 +2,11 @@
 
 Submodule names mirror diffusers' attribute names (`to_q`, `to_out_0`, `net_0.proj`,
 `transformer_blocks_0`, ...) so `spurjax.diffusion.convert` maps them to torch keys.
-Activations run in `dtype`; params are float32.
+Activations run in `dtype`; params are float32 or stored in `dtype` (`spurjax.diffusion.precision`).
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -40,6 +41,18 @@ def select_implementation(dtype, head_dim: int, platform: str | None = None) -> 
   if np.dtype(dtype) in _HALF_DTYPES and head_dim % 8 == 0 and head_dim <= _CUDNN_MAX_HEAD_DIM:
     return "cudnn"
   return "xla"
+
+
+# A cuDNN fused-attention custom call, as compiled HLO text (custom_call_target="__cudnn$fmha...") or
+# StableHLO text (stablehlo.custom_call @__cudnn$fmha..., or call_target_name = "__cudnn$fmha...") names it.
+_FUSED_CALL = re.compile(r'(?:custom_call_target="|call_target_name\s*=\s*"|custom_call\s*@)__cudnn\$fmha')
+
+
+def fused_attention_calls(program_text: str) -> int:
+  """How many cuDNN fused-attention custom calls (targets `__cudnn$fmha...`, forward and backward) a
+  program holds, from `jax.jit(f).lower(...).compile().as_text()` (or the lowered text): > 0 when a
+  UNet's attention runs in the fused kernel, 0 where XLA's own ops compute it (CPU, float32)."""
+  return len(_FUSED_CALL.findall(program_text))
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str | None = None,

@@ -42,11 +42,16 @@ class Model:
 
 
 def pipeline_params(pipeline) -> dict:
-  """The param tree the step trains: {"unet", "text"} plus "vae" for latent models."""
+  """The param tree the step trains: {"unet", "text"} plus "vae" for latent models.
+
+  Weights the pipeline keeps on the devices are copied there (new buffers, no host transfer): the
+  train step donates its state, which must not consume the pipeline's own weights.
+  """
+  from spurjax.diffusion.precision import fresh_copy
   params = {"unet": pipeline.unet_params, "text": pipeline.text_params}
   if pipeline.vae_params is not None:
     params["vae"] = pipeline.vae_params
-  return params
+  return fresh_copy(params)
 
 
 def to_model_input(pixels: jax.Array) -> jax.Array:

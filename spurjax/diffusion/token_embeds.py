@@ -54,11 +54,22 @@ def add_tokens(pipeline, tokens: Sequence[str], init_vectors: Sequence[np.ndarra
   table = np.array(text["embeddings"]["token_embedding"]["embedding"])
   for i, v in zip(ids, init_vectors):
     table[i] = np.asarray(v, table.dtype)
+  table = _placed_like(table, pipeline.text_params["embeddings"]["token_embedding"]["embedding"])
   text = {**text, "embeddings": {**text["embeddings"], "token_embedding": {"embedding": table}}}
   text_encoder = pipeline.text_encoder
   if isinstance(getattr(text_encoder, "config", None), Mapping):
     text_encoder = text_encoder.clone(config={**text_encoder.config, "vocab_size": int(table.shape[0])})
   return dataclasses.replace(pipeline, tokenizer=tokenizer, text_params=text, text_encoder=text_encoder), ids
+
+
+def _placed_like(table: np.ndarray, old):
+  """The grown table where the old one was: on the same devices when those were given (a pipeline the
+  context placed keeps its weights there, so no later call uploads the table again); else on the host."""
+  import jax
+  if not isinstance(old, jax.Array) or not old.committed:
+    return table
+  from spurjax import sharding as shd
+  return shd.put_global(table, old.sharding)
 
 
 # ----------------------------------------------------------------------------- files
