@@ -170,3 +170,136 @@ def test_inversion_on_an_inpainting_model_whole_image_or_masks(pipe, images):
     invert.learn_tokens(inp, images, ["bird", "flower"], masks_by_class={0: masks[0], 1: masks[1][:1]}, **kw)
   with pytest.raises(SpurjaxError, match="masks of class 0: a mask is empty"):
     invert.learn_tokens(inp, images, ["bird", "flower"], masks_by_class={0: masks[0] & False, 1: masks[1]}, **kw)
+
+
+# ----------------------------------------------------------------------------- per-class mode, flips, config
+
+
+def _table(p):
+  return np.asarray(p.text_params["embeddings"]["token_embedding"]["embedding"])
+
+
+@pytest.mark.slow
+def test_per_class_runs_are_independent_and_resume_by_class(pipe, images, tmp_path, monkeypatch):
+  """Per-class mode: class c's row learns from class c's images alone, each run in its own folder;
+  a class finished before (its folder complete) is read back, not redone; one killed part way
+  resumes from its folder's checkpoint."""
+  from spurjax.diffusion import invert_runs
+  kw = dict(steps=2, batch=2, grad_accum=1, lr=5e-2, mode="per_class", templates="reference", flip=0.5,
+            log_every=1, ckpt_every=2)
+  work = tmp_path / "ti"
+  # A run that finished class 0 only (as if killed before class 1), then the whole run again.
+  invert.learn_tokens(pipe, {0: images[0]}, ["bird", "flower"], workdir=str(work), **kw)
+  done0 = {f.name: f.stat().st_mtime_ns for f in (work / "class0").rglob("*") if f.is_file()}
+  assert len((work / "class0" / "loss.jsonl").read_text().splitlines()) == 2
+  out, emb = invert.learn_tokens(pipe, images, ["bird", "flower"], workdir=str(work), **kw)
+  assert {f.name: f.stat().st_mtime_ns for f in (work / "class0").rglob("*") if f.is_file()} == done0
+  assert len((work / "class1" / "loss.jsonl").read_text().splitlines()) == 2
+  info = json.loads((work / "tokens.json").read_text())
+  assert info["mode"] == "per_class" and info["flip"] == 0.5 and len(info["templates"]) == 27
+  assert info["tokens"]["<c1>"]["folder"] == "class1" and np.isfinite(info["tokens"]["<c1>"]["final_loss"])
+  assert [json.loads(r)["class"] for r in (work / "loss.jsonl").read_text().splitlines()] == [0, 0, 1, 1]
+  both = token_embeds.read_learned_embeds(str(work / token_embeds.EMBEDS_FILE))
+  for t, v in emb.items():
+    np.testing.assert_array_equal(both[t], v)
+  assert list(token_embeds.read_learned_embeds(str(work / "learned_embeds_class1.safetensors"))) == ["<c1>"]
+  # The output pipeline: the tokens at their usual ids, every other row bit-identical, each row moved.
+  old, new = _table(pipe), _table(out)
+  assert out.tokenizer.convert_tokens_to_ids(["<c0>", "<c1>"]) == [1000, 1001]
+  np.testing.assert_array_equal(new[:1000], old)
+  for row, word in ((1000, "bird"), (1001, "flower")):
+    init = old[int(tok_lib.encode(pipe.tokenizer, word)[0, 1])]
+    assert not np.allclose(new[row], init) and np.abs(new[row] - init).max() < 1.0
+  # Class 1's images changed: class 0's vector is the same bit for bit, class 1's is not.
+  changed = {0: images[0], 1: 255 - images[1]}
+  _, other = invert.learn_tokens(pipe, changed, ["bird", "flower"], **kw)
+  np.testing.assert_array_equal(other["<c0>"], emb["<c0>"])
+  assert not np.allclose(other["<c1>"], emb["<c1>"])
+  # Killed in class 1's second step, then run again: it resumes in class1/ and ends where an unkilled run does.
+  flips = invert_runs.flips
+
+  def killer(seed, step, n, p, cls=None):
+    if cls == 1 and step == 1:
+      raise KeyboardInterrupt
+    return flips(seed, step, n, p, cls)
+  monkeypatch.setattr(invert_runs, "flips", killer)
+  with pytest.raises(KeyboardInterrupt):
+    invert.learn_tokens(pipe, images, ["bird", "flower"], workdir=str(tmp_path / "killed"), **{**kw, "ckpt_every": 1})
+  assert (tmp_path / "killed" / "class0" / "tokens.json").is_file()
+  assert not (tmp_path / "killed" / "class1" / "tokens.json").exists()
+  assert sorted(p.name for p in (tmp_path / "killed" / "class1" / "ckpt").iterdir() if p.name.isdigit()) == ["1"]
+  monkeypatch.setattr(invert_runs, "flips", flips)
+  _, resumed = invert.learn_tokens(pipe, images, ["bird", "flower"], workdir=str(tmp_path / "killed"), **kw)
+  for t in emb:
+    np.testing.assert_array_equal(resumed[t], emb[t])
+  # A folder begun with other settings is an error naming them, not silently reused.
+  with pytest.raises(SpurjaxError, match=r"class0 holds a run with other settings \(flip\)"):
+    invert.learn_tokens(pipe, images, ["bird", "flower"], workdir=str(work), **{**kw, "flip": 0.0})
+  assert invert_runs.SETTINGS_FILE in done0 and invert_runs.DONE_FILE in done0
+
+
+def test_flip_stream_and_masks_flip_with_pixels():
+  from spurjax.diffusion import invert_runs, train as dtrain
+  draw = invert_runs.flips(3, 7, 4000, 0.5, cls=1)
+  np.testing.assert_array_equal(draw, invert_runs.flips(3, 7, 4000, 0.5, cls=1))   # deterministic
+  assert 0.47 < draw.mean() < 0.53
+  assert not np.array_equal(draw, invert_runs.flips(3, 7, 4000, 0.5, cls=0))      # its own stream per class
+  assert not np.array_equal(draw, invert_runs.flips(3, 8, 4000, 0.5, cls=1))      # ... and per step
+  assert not invert_runs.flips(3, 7, 50, 0.0).any() and invert_runs.flips(3, 7, 50, 1.0).all()
+  rng = np.random.default_rng(1)
+  imgs = rng.integers(0, 256, (5, 6, 8, 3), dtype=np.uint8)
+  masks = np.zeros((5, 6, 8), np.float32)
+  masks[:, 1:4, :3] = 1.0                  # left-heavy: a mirrored mask is a different mask
+  prompt_ids = np.arange(12, dtype=np.int32).reshape(3, 1, 4)
+  fn = invert_runs.batch_maker(imgs, np.zeros(5, np.int64), prompt_ids, masks, batch=4, seed=3,
+                               template_key=(3, 2, 1), flip=0.5, cls=1)
+  seen = set()
+  for i in range(6):
+    out, idx = fn(i), dtrain.sample_batch_indices(5, 4, 3, i)
+    which = invert_runs.flips(3, i, 4, 0.5, cls=1)
+    seen.update(which.tolist())
+    want_px = np.where(which[:, None, None, None], imgs[idx][:, :, ::-1], imgs[idx])
+    want_m = np.where(which[:, None, None], masks[idx][:, :, ::-1], masks[idx])
+    np.testing.assert_array_equal(out["pixels"], want_px)
+    np.testing.assert_array_equal(out["masks"], want_m)
+  assert seen == {True, False}
+  plain = invert_runs.batch_maker(imgs, np.zeros(5, np.int64), prompt_ids, masks, batch=4, seed=3,
+                                  template_key=(3, 2, 1))(0)
+  np.testing.assert_array_equal(plain["pixels"], imgs[dtrain.sample_batch_indices(5, 4, 3, 0)])
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("mode", "each", "config ddb.invert.mode = 'each'; valid: per_class, joint"),
+    ("templates", "long", "config ddb.invert.templates = 'long'; valid: reference, short"),
+    ("flip", 1.5, "config ddb.invert.flip = 1.5 must be a probability in [0, 1]"),
+])
+def test_invert_config_errors_name_the_key(key, value, message):
+  import types
+
+  from spurjax.config_base import base_config
+  from spurjax.ddb.invert import check_config
+  cfg = base_config()
+  cfg.ddb.invert[key] = value
+  with pytest.raises(SpurjaxError) as err:
+    check_config(types.SimpleNamespace(cfg=cfg))
+  assert str(err.value) == message and "\n" not in str(err.value)
+
+
+def test_invert_presets():
+  from spurjax.config_base import base_config, paper_ddb
+  base = base_config().ddb.invert
+  assert (base.mode, base.templates, base.flip) == ("joint", "short", 0.0)
+  paper = paper_ddb(base_config(), "bird").ddb.invert
+  assert (paper.mode, paper.templates, paper.flip) == ("per_class", "reference", 0.5)
+  assert invert.TEMPLATES["reference"][0] == "a photo of a {token} {noun}" and len(invert.REFERENCE_TEMPLATES) == 27
+  assert invert.TEMPLATES["short"] == invert.DEFAULT_TEMPLATES
+
+
+@pytest.mark.slow
+def test_joint_mode_named_explicitly_is_the_default(pipe, images, learned):
+  """mode=joint, templates=short, flip=0: the same vectors as the default call (the joint path)."""
+  _, emb, _ = learned
+  _, again = invert.learn_tokens(pipe, images, ["bird", "flower"], steps=2, batch=2, grad_accum=2, lr=5e-2,
+                                 mode="joint", templates="short", flip=0.0)
+  for t in emb:
+    np.testing.assert_array_equal(again[t], emb[t])
