@@ -26,13 +26,14 @@ commands:
   pretrain --data DIR --out FILE.npz [--config FILE] [...]            pretrain the classifier backbone
   data    synth --out DIR [--image-size N] [--scale F] [--seed N]       write the built-in benchmark
   data    broad --out DIR [--train-per-combo N]                          write the backbone pretraining corpus
+  data    photos --out DIR [--image-size N] [--debs DIR] [...]             write the real-photograph benchmark
   bench   erm | unet | ig | conv | prior | methods | artefact [options] speed figures, the methods table, checks
 """
 
 BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet", "methods": "spurjax.bench.methods",
            "prior": "spurjax.bench.prior", "ig": "spurjax.bench.ig", "conv": "spurjax.bench.conv",
            "artefact": "spurjax.bench.artefact"}
-DATA = {"synth": "spurjax.data.synth", "broad": "spurjax.data.broad"}
+DATA = {"synth": "spurjax.data.synth", "broad": "spurjax.data.broad", "photos": "spurjax.data.photos"}
 
 
 def _dispatch(argv):
