@@ -31,10 +31,16 @@ def get_config(arg=None):
   c.invert.lr = 5e-4              # scaled by batch_size * grad_accum
   c.invert.log_every = 20
   c.invert.ckpt_every = 100
+  c.invert.mode = "joint"         # joint: one run for every class | per_class: one run each (reference)
+  c.invert.flip = 0.0             # horizontal-flip probability (reference script: 0.5)
   if arg == "paper":
     c.invert.steps = 3000
     c.invert.batch_size = 1
     c.invert.grad_accum = 4
+    c.invert.mode = "per_class"     # the reference script runs once per class
+    from spurjax.diffusion.invert import REFERENCE_TEMPLATES
+    c.invert.templates = REFERENCE_TEMPLATES  # its 27 object templates, with the class noun
+    c.invert.flip = 0.5
   elif arg == "tiny":
     c.data.synth_size = 32
     c.data.synth_scale = 0.05

@@ -299,8 +299,8 @@ def run(cfg, workdir: str):
       steps=int(inv.steps), lr=float(inv.lr), batch=int(inv.batch_size), grad_accum=int(inv.grad_accum),
       seed=int(cfg.seed), workdir=workdir,
       templates=inv.templates if isinstance(inv.templates, str) else tuple(inv.templates) or DEFAULT_TEMPLATES,
-      log_every=int(inv.log_every), ckpt_every=int(inv.ckpt_every), mode=str(inv.get("mode", "joint")),
-      flip=float(inv.get("flip", 0.0)))
+      log_every=int(inv.log_every), ckpt_every=int(inv.ckpt_every), mode=str(inv.mode),
+      flip=float(inv.flip))
   print(f"invert: learned {', '.join(embeddings)} -> {os.path.join(workdir, EMBEDS_FILE)}", flush=True)
   return embeddings
 
