@@ -63,7 +63,7 @@ class Context:
     """`diffusion.dtype` resolved on this backend: "float32" or "bfloat16" ("auto": bfloat16 on a GPU or
     TPU, float32 on the CPU); a bad value is a one-line SpurjaxError naming the key."""
     from spurjax.diffusion.precision import resolve_dtype
-    return resolve_dtype(self.cfg.diffusion.get("dtype", "auto"))
+    return resolve_dtype(self.cfg.diffusion.dtype)
 
   def _with_dtype(self, digest: str) -> str:
     """A model digest as the stages' identity: the resolved dtype joins it unless float32 (whose folders,
