@@ -27,13 +27,15 @@ commands:
   data    synth --out DIR [--image-size N] [--scale F] [--seed N]       write the built-in benchmark
   data    broad --out DIR [--train-per-combo N]                          write the backbone pretraining corpus
   data    photos --out DIR [--image-size N] [--debs DIR] [...]             write the real-photograph benchmark
+  data    photo-broad --out DIR [--train-per-family N] [...]           write the real-photograph pretraining corpus
   bench   erm | unet | ig | conv | prior | methods | artefact [options] speed figures, the methods table, checks
 """
 
 BENCHES = {"erm": "spurjax.bench.erm", "unet": "spurjax.bench.unet", "methods": "spurjax.bench.methods",
            "prior": "spurjax.bench.prior", "ig": "spurjax.bench.ig", "conv": "spurjax.bench.conv",
            "artefact": "spurjax.bench.artefact"}
-DATA = {"synth": "spurjax.data.synth", "broad": "spurjax.data.broad", "photos": "spurjax.data.photos"}
+DATA = {"synth": "spurjax.data.synth", "broad": "spurjax.data.broad", "photos": "spurjax.data.photos",
+        "photo-broad": "spurjax.data.photo_broad"}
 
 
 def _dispatch(argv):
