@@ -118,11 +118,14 @@ class _null:
     return False
 
 
-class _Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
   """argparse, with bad arguments as a one-line SpurjaxError (exit status 2 from the CLI)."""
 
   def error(self, message):
     raise SpurjaxError(f"{self.prog}: {message}")
+
+
+_Parser = CommandParser
 
 
 def parse_command(argv, prog: str, *, config_default: str | None = None, workdir: str | bool | None = True,

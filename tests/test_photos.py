@@ -289,3 +289,16 @@ def test_real_packages(tmp_path):
   assert table.class_names == ["animal", "flower"] and table.place_names == ["foliage", "man-made"]
   text = (tmp_path / "out" / "SOURCES.md").read_text()
   assert "CC-BY-4.0" in text and "tuxpaint-stamps-default" in text
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("photos", ["--majority", "2"], "--majority"), ("photos", ["--train", "2"], "--train"),
+    ("photos", ["--image-size", "x"], "--image-size"), ("photo-broad", ["--train-per-family", "0"], "--train-per-family"),
+    ("photo-broad", ["--image-size", "8"], "--image-size")])
+def test_bad_settings_stop_before_any_package_is_fetched(tmp_path, monkeypatch, capsys, command, args, message):
+  from spurjax.data import debian
+  monkeypatch.setattr(debian, "fetch", lambda *a, **k: pytest.fail("fetched packages despite bad settings"))
+  rc = cli.main(["data", command, "--out", str(tmp_path / "out"), *args])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and message in err and "\n" not in err
+  assert not (tmp_path / "out").exists()

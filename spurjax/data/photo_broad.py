@@ -21,17 +21,23 @@ scene tells nothing about the label. Every image comes from its own random strea
 """
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from spurjax.data import compose, debian, photo_credits
+from spurjax.config_util import CommandParser
+from spurjax.data import compose, photo_credits
 from spurjax.data.drawing import image_rng
 from spurjax.data.photo_broad_sources import OBJECTS, SCENES
 from spurjax.data.photo_sources import Family, Item, check_all, locate, packages_of
-from spurjax.data.writer import check_target, default_workers, staged_folder, write_csv, write_images
+from spurjax.data.photos import add_source_arguments, check_image_size, fetch_sources
+from spurjax.data.writer import (
+  default_workers,
+  staged_folder,
+  write_csv,
+  write_images,
+)
 from spurjax.errors import SpurjaxError
 from spurjax.fileio import write_json_atomic
 
@@ -69,6 +75,14 @@ def _folder(name: str) -> str:
   return name.replace(" ", "-")
 
 
+def check_settings(image_size: int, train_per_family: int, val_per_family: int) -> None:
+  """The corpus's sizes, checked before anything is fetched or written."""
+  check_image_size(image_size, "photo-broad")
+  if train_per_family < 1 or val_per_family < 0:
+    raise SpurjaxError(f"photo-broad: need --train-per-family >= 1 and --val-per-family >= 0, got "
+                       f"{train_per_family} / {val_per_family}")
+
+
 def generate(out_dir: str, roots: Mapping[str, str], *, versions: Optional[Mapping[str, str]] = None,
              debs: Optional[Mapping[str, str]] = None, objects: Sequence[Family] = OBJECTS,
              scenes: Sequence[Family] = SCENES, image_size: int = 64,
@@ -80,11 +94,7 @@ def generate(out_dir: str, roots: Mapping[str, str], *, versions: Optional[Mappi
   """
   if len(objects) < 2 or not scenes:
     raise SpurjaxError("photo-broad: at least two object families and one scene family are needed")
-  if not 16 <= image_size <= 1024:
-    raise SpurjaxError(f"photo-broad: --image-size must lie in [16, 1024], got {image_size}")
-  if train_per_family < 1 or val_per_family < 0:
-    raise SpurjaxError(f"photo-broad: need --train-per-family >= 1 and --val-per-family >= 0, got "
-                       f"{train_per_family} / {val_per_family}")
+  check_settings(image_size, train_per_family, val_per_family)
   names = [f.name for f in objects]
   if len(set(map(_folder, names))) != len(names):
     raise SpurjaxError(f"photo-broad: object family names are not distinct: {', '.join(names)}")
@@ -141,24 +151,15 @@ def stats(rows, classes: Sequence[str], places: Sequence[str], splits) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`spurjax data photo-broad`: writes the real-photograph pretraining corpus."""
-  from spurjax.data.photos import sources_from_debian
-  p = argparse.ArgumentParser(prog="spurjax data photo-broad", description=__doc__.splitlines()[0])
+  p = CommandParser(prog="spurjax data photo-broad", description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="output folder (absent or empty)")
   p.add_argument("--image-size", type=int, default=64, help="side in pixels (64, 128, 224, ...)")
   p.add_argument("--train-per-family", type=int, default=DEFAULT_TRAIN_PER_FAMILY)
   p.add_argument("--val-per-family", type=int, default=DEFAULT_VAL_PER_FAMILY)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--cache", default=debian.DEFAULT_CACHE, help="where .deb files are downloaded and unpacked")
-  p.add_argument("--debs", default=None, help="a folder of already downloaded .deb files (nothing is downloaded)")
-  p.add_argument("--overwrite", action="store_true")
-  p.add_argument("--workers", type=int, default=None, help="render processes (default: min(4, CPUs))")
+  add_source_arguments(p)
   args = p.parse_args(argv)
-  cache = os.path.abspath(os.path.expanduser(args.cache))
-  debs = os.path.abspath(os.path.expanduser(args.debs)) if args.debs else None
-  if debs is not None and not os.path.isdir(debs):
-    raise SpurjaxError(f"photo-broad: --debs folder not found: {debs}")
-  check_target(os.path.abspath(args.out), args.overwrite, "photo-broad")  # before any download
-  roots, versions, found = sources_from_debian(cache, debs, packages_of(list(OBJECTS) + list(SCENES)))
+  check_settings(args.image_size, args.train_per_family, args.val_per_family)
+  roots, versions, found = fetch_sources(args, "photo-broad", packages_of(list(OBJECTS) + list(SCENES)))
   info = generate(args.out, roots, versions=versions, debs=found, image_size=args.image_size,
                   train_per_family=args.train_per_family, val_per_family=args.val_per_family, seed=args.seed,
                   overwrite=args.overwrite, workers=args.workers if args.workers else default_workers())

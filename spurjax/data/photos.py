@@ -22,16 +22,30 @@ no mask column. Every image comes from its own random stream seeded by (seed, st
 """
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from spurjax.config_util import CommandParser
 from spurjax.data import compose, debian, photo_credits
 from spurjax.data.drawing import image_rng
-from spurjax.data.photo_sources import OBJECTS, SCENES, Family, Item, check_all, locate, packages_of
-from spurjax.data.writer import check_target, default_workers, staged_folder, write_csv, write_images
+from spurjax.data.photo_sources import (
+  OBJECTS,
+  SCENES,
+  Family,
+  Item,
+  check_all,
+  locate,
+  packages_of,
+)
+from spurjax.data.writer import (
+  check_target,
+  default_workers,
+  staged_folder,
+  write_csv,
+  write_images,
+)
 from spurjax.errors import SpurjaxError
 from spurjax.fileio import write_json_atomic
 
@@ -76,6 +90,21 @@ def train_counts(total: int, majority: float) -> np.ndarray:
   return np.asarray([major[0], sizes[0] - major[0], sizes[1] - major[1], major[1]], np.int64)
 
 
+def check_image_size(image_size: int, what: str) -> None:
+  if not 16 <= image_size <= 1024:
+    raise SpurjaxError(f"{what}: --image-size must lie in [16, 1024], got {image_size}")
+
+
+def check_settings(image_size: int, train: int, val_per_group: int, test_per_group: int, majority: float,
+                   corpus_per_combo: int) -> None:
+  """The benchmark's sizes, checked before anything is fetched or written."""
+  check_image_size(image_size, "photos")
+  train_counts(train, majority)
+  if val_per_group < 1 or test_per_group < 1 or corpus_per_combo < 0:
+    raise SpurjaxError(f"photos: val/test per group must be >= 1 and corpus per combo >= 0, got "
+                       f"{val_per_group}/{test_per_group}/{corpus_per_combo}")
+
+
 def _pool(items: Sequence[Item], roots: Mapping[str, str]) -> tuple:
   return tuple((locate(it, roots), it.phrase, f"{it.package}:{it.path}") for it in items)
 
@@ -116,11 +145,7 @@ def generate(out_dir: str, roots: Mapping[str, str], *, versions: Optional[Mappi
   """
   if len(objects) != 2 or len(scenes) != 2:
     raise SpurjaxError("photos: exactly two object families and two scene families are needed")
-  if not 16 <= image_size <= 1024:
-    raise SpurjaxError(f"photos: --image-size must lie in [16, 1024], got {image_size}")
-  if val_per_group < 1 or test_per_group < 1 or corpus_per_combo < 0:
-    raise SpurjaxError(f"photos: val/test per group must be >= 1 and corpus per combo >= 0, got "
-                       f"{val_per_group}/{test_per_group}/{corpus_per_combo}")
+  check_settings(image_size, train, val_per_group, test_per_group, majority, corpus_per_combo)
   families = list(objects) + list(scenes)
   check_all(families, roots)
   splits = {fam.name: split_files(fam, i, seed) for i, fam in enumerate(families)}
@@ -186,6 +211,25 @@ def _write_corpus(root: str, splits, objects, scenes, roots, per_combo: int, ima
             [[rel, extra[0]] for (_, _, _, rel, _), extra in zip(jobs, extras)])
 
 
+def add_source_arguments(p) -> None:
+  """The options of the photo commands that say where the Debian packages come from and where output goes."""
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--cache", default=debian.DEFAULT_CACHE, help="where .deb files are downloaded and unpacked")
+  p.add_argument("--debs", default=None, help="a folder of already downloaded .deb files (nothing is downloaded)")
+  p.add_argument("--overwrite", action="store_true")
+  p.add_argument("--workers", type=int, default=None, help="render processes (default: min(4, CPUs))")
+
+
+def fetch_sources(args, what: str, packages: Sequence[str]):
+  """(roots, versions, deb paths) for a photo command's parsed `args`, after checking `--debs` and `--out`."""
+  cache = os.path.abspath(os.path.expanduser(args.cache))
+  debs = os.path.abspath(os.path.expanduser(args.debs)) if args.debs else None
+  if debs is not None and not os.path.isdir(debs):
+    raise SpurjaxError(f"{what}: --debs folder not found: {debs}")
+  check_target(os.path.abspath(args.out), args.overwrite, what)  # before any download
+  return sources_from_debian(cache, debs, packages)
+
+
 def sources_from_debian(cache: str, debs: Optional[str], packages: Sequence[str], log=print):
   """(roots, versions, deb paths) of `packages`: fetched (or taken from `debs`) and unpacked under `cache`."""
   log(f"photos: {'reading .deb files in ' + debs if debs else 'fetching packages into ' + cache}: "
@@ -198,7 +242,7 @@ def sources_from_debian(cache: str, debs: Optional[str], packages: Sequence[str]
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`spurjax data photos`: writes the real-photograph benchmark."""
-  p = argparse.ArgumentParser(prog="spurjax data photos", description=__doc__.splitlines()[0])
+  p = CommandParser(prog="spurjax data photos", description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="output folder (absent or empty)")
   p.add_argument("--image-size", type=int, default=64, help="side in pixels (64, 128, 224, ...)")
   p.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="training images in all")
@@ -208,18 +252,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help="fraction of each class's training images on its own scene family")
   p.add_argument("--corpus-per-combo", type=int, default=DEFAULT_CORPUS_PER_COMBO,
                  help="corpus images per (class, place); 0 for none")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--cache", default=debian.DEFAULT_CACHE, help="where .deb files are downloaded and unpacked")
-  p.add_argument("--debs", default=None, help="a folder of already downloaded .deb files (nothing is downloaded)")
-  p.add_argument("--overwrite", action="store_true")
-  p.add_argument("--workers", type=int, default=None, help="render processes (default: min(4, CPUs))")
+  add_source_arguments(p)
   args = p.parse_args(argv)
-  cache = os.path.abspath(os.path.expanduser(args.cache))
-  debs = os.path.abspath(os.path.expanduser(args.debs)) if args.debs else None
-  if debs is not None and not os.path.isdir(debs):
-    raise SpurjaxError(f"photos: --debs folder not found: {debs}")
-  check_target(os.path.abspath(args.out), args.overwrite, "photos")  # before any download
-  roots, versions, found = sources_from_debian(cache, debs, packages_of(list(OBJECTS) + list(SCENES)))
+  check_settings(args.image_size, args.train, args.val_per_group, args.test_per_group, args.majority,
+                 args.corpus_per_combo)
+  roots, versions, found = fetch_sources(args, "photos", packages_of(list(OBJECTS) + list(SCENES)))
   info = generate(args.out, roots, versions=versions, debs=found, image_size=args.image_size, train=args.train,
                   val_per_group=args.val_per_group, test_per_group=args.test_per_group, majority=args.majority,
                   corpus_per_combo=args.corpus_per_combo, seed=args.seed, overwrite=args.overwrite,
