@@ -125,8 +125,6 @@ class CommandParser(argparse.ArgumentParser):
     raise SpurjaxError(f"{self.prog}: {message}")
 
 
-_Parser = CommandParser
-
 
 def parse_command(argv, prog: str, *, config_default: str | None = None, workdir: str | bool | None = True,
                   add_arguments=None):
@@ -141,7 +139,7 @@ def parse_command(argv, prog: str, *, config_default: str | None = None, workdir
     (parsed arguments, overrides): apply them with `config_from(args.config, overrides)`, or
     later, when a method's settings come first (baselines).
   """
-  p = _Parser(prog=prog)
+  p = CommandParser(prog=prog)
   p.add_argument("--config", required=config_default is None, default=config_default,
                  help="config file, optionally with :arg (e.g. configs/synth.py:tiny)")
   if workdir is True:
